@@ -1,0 +1,129 @@
+"""Command line: ``python app.py`` serves the web UI; subcommands run headless jobs."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .paths import CHECKPOINT_EXTENSIONS, Paths, list_files
+
+SUBCOMMANDS = ("txt2img", "img2img")
+
+
+def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
+    p.add_argument("--ckpt", type=Path, help="checkpoint file (default: the first one in --ckpt-dir)")
+    p.add_argument("--ckpt-dir", type=Path, help="folder of checkpoints (default: models/checkpoints)")
+    p.add_argument("--vae", type=Path, help="external VAE file replacing the checkpoint's own")
+    p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--negative-prompt", "-n", default="")
+    p.add_argument("--sampler", default="Euler", help='sampler name, e.g. "Euler a", "DPM++ 2M Karras"')
+    p.add_argument("--scheduler", default="automatic", help="schedule type (automatic, uniform, karras, ...)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg-scale", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the job uses seed+i")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--n-iter", type=int, default=1, help="batch count")
+    p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"))
+    p.add_argument("--no-half", action="store_true", help="keep every network in float32")
+    p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="a .png path for one image, or a folder (default: outputs/<kind>-images/<date>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if img2img:
+        p.add_argument("--init-image", type=Path, required=True)
+        p.add_argument("--denoising-strength", type=float, default=0.75)
+        p.add_argument("--resize-mode", type=int, default=0,
+                       help="0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
+        p.add_argument("--mask", type=Path, help="inpainting mask (white = repaint)")
+        p.add_argument("--mask-blur", type=int, default=4)
+        p.add_argument("--inpainting-fill", type=int, default=1,
+                       help="masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing")
+        p.add_argument("--inpaint-full-res", action="store_true", help='inpaint area "Only masked"')
+        p.add_argument("--inpaint-full-res-padding", type=int, default=32)
+        p.add_argument("--inpainting-mask-invert", action="store_true", help="repaint what is NOT masked")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py", description="Stable Diffusion web UI and headless jobs.")
+    sub = parser.add_subparsers(dest="command")
+    _add_generation_args(sub.add_parser("txt2img", help="generate images from a prompt"), img2img=False)
+    _add_generation_args(sub.add_parser("img2img", help="transform or inpaint an image"), img2img=True)
+    return parser
+
+
+def _open_image(path: Path, what: str):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (OSError, UnidentifiedImageError) as exc:
+        raise SystemExit(f"error: cannot read {what} {path}: {exc}") from None
+
+
+def _pick_checkpoint(args, paths: Paths) -> Path:
+    if args.ckpt is not None:
+        return args.ckpt
+    found = list_files(paths.checkpoints, CHECKPOINT_EXTENSIONS)
+    if not found:
+        raise SystemExit(f"error: no checkpoint given and none found in {paths.checkpoints}; "
+                         "put a .safetensors file there or pass --ckpt PATH")
+    return found[0]
+
+
+def run_generation(args) -> int:
+    from .engine.files import CheckpointError
+    from .engine.pipeline import Engine, GenerationRequest
+    from .jobs import saving
+    from .jobs.generation import ModelInfo, save_result
+    from .progress_bar import StepBar
+
+    paths = Paths(ckpt_dir=args.ckpt_dir)
+    ckpt = _pick_checkpoint(args, paths)
+    request = GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, sampler_name=args.sampler,
+        scheduler=args.scheduler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
+        width=args.width, height=args.height, batch_size=args.batch_size, n_iter=args.n_iter,
+        clip_skip=args.clip_skip)
+    if args.command == "img2img":
+        request.init_image = _open_image(args.init_image, "init image")
+        request.mask = _open_image(args.mask, "mask") if args.mask else None
+        request.denoising_strength = args.denoising_strength
+        request.resize_mode = args.resize_mode
+        request.mask_blur = args.mask_blur
+        request.inpainting_fill = args.inpainting_fill
+        request.inpaint_full_res = args.inpaint_full_res
+        request.inpaint_full_res_padding = args.inpaint_full_res_padding
+        request.inpainting_mask_invert = args.inpainting_mask_invert
+    try:
+        request.validate()
+        from .engine.sampling import registry
+        registry.resolve(request.sampler_name, request.scheduler)
+        engine = Engine(args.device, args.precision, no_half=args.no_half, no_half_vae=args.no_half_vae)
+        engine.load(ckpt, vae_path=args.vae)
+    except (ValueError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    model = ModelInfo.of(ckpt, args.vae, paths.hash_cache)
+    with StepBar(disable=args.quiet) as bar:
+        result = engine.generate(request, progress=bar.update)
+    out = args.output or saving.dated_folder(paths.outputs, args.command)
+    for path in save_result(request, result, model, out, kind=args.command):
+        print(path)
+    if request.seed < 0:
+        print(f"seed: {result.seed}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in SUBCOMMANDS:
+        return run_generation(args)
+    print("The web UI arrives with a later release; use a subcommand for now:\n", file=sys.stderr)
+    parser.print_help(sys.stderr)
+    return 1

@@ -1,0 +1,180 @@
+"""Single-file checkpoint -> resident Stable Diffusion model (UNet, VAE, CLIP text encoder).
+
+Networks are built on the meta device and receive their tensors with ``load_state_dict(assign=True)``,
+each converted to the target dtype/device one at a time: no random initialisation, one copy of the
+weights in memory (plus the file's memory-mapped pages, which are released with the state dict).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from torch import nn
+
+from . import families
+from .families import Family
+from .files import CheckpointError, read_metadata, read_state_dict
+from .unet import UNetModel
+from .vae import AutoencoderKL
+
+# Keys inside a network's prefix that carry no weights (old transformers buffers, VAE training loss).
+_IGNORED_SUFFIXES = ("embeddings.position_ids",)
+_IGNORED_VAE_PREFIXES = ("loss.",)
+_VAE_ATTN = ("q", "k", "v", "proj_out")
+_VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+
+
+@dataclass(eq=False)
+class StableDiffusionModel:
+    unet: UNetModel
+    vae: AutoencoderKL
+    text_model: transformers.CLIPTextModel
+    family: Family
+    path: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    vae_path: str | None = None
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32, vae_path: str | os.PathLike | None = None,
+                    metadata: Mapping[str, str] | None = None,
+                    vae_dtype: torch.dtype | None = None) -> StableDiffusionModel:
+    """Load a single-file SD checkpoint (original layout, .safetensors or .ckpt).
+
+    ``metadata`` replaces the file's own safetensors metadata (for ``webui.arch`` overrides);
+    ``vae_path`` replaces the checkpoint's VAE with an external one; ``vae_dtype`` defaults to ``dtype``.
+    ``model_ema.*`` keys of "full" files are ignored (the normal keys are used, as A1111 does).
+    Raises ``CheckpointError`` naming the file for anything that is not a complete, supported checkpoint.
+    """
+    name, device = str(path), torch.device(device)
+    sd = read_state_dict(path)
+    meta = dict(read_metadata(path) if metadata is None else metadata)
+    family = families.detect_family(sd, name=name, need_vae=vae_path is None)
+    arch = families.arch_overrides(meta, name=name)
+
+    unet_what = f"{name}: UNet ({family.unet_prefix}*)"
+    unet_config = _named(unet_what, families.unet_config, sd, family, arch.get("unet"))
+    unet = _build(UNetModel, unet_config, _sub(sd, family.unet_prefix), device, dtype, unet_what)
+
+    text_prefix = families.text_prefix(sd, family)
+    text_what = f"{name}: text encoder ({text_prefix}*)"
+    text_sd = {k: v for k, v in _sub(sd, text_prefix).items() if not k.endswith(_IGNORED_SUFFIXES)}
+    text_config = _named(text_what, families.clip_config, text_sd, "", arch.get("clip"))
+    text_model = _build_text(text_config, text_sd, device, dtype, text_what)
+    del text_sd
+
+    if vae_path is None:
+        vae_what = f"{name}: VAE ({family.vae_prefix}*)"
+        vae_sd = _vae_state(_sub(sd, family.vae_prefix))
+        vae_config = _named(vae_what, families.vae_config, vae_sd, "", arch.get("vae"))
+        del sd
+        vae = _build(AutoencoderKL, vae_config, vae_sd, device, vae_dtype or dtype, vae_what)
+        del vae_sd
+    else:
+        del sd
+        vae = load_vae(vae_path, device=device, dtype=vae_dtype or dtype)
+    return StableDiffusionModel(unet=unet, vae=vae, text_model=text_model, family=family, path=name,
+                                metadata=meta, vae_path=None if vae_path is None else str(vae_path))
+
+
+def load_vae(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> AutoencoderKL:
+    """Load a standalone VAE file (keys with or without ``first_stage_model.``; 2-D attention weights accepted)."""
+    name = str(path)
+    sd = read_state_dict(path)
+    if any(k.startswith("first_stage_model.") for k in sd):
+        vae_sd = _vae_state(_sub(sd, "first_stage_model."))
+    else:  # standalone files may also carry training leftovers (loss.*, model_ema.*)
+        vae_sd = _vae_state({k: v for k, v in sd.items() if k.startswith(_VAE_ROOTS)})
+    missing = [k for k in families._VAE_REQUIRED if k not in vae_sd]
+    if missing:
+        sample = ", ".join(list(sd)[:3]) or "no tensors"
+        raise CheckpointError(f"{name}: not an original-layout VAE: missing {', '.join(missing[:4])}"
+                              f"{' ...' if len(missing) > 4 else ''}; found keys like {sample}. Expected "
+                              "encoder.*, decoder.*, quant_conv, post_quant_conv (optionally under first_stage_model.)")
+    del sd
+    arch = families.arch_overrides(read_metadata(path), name=name)
+    config = _named(f"{name}: VAE", families.vae_config, vae_sd, "", arch.get("vae"))
+    return _build(AutoencoderKL, config, vae_sd, torch.device(device), dtype, f"{name}: VAE")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _named(what: str, infer, *args):
+    """Run a config inference; its errors name the file and network."""
+    try:
+        return infer(*args)
+    except CheckpointError as e:
+        raise CheckpointError(f"{what}: {e}") from None
+
+
+def _sub(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    n = len(prefix)
+    return {k[n:]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _vae_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop training-only keys; diffusers-converted 2-D attention weights become 1x1 conv weights."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(_IGNORED_VAE_PREFIXES):
+            continue
+        parts = k.split(".")
+        if len(parts) == 5 and parts[1:3] == ["mid", "attn_1"] and parts[3] in _VAE_ATTN and parts[4] == "weight" \
+                and v.ndim == 2:
+            v = v[:, :, None, None]
+        out[k] = v
+    return out
+
+
+def _convert(sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Copy each tensor to the target device (floating ones also to dtype), one at a time."""
+    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
+            for k, v in sd.items()}
+
+
+def _check_keys(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s), e.g. {', '.join(missing[:4])}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s), e.g. {', '.join(unexpected[:4])}")
+    wrong = [(k, tuple(expected[k].shape), tuple(sd[k].shape)) for k in sorted(set(sd) & set(expected))
+             if expected[k].shape != sd[k].shape]
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es), e.g. " +
+                        ", ".join(f"{k} expected {e} found {f}" for k, e, f in wrong[:3]))
+    if problems:
+        raise CheckpointError(f"{what}: weights do not match the architecture inferred from the file: "
+                              + "; ".join(problems))
+
+
+def _build(cls, config, sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype, what: str):
+    with torch.device("meta"):
+        module = cls(config)
+    _check_keys(module, sd, what)
+    module.load_state_dict(_convert(sd, device, dtype), strict=True, assign=True)
+    return module.requires_grad_(False).eval()
+
+
+def _build_text(config: transformers.CLIPTextConfig, sd: Mapping[str, torch.Tensor], device: torch.device,
+                dtype: torch.dtype, what: str) -> transformers.CLIPTextModel:
+    with torch.device("meta"):
+        model = transformers.CLIPTextModel(config)
+    _check_keys(model, sd, what)
+    model.load_state_dict(_convert(sd, device, dtype), strict=True, assign=True)
+    # non-persistent buffers are not in the file: make them on the target device
+    embeddings = model.embeddings
+    positions = torch.arange(config.max_position_embeddings, device=device).expand((1, -1))
+    embeddings.register_buffer("position_ids", positions, persistent=False)
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"{what}: tensors not provided by the file: {', '.join(leftover[:4])}")
+    return model.requires_grad_(False).eval()

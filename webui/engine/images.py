@@ -1,0 +1,155 @@
+"""Image preparation for img2img and inpainting, with A1111's semantics.
+
+Resize modes: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale).
+Masks: white = repaint. Mask blur is a separable Gaussian (kernel ``2*int(2.5*r+0.5)+1``, as A1111's
+OpenCV call). "Only masked" inpainting crops the mask's padded bounding box, widened to the output
+aspect ratio, and pastes the result back.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+
+
+def flatten(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """RGB version of ``image``; transparency is composited over ``background``."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), resample=Image.LANCZOS)
+
+
+def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
+    """Bring ``image`` to ``width`` x ``height`` the way A1111's resize modes do."""
+    if mode in (0, 3):
+        return _lanczos(image, width, height)
+    ratio, src_ratio = width / height, image.width / image.height
+    if mode == 1:  # crop and resize: cover the target, centre-crop the overflow
+        src_w = width if ratio > src_ratio else image.width * height // image.height
+        src_h = height if ratio <= src_ratio else image.height * width // image.width
+    elif mode == 2:  # resize and fill: fit inside, stretch the edge pixels into the borders
+        src_w = width if ratio < src_ratio else image.width * height // image.height
+        src_h = height if ratio >= src_ratio else image.height * width // image.width
+    else:
+        raise ValueError(f"unknown resize mode {mode}; choose 0-3 ({', '.join(RESIZE_MODES)})")
+    resized = _lanczos(image, src_w, src_h)
+    result = Image.new(image.mode, (width, height))
+    result.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if mode == 2:
+        if ratio < src_ratio and (fill := height // 2 - src_h // 2) > 0:
+            result.paste(resized.resize((width, fill), box=(0, 0, width, 0)), box=(0, 0))
+            result.paste(resized.resize((width, fill), box=(0, resized.height, width, resized.height)),
+                         box=(0, fill + src_h))
+        elif ratio > src_ratio and (fill := width // 2 - src_w // 2) > 0:
+            result.paste(resized.resize((fill, height), box=(0, 0, 0, height)), box=(0, 0))
+            result.paste(resized.resize((fill, height), box=(resized.width, 0, resized.width, height)),
+                         box=(fill + src_w, 0))
+    return result
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    size = 2 * int(2.5 * sigma + 0.5) + 1
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def blur_mask(mask: Image.Image, blur_x: float, blur_y: float | None = None) -> Image.Image:
+    """Separable Gaussian blur of an ``L`` mask (reflect-101 borders, like OpenCV's default)."""
+    blur_y = blur_x if blur_y is None else blur_y
+    arr = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float64))[None, None]
+    for axis, sigma in ((3, blur_x), (2, blur_y)):
+        if sigma <= 0:
+            continue
+        kernel = _gaussian_kernel(sigma)
+        pad = min(kernel.numel() // 2, arr.shape[axis] - 1)
+        kernel = kernel[kernel.numel() // 2 - pad: kernel.numel() // 2 + pad + 1]
+        kernel = kernel / kernel.sum()
+        shape = (1, 1, 1, -1) if axis == 3 else (1, 1, -1, 1)
+        padding = (pad, pad, 0, 0) if axis == 3 else (0, 0, pad, pad)
+        arr = torch.nn.functional.conv2d(torch.nn.functional.pad(arr, padding, mode="reflect") if pad else arr,
+                                         kernel.view(shape))
+    return Image.fromarray(arr[0, 0].round().clamp(0, 255).to(torch.uint8).numpy(), mode="L")
+
+
+def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:
+    """Bounding box of the non-zero mask, grown by ``padding`` and clipped to the image."""
+    box = mask.getbbox()
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    return max(x1 - padding, 0), max(y1 - padding, 0), min(x2 + padding, mask.width), min(y2 + padding, mask.height)
+
+
+def _grow(lo: int, hi: int, want: float, limit: int) -> tuple[int, int]:
+    diff = int(want - (hi - lo))
+    lo, hi = lo - diff // 2, hi + diff - diff // 2
+    if hi >= limit:
+        lo, hi = lo - (hi - limit), limit
+    if lo < 0:
+        lo, hi = 0, hi - lo
+    return lo, min(hi, limit)
+
+
+def expand_crop_region(region, width: int, height: int, image_width: int, image_height: int):
+    """Widen ``region`` to the processing aspect ratio ``width/height``, staying inside the image."""
+    x1, y1, x2, y2 = region
+    if (x2 - x1) / (y2 - y1) > width / height:
+        y1, y2 = _grow(y1, y2, (x2 - x1) * height / width, image_height)
+    else:
+        x1, x2 = _grow(x1, x2, (y2 - y1) * width / height, image_width)
+    return x1, y1, x2, y2
+
+
+def fill(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """Masked content "fill": the masked area takes the blurred colours of its surroundings."""
+    result = Image.new("RGBA", image.size)
+    kept = Image.new("RGBa", image.size)
+    kept.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
+        blurred = kept.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            result.alpha_composite(blurred)
+    return result.convert("RGB")
+
+
+def overlay(image: Image.Image, keep_mask: Image.Image) -> Image.Image:
+    """``image`` with alpha = ``keep_mask`` (255 keeps the original pixel when composited)."""
+    layer = Image.new("RGBa", image.size)
+    layer.paste(image.convert("RGBA").convert("RGBa"), mask=keep_mask.convert("L"))
+    return layer.convert("RGBA")
+
+
+def apply_overlay(generated: Image.Image, paste_box, original_overlay: Image.Image | None) -> Image.Image:
+    """Paste a generated (possibly cropped) image back and lay the unmasked original over it."""
+    if original_overlay is None:
+        return generated
+    if paste_box is not None:
+        x, y, w, h = paste_box
+        base = Image.new("RGBA", original_overlay.size)
+        base.paste(resize_image(1, generated, w, h), (x, y))
+        generated = base
+    result = generated.convert("RGBA")
+    result.alpha_composite(original_overlay)
+    return result.convert("RGB")
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor (3, H, W) in [-1, 1]."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1) * 2.0 - 1.0
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """Float tensor (3, H, W) in [-1, 1] -> PIL RGB, rounding like A1111 (255 * clamp, truncation)."""
+    arr = ((x.float().clamp(-1, 1) + 1.0) / 2.0 * 255.0).permute(1, 2, 0).to("cpu", torch.float32).numpy()
+    return Image.fromarray(arr.astype(np.uint8))

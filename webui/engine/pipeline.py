@@ -1,0 +1,353 @@
+"""txt2img, img2img and inpainting over a resident model, with A1111's semantics.
+
+``Engine`` keeps one checkpoint resident on its device and turns a ``GenerationRequest`` into images:
+prompts -> conditioning, seeds -> CPU noise, sampler + schedule -> sigmas, the sampling loop over a
+CFG denoiser, then VAE decode. img2img trims the schedule by the denoising strength as A1111 does;
+inpainting blends latents for normal checkpoints and feeds mask + masked-image latents to 9-channel
+inpainting checkpoints.
+"""
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from . import images as im
+from .checkpoint import StableDiffusionModel, load_checkpoint, load_vae
+from .control import Interrupted, JobControl, Progress, ProgressCallback, Skipped
+from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser
+from .devices import resolve_device, resolve_precision
+from .sampling import registry
+from .sampling.noise import BrownianTreeNoiseSampler
+from .sampling.schedules import DiscreteSchedule, sd_alphas_cumprod
+from .seeds import ImageRNG, image_seeds, resolve_seed
+from .text import TextEncoder, load_tokenizer
+
+
+@dataclass
+class GenerationRequest:
+    """What a user asks for. Field names follow A1111's API."""
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler_name: str = "Euler"
+    scheduler: str = "automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    n_iter: int = 1
+    clip_skip: int = 1
+    # img2img / inpainting
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    resize_mode: int = 0
+    mask: Image.Image | None = None
+    mask_blur: int = 4
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value < 64 or value % 8:
+                problems.append(f"{name} must be a multiple of 8 and at least 64 (got {value})")
+        if self.steps < 1:
+            problems.append(f"steps must be at least 1 (got {self.steps})")
+        if self.batch_size < 1 or self.n_iter < 1:
+            problems.append("batch size and batch count must be at least 1")
+        if self.clip_skip < 1:
+            problems.append(f"clip skip must be at least 1 (got {self.clip_skip})")
+        if self.init_image is not None and not 0.0 <= self.denoising_strength <= 1.0:
+            problems.append(f"denoising strength must be within 0..1 (got {self.denoising_strength})")
+        if self.resize_mode not in range(len(im.RESIZE_MODES)):
+            problems.append(f"resize mode must be 0-3 ({', '.join(im.RESIZE_MODES)})")
+        if self.inpainting_fill not in range(len(im.MASKED_CONTENT)):
+            problems.append(f"masked content must be 0-3 ({', '.join(im.MASKED_CONTENT)})")
+        if self.mask is not None and self.init_image is None:
+            problems.append("a mask needs an init image")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    prompt: str
+    negative_prompt: str
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    seed: int                       # the job's first seed (the one reported when -1 was asked)
+    sampler_name: str               # A1111 display name, after resolving legacy names
+    scheduler: str                  # A1111 label ("Karras", "Automatic" resolved to the real one)
+    extra: dict = field(default_factory=dict)   # A1111 infotext extras (Denoising strength, Mask blur...)
+    interrupted: bool = False
+
+
+@dataclass
+class _Img2ImgInputs:
+    init_latent: torch.Tensor                  # (B, 4, h, w), scaled
+    source: torch.Tensor                       # (B, 3, H, W) in [-1, 1] after fill
+    image_mask: Image.Image | None             # processing-size mask (white = repaint)
+    keep_mask: torch.Tensor | None = None      # latent-size, 1 = keep
+    overlay: Image.Image | None = None         # original with alpha = keep
+    paste_box: tuple | None = None
+
+
+class Engine:
+    """One resident model on one device. Not thread-safe: the job queue runs one job at a time."""
+
+    def __init__(self, device: str | None = None, precision: str = "auto", *, no_half: bool = False,
+                 no_half_vae: bool = False):
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(self.device, precision, no_half=no_half, no_half_vae=no_half_vae)
+        self.model: StableDiffusionModel | None = None
+        self.vae_path: Path | None = None
+        self._tokenizer = None
+        self._text_encoder: TextEncoder | None = None
+        self.schedule = DiscreteSchedule(sd_alphas_cumprod()).to(self.device)
+
+    # ---- model residency -------------------------------------------------------------------
+    def load(self, path: str | Path, vae_path: str | Path | None = None) -> StableDiffusionModel:
+        """Load a checkpoint (and optionally an external VAE), freeing the previous model first."""
+        self.unload()
+        model = load_checkpoint(path, device=self.device, dtype=self.precision.unet)
+        if self.precision.vae != self.precision.unet:
+            model.vae.to(self.precision.vae)
+        self.model = model
+        if vae_path is not None:
+            self.set_vae(vae_path)
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer()
+        self._text_encoder = TextEncoder(model.text_model, self._tokenizer)
+        return model
+
+    def set_vae(self, vae_path: str | Path | None) -> None:
+        """Replace the VAE with an external file; ``None`` restores the checkpoint's own."""
+        model = self._require_model()
+        if vae_path is None:
+            if self.vae_path is not None:
+                self.load(model.path)
+            return
+        model.vae = load_vae(vae_path, device=self.device, dtype=self.precision.vae)
+        self.vae_path = Path(vae_path)
+
+    def unload(self) -> None:
+        self.model = None
+        self._text_encoder = None
+        self.vae_path = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _require_model(self) -> StableDiffusionModel:
+        if self.model is None:
+            raise RuntimeError("no checkpoint is loaded")
+        return self.model
+
+    @property
+    def is_inpainting_model(self) -> bool:
+        return self._require_model().family.unet_in_channels == 9
+
+    # ---- building blocks -------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
+        return self._text_encoder.encode(prompts, clip_skip=clip_skip).float()
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (the distribution's mean, as A1111)."""
+        model = self._require_model()
+        latent = self._vae_call(model.vae.encode, images)
+        return latent * model.family.latent_scale
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> (B, 3, H, W) in [-1, 1], one image at a time to bound memory."""
+        model = self._require_model()
+        return torch.cat([self._vae_call(model.vae.decode, z[None] / model.family.latent_scale)
+                          for z in latents])
+
+    def _vae_call(self, fn, x: torch.Tensor) -> torch.Tensor:
+        vae = self._require_model().vae
+        dtype = next(vae.parameters()).dtype
+        out = fn(x.to(self.device, dtype)).float()
+        if dtype != torch.float32 and torch.isnan(out).any():
+            vae.to(torch.float32)                   # the fp16 VAE overflowed: stay in fp32 from now on
+            out = fn(x.to(self.device, torch.float32)).float()
+        return out
+
+    # ---- generation ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
+                 control: JobControl | None = None) -> GenerationResult:
+        request.validate()
+        model = self._require_model()
+        spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
+        steps, batch = request.steps, request.batch_size
+        sigmas = registry.build_sigmas(spec, scheduler_key, self.schedule, steps)
+        extra: dict = {}
+        seed = resolve_seed(request.seed)
+        all_seeds = image_seeds(seed, batch * request.n_iter)
+
+        prepared = None
+        if request.init_image is not None:
+            prepared = self._prepare_img2img(request, all_seeds[:batch])
+            t_enc = int(min(request.denoising_strength, 0.999) * steps)
+            sigmas = sigmas[steps - t_enc - 1:]
+            extra["Denoising strength"] = request.denoising_strength
+            if request.mask is not None:
+                extra.update(self._inpaint_infotext(request))
+
+        cond = self.encode_prompts([request.prompt], request.clip_skip).expand(batch, -1, -1)
+        uncond = self.encode_prompts([request.negative_prompt], request.clip_skip).expand(batch, -1, -1)
+        image_cond = self._image_conditioning(request, prepared, batch) if self.is_inpainting_model else None
+        latent_shape = (4, request.height // 8, request.width // 8)
+
+        results: list[GeneratedImage] = []
+        interrupted = False
+        for iteration in range(request.n_iter):
+            seeds = all_seeds[iteration * batch:(iteration + 1) * batch]
+            rng = ImageRNG(seeds, latent_shape, self.device)
+            noise = rng.next()
+            if prepared is not None:
+                x = prepared.init_latent + noise * sigmas[0]
+            elif spec.vp_latent:
+                x = noise * (1.0 + sigmas[0] ** 2).sqrt()
+            else:
+                x = noise * sigmas[0]
+            denoiser = cfg_denoiser(ModelDenoiser(model.unet, self.schedule, model.family.prediction), cond,
+                                    uncond, request.cfg_scale, image_cond=image_cond,
+                                    check=None if control is None else control.check)
+            if prepared is not None and prepared.keep_mask is not None:
+                denoiser = masked_denoiser(denoiser, prepared.init_latent, prepared.keep_mask)
+            last = {"denoised": None}
+
+            def callback(d, _iteration=iteration, _total=len(sigmas) - 1):
+                last["denoised"] = d["denoised"]
+                if progress is not None:
+                    progress(Progress(d["i"] + 1, _total, _iteration, request.n_iter, d["x"], d["denoised"]))
+
+            try:
+                samples = spec.function(denoiser, x, sigmas, callback=callback,
+                                        noise_sampler=self._noise_sampler(spec, rng, x, sigmas, seeds),
+                                        **spec.options)
+            except (Interrupted, Skipped) as stop:
+                interrupted = isinstance(stop, Interrupted)
+                samples = last["denoised"] if last["denoised"] is not None else x
+            else:
+                if spec.vp_latent:
+                    samples = samples / (1.0 + sigmas[-1] ** 2).sqrt()
+            if prepared is not None and prepared.keep_mask is not None:
+                samples = samples * (1.0 - prepared.keep_mask) + prepared.init_latent * prepared.keep_mask
+            decoded = self.decode_latents(samples)
+            for i, (img, img_seed) in enumerate(zip(decoded, seeds)):
+                pil = im.to_pil(img)
+                if prepared is not None and prepared.overlay is not None:
+                    pil = im.apply_overlay(pil, prepared.paste_box, prepared.overlay)
+                results.append(GeneratedImage(pil, img_seed, request.prompt, request.negative_prompt))
+            if interrupted:
+                break
+        return GenerationResult(results, seed, spec.name, registry.scheduler_label(spec, scheduler_key),
+                                extra, interrupted)
+
+    def _noise_sampler(self, spec, rng: ImageRNG, x, sigmas, seeds):
+        if spec.noise == "ancestral":
+            return rng.noise_sampler
+        if spec.noise == "brownian":
+            positive = sigmas[sigmas > 0]
+            return BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seeds)
+        return None
+
+    @staticmethod
+    def _inpaint_infotext(request: GenerationRequest) -> dict:
+        info = {"Mask blur": request.mask_blur}
+        if request.inpainting_mask_invert:
+            info["Mask mode"] = "Inpaint not masked"
+        info["Masked content"] = im.MASKED_CONTENT[request.inpainting_fill]
+        if request.inpaint_full_res:
+            info["Inpaint area"] = "Only masked"
+            info["Only masked padding, pixels"] = request.inpaint_full_res_padding
+        return info
+
+    def _prepare_img2img(self, request: GenerationRequest, first_seeds: list[int]) -> _Img2ImgInputs:
+        """A1111's StableDiffusionProcessingImg2Img.init, step by step."""
+        width, height, batch = request.width, request.height, request.batch_size
+        image = im.flatten(request.init_image)
+        image_mask = overlay_mask = region = paste_box = overlay = None
+        if request.mask is not None:
+            mask = request.mask.convert("L")
+            if request.inpainting_mask_invert:
+                mask = ImageOps.invert(mask)
+            if request.mask_blur > 0:
+                mask = im.blur_mask(mask, request.mask_blur)
+            if request.inpaint_full_res:
+                overlay_mask = mask
+                region = im.crop_region(mask, request.inpaint_full_res_padding)
+                if region is not None:
+                    region = im.expand_crop_region(region, width, height, mask.width, mask.height)
+                    image_mask = im.resize_image(2, mask.crop(region), width, height)
+                    x1, y1, x2, y2 = region
+                    paste_box = (x1, y1, x2 - x1, y2 - y1)
+                else:
+                    overlay_mask = None            # blank mask: plain img2img, as A1111
+            else:
+                image_mask = im.resize_image(request.resize_mode, mask, width, height)
+                doubled = np.clip(np.asarray(image_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
+                overlay_mask = Image.fromarray(doubled)
+        if region is None and request.resize_mode != 3:
+            image = im.resize_image(request.resize_mode, image, width, height)
+        if image_mask is not None:
+            if overlay_mask.size != image.size:
+                overlay_mask = im.resize_image(request.resize_mode, overlay_mask, image.width, image.height)
+            overlay = im.overlay(image, ImageOps.invert(overlay_mask))
+        if region is not None:
+            image = im.resize_image(2, image.crop(region), width, height)
+        if image_mask is not None and request.inpainting_fill != 1:
+            image = im.fill(image, image_mask)
+
+        source = im.to_tensor(image)[None].expand(batch, -1, -1, -1).to(self.device)
+        init_latent = self.encode_images(source)
+        if request.resize_mode == 3 and region is None:
+            init_latent = torch.nn.functional.interpolate(init_latent, size=(height // 8, width // 8),
+                                                          mode="bilinear")
+        keep_mask = None
+        if image_mask is not None:
+            size = (init_latent.shape[3], init_latent.shape[2])
+            latmask = np.asarray(image_mask.convert("RGB").resize(size), dtype=np.float32)[..., 0] / 255.0
+            latmask = torch.from_numpy(np.around(latmask)).to(self.device)[None, None]
+            keep_mask = 1.0 - latmask
+            if request.inpainting_fill == 2:
+                noise = ImageRNG(first_seeds, tuple(init_latent.shape[1:]), self.device).next()
+                init_latent = init_latent * keep_mask + noise * latmask
+            elif request.inpainting_fill == 3:
+                init_latent = init_latent * keep_mask
+        return _Img2ImgInputs(init_latent, source, image_mask, keep_mask, overlay, paste_box)
+
+    def _image_conditioning(self, request, prepared: _Img2ImgInputs | None, batch: int) -> torch.Tensor:
+        """Extra UNet input of 9-channel inpainting models: [mask, latent of the masked image]."""
+        if prepared is None:   # txt2img: everything is "to be painted", the masked image is grey
+            source = torch.zeros(batch, 3, request.height, request.width, device=self.device)
+            mask = torch.ones(1, 1, request.height, request.width, device=self.device)
+        else:
+            source = prepared.source
+            if prepared.image_mask is not None:
+                arr = np.asarray(prepared.image_mask.convert("L"), dtype=np.float32) / 255.0
+                mask = torch.from_numpy(arr).round()[None, None].to(self.device)
+            else:
+                mask = torch.ones(1, 1, *source.shape[-2:], device=self.device)
+        latent = self.encode_images(source * (1.0 - mask))
+        mask = torch.nn.functional.interpolate(mask, size=latent.shape[-2:]).expand(latent.shape[0], -1, -1, -1)
+        return torch.cat([mask, latent], dim=1)

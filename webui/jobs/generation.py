@@ -1,0 +1,69 @@
+"""Turning an engine result into what users keep: A1111 infotext and saved PNGs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..engine.hashing import model_hash
+from ..engine.pipeline import GenerationRequest, GenerationResult
+from . import infotext, saving
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Names and short hashes as infotext shows them (``Model: v1-5-pruned-emaonly``)."""
+    name: str
+    hash: str | None = None
+    vae_name: str | None = None
+    vae_hash: str | None = None
+
+    @classmethod
+    def of(cls, ckpt: Path, vae: Path | None = None, hash_cache: Path | None = None) -> "ModelInfo":
+        return cls(ckpt.stem, model_hash(ckpt, hash_cache),
+                   vae.name if vae else None, model_hash(vae, hash_cache) if vae else None)
+
+
+def infotext_params(request: GenerationRequest, result: GenerationResult, seed: int, model: ModelInfo) -> dict:
+    """The parameters line, in A1111's key order."""
+    params = {
+        "Steps": request.steps,
+        "Sampler": result.sampler_name,
+        "Schedule type": result.scheduler,
+        "CFG scale": request.cfg_scale,
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model hash": model.hash,
+        "Model": model.name,
+        "VAE hash": model.vae_hash,
+        "VAE": model.vae_name,
+        "Denoising strength": result.extra.get("Denoising strength"),
+        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+    }
+    params.update({k: v for k, v in result.extra.items() if k != "Denoising strength"})
+    params["Version"] = __version__
+    return params
+
+
+def infotexts(request: GenerationRequest, result: GenerationResult, model: ModelInfo) -> list[str]:
+    return [infotext.build(img.prompt, img.negative_prompt, infotext_params(request, result, img.seed, model))
+            for img in result.images]
+
+
+def save_result(request: GenerationRequest, result: GenerationResult, model: ModelInfo, out: Path,
+                kind: str = "txt2img") -> list[Path]:
+    """Save every image with its infotext. ``out``: a ``.png`` file (one image, or ``name-N.png`` for
+    several) or a folder (A1111 naming ``NNNNN-SEED.png``; a grid too for several images)."""
+    texts = infotexts(request, result, model)
+    out = Path(out)
+    if out.suffix.lower() == ".png":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        paths = [out] if len(texts) == 1 else [out.with_name(f"{out.stem}-{i + 1}.png") for i in range(len(texts))]
+        for img, text, path in zip(result.images, texts, paths):
+            path.write_bytes(saving.png_with_infotext(img.image, text))
+        return paths
+    paths = [saving.save_image(img.image, out, seed=img.seed, infotext=text)
+             for img, text in zip(result.images, texts)]
+    if len(paths) > 1:
+        paths.append(saving.save_grid([img.image for img in result.images], out, texts[0]))
+    return paths
