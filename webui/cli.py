@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from pathlib import Path
 
-from .paths import CHECKPOINT_EXTENSIONS, Paths, list_files
+from .paths import CHECKPOINT_EXTENSIONS, PROJECT_ROOT, Paths, list_files
 
 SUBCOMMANDS = ("txt2img", "img2img")
 
@@ -31,7 +32,11 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("-o", "--output", type=Path,
-                   help="a .png path for one image, or a folder (default: outputs/<kind>-images/<date>)")
+                   help="a .png path for one image, or a folder for images and grid "
+                        "(default: <outdir>/<kind>-images/<date>, grids in <outdir>/<kind>-grids/<date>)")
+    p.add_argument("--outdir", type=Path, help="root of the default output folders (default: <data-dir>/outputs)")
+    p.add_argument("--data-dir", type=Path,
+                   help="base folder of user data: models/, outputs/, cache/ (default: the project folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     if img2img:
         p.add_argument("--init-image", type=Path, required=True)
@@ -61,7 +66,7 @@ def _open_image(path: Path, what: str):
         with Image.open(path) as img:
             img.load()
             return img.copy()
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise SystemExit(f"error: cannot read {what} {path}: {exc}") from None
 
 
@@ -75,23 +80,34 @@ def _pick_checkpoint(args, paths: Paths) -> Path:
     return found[0]
 
 
+def _require_file(path: Path | None, what: str) -> None:
+    if path is not None and not path.is_file():
+        raise SystemExit(f"error: {what} {path} {'is not a file' if path.exists() else 'not found'}")
+
+
 def run_generation(args) -> int:
+    paths = Paths(root=args.data_dir or PROJECT_ROOT, ckpt_dir=args.ckpt_dir, outdir=args.outdir)
+    ckpt = _pick_checkpoint(args, paths)
+    _require_file(ckpt, "checkpoint file")     # before importing torch: a typo fails fast
+    _require_file(args.vae, "VAE file")
+    images = {}
+    if args.command == "img2img":
+        images["init_image"] = _open_image(args.init_image, "init image")
+        images["mask"] = _open_image(args.mask, "mask") if args.mask else None
+
     from .engine.files import CheckpointError
     from .engine.pipeline import Engine, GenerationRequest
     from .jobs import saving
     from .jobs.generation import ModelInfo, save_result
     from .progress_bar import StepBar
 
-    paths = Paths(ckpt_dir=args.ckpt_dir)
-    ckpt = _pick_checkpoint(args, paths)
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, sampler_name=args.sampler,
         scheduler=args.scheduler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
         width=args.width, height=args.height, batch_size=args.batch_size, n_iter=args.n_iter,
         clip_skip=args.clip_skip)
     if args.command == "img2img":
-        request.init_image = _open_image(args.init_image, "init image")
-        request.mask = _open_image(args.mask, "mask") if args.mask else None
+        request.init_image, request.mask = images["init_image"], images["mask"]
         request.denoising_strength = args.denoising_strength
         request.resize_mode = args.resize_mode
         request.mask_blur = args.mask_blur
@@ -111,8 +127,13 @@ def run_generation(args) -> int:
     model = ModelInfo.of(ckpt, args.vae, paths.hash_cache)
     with StepBar(disable=args.quiet) as bar:
         result = engine.generate(request, progress=bar.update)
-    out = args.output or saving.dated_folder(paths.outputs, args.command)
-    for path in save_result(request, result, model, out, kind=args.command):
+    if args.output is not None:
+        out, grid_dir = args.output, None          # a folder given with -o holds the grid too
+    else:
+        today = datetime.date.today()              # A1111: <kind>-images/<date>, <kind>-grids/<date>
+        out = saving.dated_folder(paths.outputs, args.command, today)
+        grid_dir = saving.grid_folder(paths.outputs, args.command, today)
+    for path in save_result(request, result, model, out, kind=args.command, grid_dir=grid_dir):
         print(path)
     if request.seed < 0:
         print(f"seed: {result.seed}", file=sys.stderr)

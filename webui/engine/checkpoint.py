@@ -2,13 +2,13 @@
 
 Networks are built on the meta device and receive their tensors with ``load_state_dict(assign=True)``,
 each converted to the target dtype/device one at a time: no random initialisation, one copy of the
-weights in memory (plus the file's memory-mapped pages, which are released with the state dict).
+weights in memory: the file's memory-mapped pages are given back tensor by tensor as they are copied.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -52,19 +52,21 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     """
     name, device = str(path), torch.device(device)
     sd = read_state_dict(path)
+    release = getattr(sd, "release_pages", None)  # memory-mapped .safetensors: give pages back once copied
     meta = dict(read_metadata(path) if metadata is None else metadata)
     family = families.detect_family(sd, name=name, need_vae=vae_path is None)
     arch = families.arch_overrides(meta, name=name)
 
     unet_what = f"{name}: UNet ({family.unet_prefix}*)"
     unet_config = _named(unet_what, families.unet_config, sd, family, arch.get("unet"))
-    unet = _build(UNetModel, unet_config, _sub(sd, family.unet_prefix), device, dtype, unet_what)
+    unet = _build(UNetModel, unet_config, _sub(sd, family.unet_prefix), device, dtype, unet_what,
+                  release)
 
     text_prefix = families.text_prefix(sd, family)
     text_what = f"{name}: text encoder ({text_prefix}*)"
     text_sd = {k: v for k, v in _sub(sd, text_prefix).items() if not k.endswith(_IGNORED_SUFFIXES)}
     text_config = _named(text_what, families.clip_config, text_sd, "", arch.get("clip"))
-    text_model = _build_text(text_config, text_sd, device, dtype, text_what)
+    text_model = _build_text(text_config, text_sd, device, dtype, text_what, release)
     del text_sd
 
     if vae_path is None:
@@ -72,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         vae_sd = _vae_state(_sub(sd, family.vae_prefix))
         vae_config = _named(vae_what, families.vae_config, vae_sd, "", arch.get("vae"))
         del sd
-        vae = _build(AutoencoderKL, vae_config, vae_sd, device, vae_dtype or dtype, vae_what)
+        vae = _build(AutoencoderKL, vae_config, vae_sd, device, vae_dtype or dtype, vae_what, release)
         del vae_sd
     else:
         del sd
@@ -131,10 +133,20 @@ def _vae_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _convert(sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Copy each tensor to the target device (floating ones also to dtype), one at a time."""
-    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
-            for k, v in sd.items()}
+def _convert(sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
+             release: Callable[[torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
+    """Copy each tensor to the target device (floating ones also to dtype), one at a time.
+
+    ``release`` (the file's ``MappedStateDict.release_pages``) gives each source tensor's memory-mapped
+    pages back as soon as it is copied, so the file's pages and the converted weights are not all
+    resident at once (peak memory = the model plus one tensor, instead of the model plus the file).
+    """
+    out = {}
+    for k, v in sd.items():
+        out[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
+        if release is not None:
+            release(v)
+    return out
 
 
 def _check_keys(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
@@ -156,20 +168,22 @@ def _check_keys(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) ->
                               + "; ".join(problems))
 
 
-def _build(cls, config, sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype, what: str):
+def _build(cls, config, sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype, what: str,
+           release: Callable[[torch.Tensor], None] | None = None):
     with torch.device("meta"):
         module = cls(config)
     _check_keys(module, sd, what)
-    module.load_state_dict(_convert(sd, device, dtype), strict=True, assign=True)
+    module.load_state_dict(_convert(sd, device, dtype, release), strict=True, assign=True)
     return module.requires_grad_(False).eval()
 
 
 def _build_text(config: transformers.CLIPTextConfig, sd: Mapping[str, torch.Tensor], device: torch.device,
-                dtype: torch.dtype, what: str) -> transformers.CLIPTextModel:
+                dtype: torch.dtype, what: str,
+                release: Callable[[torch.Tensor], None] | None = None) -> transformers.CLIPTextModel:
     with torch.device("meta"):
         model = transformers.CLIPTextModel(config)
     _check_keys(model, sd, what)
-    model.load_state_dict(_convert(sd, device, dtype), strict=True, assign=True)
+    model.load_state_dict(_convert(sd, device, dtype, release), strict=True, assign=True)
     # non-persistent buffers are not in the file: make them on the target device
     embeddings = model.embeddings
     positions = torch.arange(config.max_position_embeddings, device=device).expand((1, -1))

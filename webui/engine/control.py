@@ -51,6 +51,11 @@ class JobControl:
     def interrupted(self) -> bool:
         return self._interrupt.is_set()
 
+    def new_batch(self) -> None:
+        """Call when a batch starts: a skip asked for after the previous batch's last model call is
+        dropped, as A1111 clears ``state.skipped`` at each iteration."""
+        self._skip.clear()
+
     def check(self) -> None:
         """Raise if the job should stop now; a skip applies once, to the batch running now."""
         if self._interrupt.is_set():

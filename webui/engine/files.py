@@ -174,7 +174,7 @@ def _read_safetensors(path, file: Path) -> dict[str, torch.Tensor]:
         if not any(end > begin for _, _, begin, end in entries.values()):
             return {name: torch.empty(shape, dtype=dtype) for name, (dtype, shape, _, _) in entries.items()}
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file is closed
-    tensors = {}
+    tensors = MappedStateDict(mapped)
     for name, (dtype, shape, begin, end) in entries.items():
         if end == begin:
             tensors[name] = torch.empty(shape, dtype=dtype)
@@ -182,6 +182,37 @@ def _read_safetensors(path, file: Path) -> dict[str, torch.Tensor]:
             count = (end - begin) // dtype.itemsize
             tensors[name] = torch.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin).view(shape)
     return tensors
+
+
+class MappedStateDict(dict):
+    """``read_state_dict``'s result for ``.safetensors``: a plain dict of tensors viewing one memory map.
+
+    ``release_pages(tensor)`` lets a loader that has copied a tensor give its mapped pages back right away
+    (otherwise every page read stays resident, and counted in the process's RSS, until the map is freed).
+    """
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        super().__init__()
+        self._map = mapped
+        self._base = torch.frombuffer(mapped, dtype=torch.uint8, count=1).data_ptr()
+
+    def release_pages(self, tensor: torch.Tensor) -> None:
+        """Drop the mapped pages lying wholly inside ``tensor``'s bytes (``madvise(MADV_DONTNEED)``).
+
+        The tensor stays valid: its pages are read again from the file if it is used later. The pages are
+        private copy-on-write file pages, so dropping them loses nothing unless the tensor was changed in
+        place (such changes would be lost). Tensors that are not views of this map are left alone.
+        """
+        if not hasattr(mmap, "MADV_DONTNEED") or tensor.device.type != "cpu":
+            return
+        start = tensor.data_ptr() - self._base
+        end = start + tensor.numel() * tensor.element_size()
+        if start < 0 or end > len(self._map):
+            return
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, end // page * page
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def _read_pickle(path, file: Path) -> dict[str, torch.Tensor]:

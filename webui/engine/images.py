@@ -1,9 +1,9 @@
 """Image preparation for img2img and inpainting, with A1111's semantics.
 
 Resize modes: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale).
-Masks: white = repaint. Mask blur is a separable Gaussian (kernel ``2*int(2.5*r+0.5)+1``, as A1111's
-OpenCV call). "Only masked" inpainting crops the mask's padded bounding box, widened to the output
-aspect ratio, and pastes the result back.
+Masks: white = repaint. Mask blur is a separable Gaussian (kernel ``2*int(2.5*r+0.5)+1``, reflect-101
+borders, one rounded 8-bit pass per axis, as A1111's two OpenCV calls). "Only masked" inpainting crops
+the mask's padded bounding box, widened to the output aspect ratio, and pastes the result back.
 """
 from __future__ import annotations
 
@@ -29,22 +29,26 @@ def _lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
-    """Bring ``image`` to ``width`` x ``height`` the way A1111's resize modes do."""
-    if mode in (0, 3):
+    """Bring ``image`` to ``width`` x ``height`` the way A1111's ``images.resize_image`` does.
+
+    Mode 3 only exists for the init image, which A1111 never resizes (it scales the latent instead);
+    anything else resized with mode 3 (the inpainting mask) gets A1111's fall-through: resize and fill.
+    """
+    if mode not in range(len(RESIZE_MODES)):
+        raise ValueError(f"unknown resize mode {mode}; choose 0-3 ({', '.join(RESIZE_MODES)})")
+    if mode == 0:
         return _lanczos(image, width, height)
     ratio, src_ratio = width / height, image.width / image.height
     if mode == 1:  # crop and resize: cover the target, centre-crop the overflow
         src_w = width if ratio > src_ratio else image.width * height // image.height
         src_h = height if ratio <= src_ratio else image.height * width // image.width
-    elif mode == 2:  # resize and fill: fit inside, stretch the edge pixels into the borders
+    else:  # resize and fill: fit inside, stretch the edge pixels into the borders
         src_w = width if ratio < src_ratio else image.width * height // image.height
         src_h = height if ratio >= src_ratio else image.height * width // image.width
-    else:
-        raise ValueError(f"unknown resize mode {mode}; choose 0-3 ({', '.join(RESIZE_MODES)})")
     resized = _lanczos(image, src_w, src_h)
     result = Image.new(image.mode, (width, height))
     result.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
-    if mode == 2:
+    if mode != 1:
         if ratio < src_ratio and (fill := height // 2 - src_h // 2) > 0:
             result.paste(resized.resize((width, fill), box=(0, 0, width, 0)), box=(0, 0))
             result.paste(resized.resize((width, fill), box=(0, resized.height, width, resized.height)),
@@ -56,29 +60,43 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
     return result
 
 
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    size = 2 * int(2.5 * sigma + 0.5) + 1
-    x = torch.arange(size, dtype=torch.float64) - size // 2
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+def binary_mask(mask: Image.Image) -> Image.Image:
+    """A1111's ``create_binary_mask``: an RGBA mask with some transparency is its alpha channel
+    thresholded at 128 (what the UI's mask editor sends); any other mask is converted to ``L``."""
+    if mask.mode == "RGBA" and mask.getextrema()[-1] != (255, 255):
+        return mask.getchannel("A").point(lambda v: 255 if v > 128 else 0)
+    return mask.convert("L")
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    radius = int(2.5 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-(x**2) / (2 * sigma**2))
     return kernel / kernel.sum()
 
 
+def _reflect101(n: int, pad: int) -> np.ndarray:
+    """Source indices of ``range(-pad, n + pad)`` with reflect-101 borders (``dcb|abcd|cba``), any ``pad``."""
+    if n == 1:
+        return np.zeros(n + 2 * pad, dtype=np.int64)
+    period = 2 * (n - 1)
+    i = np.abs(np.arange(-pad, n + pad)) % period
+    return np.where(i >= n, period - i, i)
+
+
 def blur_mask(mask: Image.Image, blur_x: float, blur_y: float | None = None) -> Image.Image:
-    """Separable Gaussian blur of an ``L`` mask (reflect-101 borders, like OpenCV's default)."""
+    """Gaussian blur of an ``L`` mask: horizontal then vertical pass, each rounded to 8 bits (A1111's
+    two ``cv2.GaussianBlur`` calls with kernels ``(k, 1)`` and ``(1, k)``)."""
     blur_y = blur_x if blur_y is None else blur_y
-    arr = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float64))[None, None]
-    for axis, sigma in ((3, blur_x), (2, blur_y)):
+    arr = np.asarray(mask.convert("L"), dtype=np.float64)
+    for axis, sigma in ((1, blur_x), (0, blur_y)):
         if sigma <= 0:
             continue
         kernel = _gaussian_kernel(sigma)
-        pad = min(kernel.numel() // 2, arr.shape[axis] - 1)
-        kernel = kernel[kernel.numel() // 2 - pad: kernel.numel() // 2 + pad + 1]
-        kernel = kernel / kernel.sum()
-        shape = (1, 1, 1, -1) if axis == 3 else (1, 1, -1, 1)
-        padding = (pad, pad, 0, 0) if axis == 3 else (0, 0, pad, pad)
-        arr = torch.nn.functional.conv2d(torch.nn.functional.pad(arr, padding, mode="reflect") if pad else arr,
-                                         kernel.view(shape))
-    return Image.fromarray(arr[0, 0].round().clamp(0, 255).to(torch.uint8).numpy(), mode="L")
+        padded = np.take(arr, _reflect101(arr.shape[axis], len(kernel) // 2), axis=axis)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, len(kernel), axis=axis)
+        arr = np.clip(np.round(windows @ kernel), 0, 255)
+    return Image.fromarray(arr.astype(np.uint8))
 
 
 def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:

@@ -5,6 +5,11 @@ prompts -> conditioning, seeds -> CPU noise, sampler + schedule -> sigmas, the s
 CFG denoiser, then VAE decode. img2img trims the schedule by the denoising strength as A1111 does;
 inpainting blends latents for normal checkpoints and feeds mask + masked-image latents to 9-channel
 inpainting checkpoints.
+
+A1111's timestep samplers (DDIM, UniPC: ``vp_latent`` specs with their own schedule) keep two quirks of
+its ``sd_samplers_timesteps.py`` here: img2img noises the latent to timestep ``ts[t_enc]`` but samples
+over ``ts[:t_enc]`` (first model call one timestep lower), and inpainting blends the kept region into
+the model's input (``mask_before_denoising``) instead of into its prediction.
 """
 from __future__ import annotations
 
@@ -22,8 +27,10 @@ from .control import Interrupted, JobControl, Progress, ProgressCallback, Skippe
 from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser
 from .devices import resolve_device, resolve_precision
 from .sampling import registry
+from .sampling.ddim import a1111_timesteps
 from .sampling.noise import BrownianTreeNoiseSampler
 from .sampling.schedules import DiscreteSchedule, sd_alphas_cumprod
+from .sampling.unipc import sample_unipc
 from .seeds import ImageRNG, image_seeds, resolve_seed
 from .text import TextEncoder, load_tokenizer
 
@@ -197,7 +204,8 @@ class Engine:
         model = self._require_model()
         spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
         steps, batch = request.steps, request.batch_size
-        sigmas = registry.build_sigmas(spec, scheduler_key, self.schedule, steps)
+        full_sigmas = sigmas = registry.build_sigmas(spec, scheduler_key, self.schedule, steps)
+        timestep_sampler = spec.vp_latent and spec.own_schedule is not None and scheduler_key == "automatic"
         extra: dict = {}
         seed = resolve_seed(request.seed)
         all_seeds = image_seeds(seed, batch * request.n_iter)
@@ -206,10 +214,14 @@ class Engine:
         if request.init_image is not None:
             prepared = self._prepare_img2img(request, all_seeds[:batch])
             t_enc = int(min(request.denoising_strength, 0.999) * steps)
-            sigmas = sigmas[steps - t_enc - 1:]
+            if timestep_sampler:
+                noise_sigma, sigmas = self._timestep_img2img_sigmas(spec, steps, t_enc)
+            else:
+                sigmas = sigmas[steps - t_enc - 1:]
+                noise_sigma = sigmas[0]
             extra["Denoising strength"] = request.denoising_strength
             if request.mask is not None:
-                extra.update(self._inpaint_infotext(request))
+                extra.update(self._inpaint_infotext(request, masked=prepared.image_mask is not None))
 
         cond = self.encode_prompts([request.prompt], request.clip_skip).expand(batch, -1, -1)
         uncond = self.encode_prompts([request.negative_prompt], request.clip_skip).expand(batch, -1, -1)
@@ -223,7 +235,9 @@ class Engine:
             rng = ImageRNG(seeds, latent_shape, self.device)
             noise = rng.next()
             if prepared is not None:
-                x = prepared.init_latent + noise * sigmas[0]
+                x = prepared.init_latent + noise * noise_sigma
+                if spec.vp_latent:   # VP latent noised to noise_sigma, seen by the sampler as at sigmas[0]
+                    x = x * ((1.0 + sigmas[0] ** 2) / (1.0 + noise_sigma ** 2)).sqrt()
             elif spec.vp_latent:
                 x = noise * (1.0 + sigmas[0] ** 2).sqrt()
             else:
@@ -232,7 +246,8 @@ class Engine:
                                     uncond, request.cfg_scale, image_cond=image_cond,
                                     check=None if control is None else control.check)
             if prepared is not None and prepared.keep_mask is not None:
-                denoiser = masked_denoiser(denoiser, prepared.init_latent, prepared.keep_mask)
+                blend = _blend_model_input if timestep_sampler else masked_denoiser
+                denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
             last = {"denoised": None}
 
             def callback(d, _iteration=iteration, _total=len(sigmas) - 1):
@@ -242,7 +257,7 @@ class Engine:
 
             try:
                 samples = spec.function(denoiser, x, sigmas, callback=callback,
-                                        noise_sampler=self._noise_sampler(spec, rng, x, sigmas, seeds),
+                                        noise_sampler=self._noise_sampler(spec, rng, x, full_sigmas, seeds),
                                         **spec.options)
             except (Interrupted, Skipped) as stop:
                 interrupted = isinstance(stop, Interrupted)
@@ -264,6 +279,7 @@ class Engine:
                                 extra, interrupted)
 
     def _noise_sampler(self, spec, rng: ImageRNG, x, sigmas, seeds):
+        """``sigmas``: the full schedule; A1111 spans the Brownian tree over it in img2img too."""
         if spec.noise == "ancestral":
             return rng.noise_sampler
         if spec.noise == "brownian":
@@ -271,15 +287,35 @@ class Engine:
             return BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seeds)
         return None
 
+    def _timestep_img2img_sigmas(self, spec, steps: int, t_enc: int):
+        """A1111's ``CompVisSampler.sample_img2img`` (DDIM, UniPC) -> (sigma of the noise, sampling sigmas).
+
+        With the sampler's timesteps ``ts``, the latent is noised to ``ts[t_enc]`` and the sampler runs as
+        given ``ts[:t_enc]``: DDIM steps ``ts[t_enc-1] -> ... -> ts[0]`` (``t_enc - 1`` model calls),
+        UniPC takes ``t_enc`` uniform steps in t from ``ts[t_enc-1]`` down to 0. With ``t_enc == 0``
+        nothing is sampled (A1111's DDIM returns the noised latent; its UniPC fails).
+        """
+        ts = a1111_timesteps(steps, len(self.schedule))
+        table = self.schedule.sigmas
+        if t_enc > 0 and spec.function is sample_unipc:
+            sigmas = self.schedule.t_to_sigma(torch.linspace(ts[t_enc - 1], 0, t_enc + 1, device=table.device))
+        else:
+            sigmas = table[torch.tensor(ts[max(t_enc - 1, 0)::-1], device=table.device)]
+        return table[ts[t_enc]], sigmas
+
     @staticmethod
-    def _inpaint_infotext(request: GenerationRequest) -> dict:
-        info = {"Mask blur": request.mask_blur}
+    def _inpaint_infotext(request: GenerationRequest, masked: bool) -> dict:
+        """A1111's extra parameters; ``masked`` is False when "only masked" fell back to img2img."""
+        info = {}
         if request.inpainting_mask_invert:
             info["Mask mode"] = "Inpaint not masked"
-        info["Masked content"] = im.MASKED_CONTENT[request.inpainting_fill]
-        if request.inpaint_full_res:
+        if request.mask_blur > 0:
+            info["Mask blur"] = request.mask_blur
+        if masked and request.inpaint_full_res:
             info["Inpaint area"] = "Only masked"
-            info["Only masked padding, pixels"] = request.inpaint_full_res_padding
+            info["Masked area padding"] = request.inpaint_full_res_padding
+        if masked and request.inpainting_fill != 1:
+            info["Masked content"] = im.MASKED_CONTENT[request.inpainting_fill]
         return info
 
     def _prepare_img2img(self, request: GenerationRequest, first_seeds: list[int]) -> _Img2ImgInputs:
@@ -288,7 +324,7 @@ class Engine:
         image = im.flatten(request.init_image)
         image_mask = overlay_mask = region = paste_box = overlay = None
         if request.mask is not None:
-            mask = request.mask.convert("L")
+            mask = im.binary_mask(request.mask)
             if request.inpainting_mask_invert:
                 mask = ImageOps.invert(mask)
             if request.mask_blur > 0:
@@ -351,3 +387,15 @@ class Engine:
         latent = self.encode_images(source * (1.0 - mask))
         mask = torch.nn.functional.interpolate(mask, size=latent.shape[-2:]).expand(latent.shape[0], -1, -1, -1)
         return torch.cat([mask, latent], dim=1)
+
+
+def _blend_model_input(denoiser, init_latent, keep_mask):
+    """Inpainting with A1111's timestep samplers (``mask_before_denoising``): the model sees the VP
+    latent with the kept region replaced by the clean init latent, while the sampler's own ``x`` is
+    left as is. In the engine's form (``x = x_vp * sqrt(1 + sigma^2)``) the x0 A1111 derives is
+    ``x - sigma * eps(blended)`` = ``denoiser(blended) + (x - blended)``."""
+    def denoise(x, sigma):
+        scale = (1.0 + sigma**2).sqrt().view(-1, *([1] * (x.ndim - 1)))
+        blended = x * (1.0 - keep_mask) + init_latent * scale * keep_mask
+        return denoiser(blended, sigma) + (x - blended)
+    return denoise

@@ -51,9 +51,10 @@ def infotexts(request: GenerationRequest, result: GenerationResult, model: Model
 
 
 def save_result(request: GenerationRequest, result: GenerationResult, model: ModelInfo, out: Path,
-                kind: str = "txt2img") -> list[Path]:
+                kind: str = "txt2img", grid_dir: Path | None = None) -> list[Path]:
     """Save every image with its infotext. ``out``: a ``.png`` file (one image, or ``name-N.png`` for
-    several) or a folder (A1111 naming ``NNNNN-SEED.png``; a grid too for several images)."""
+    several) or a folder (A1111 naming ``NNNNN-SEED.png``; a ``grid-NNNN.png`` too for several images,
+    in ``grid_dir`` when given, e.g. ``saving.grid_folder(outputs, kind)``, else in ``out``)."""
     texts = infotexts(request, result, model)
     out = Path(out)
     if out.suffix.lower() == ".png":
@@ -65,5 +66,6 @@ def save_result(request: GenerationRequest, result: GenerationResult, model: Mod
     paths = [saving.save_image(img.image, out, seed=img.seed, infotext=text)
              for img, text in zip(result.images, texts)]
     if len(paths) > 1:
-        paths.append(saving.save_grid([img.image for img in result.images], out, texts[0]))
+        paths.append(saving.save_grid([img.image for img in result.images],
+                                      out if grid_dir is None else grid_dir, texts[0]))
     return paths

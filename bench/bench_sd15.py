@@ -1,0 +1,328 @@
+"""SD1.5-size benchmark: our engine vs diffusers on the same single-file checkpoint (CPU, fp32).
+
+    /tmp/venv/bin/python bench/bench_sd15.py [--work bench/work] [--only ours|diffusers] [--threads 2]
+
+1. Builds once (cached under --work) an SD1.5-shaped checkpoint with random weights in the original
+   single-file layout, stored fp16 ``.safetensors``: 860M UNet, full VAE, CLIP-L text encoder; plus
+   the local diffusers config folder (SD1.5 configs + tokenizer files from our vocabulary).
+2. Runs each side in a fresh subprocess (so ``ru_maxrss`` is that side's own peak): load time, then
+   txt2img 256x256, 4 steps Euler, CFG 7, fp32, batch 1, twice (first run and second run).
+3. Prints a markdown table and writes it to bench/results.md.
+
+Nothing is downloaded (HF_HUB_OFFLINE=1, local_files_only=True).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+CKPT_NAME = "sd15-random-fp16.safetensors"
+PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+SIZE, STEPS, CFG, SEED = 256, 4, 7.0, 1234
+
+CLIP_L = dict(vocab_size=49408, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+              intermediate_size=3072, max_position_embeddings=77, hidden_act="quick_gelu",
+              layer_norm_eps=1e-5, projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+
+
+# ------------------------------------------------------------------------------------------ build
+
+def sd15_unet_config():
+    from webui.engine.unet import UNetConfig
+    return UNetConfig(in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4),
+                      num_res_blocks=2, attention_levels=(0, 1, 2), transformer_depth=(1, 1, 1, 0),
+                      context_dim=768, num_heads=8)
+
+
+def sd15_vae_config():
+    from webui.engine.vae import VAEConfig
+    return VAEConfig(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, z_channels=4, embed_dim=4)
+
+
+def build_checkpoint(path: Path) -> None:
+    """Random SD1.5-shaped weights (PyTorch default init), original layout, fp16 safetensors."""
+    import safetensors.torch
+    import torch
+    import transformers
+
+    from tests.tiny_models import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+    from webui.engine.unet import UNetModel
+    from webui.engine.vae import AutoencoderKL
+
+    torch.manual_seed(0)
+    sd: dict[str, torch.Tensor] = {}
+    for prefix, make in ((UNET_PREFIX, lambda: UNetModel(sd15_unet_config())),
+                         (VAE_PREFIX, lambda: AutoencoderKL(sd15_vae_config())),
+                         (TEXT_PREFIX, lambda: transformers.CLIPTextModel(transformers.CLIPTextConfig(**CLIP_L)))):
+        module = make()
+        for k, v in module.state_dict().items():
+            sd[prefix + k] = (v.half() if v.is_floating_point() else v).contiguous()
+        del module
+    sd[TEXT_PREFIX + "embeddings.position_ids"] = torch.arange(77)[None]  # real SD1.x files carry it
+    n_unet = sum(v.numel() for k, v in sd.items() if k.startswith(UNET_PREFIX))
+    print(f"[build] UNet parameters: {n_unet / 1e6:.1f}M; writing {path}", flush=True)
+    tmp = path.with_suffix(".tmp")
+    safetensors.torch.save_file(sd, str(tmp), metadata={"format": "pt"})
+    tmp.rename(path)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1))
+
+
+def build_diffusers_config(root: Path) -> Path:
+    """SD1.5's diffusers pipeline folder (configs + tokenizer, no weights), as save_pretrained writes it."""
+    import diffusers
+    import transformers
+
+    from tests.tiny_models import write_tokenizer_files
+
+    if (root / "model_index.json").exists():
+        return root
+    v = diffusers.__version__
+    _write_json(root / "unet" / "config.json", {
+        "_class_name": "UNet2DConditionModel", "_diffusers_version": v, "sample_size": 64,
+        "in_channels": 4, "out_channels": 4, "act_fn": "silu", "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "layers_per_block": 2,
+        "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 32, "use_linear_projection": False,
+    })
+    _write_json(root / "vae" / "config.json", {
+        "_class_name": "AutoencoderKL", "_diffusers_version": v, "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+        "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
+    })
+    transformers.CLIPTextConfig(**CLIP_L).save_pretrained(root / "text_encoder")
+    write_tokenizer_files(root / "tokenizer")
+    _write_json(root / "scheduler" / "scheduler_config.json", {
+        "_class_name": "PNDMScheduler", "_diffusers_version": v, "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1,
+        "set_alpha_to_one": False, "skip_prk_steps": True, "clip_sample": False,
+        "prediction_type": "epsilon", "trained_betas": None,
+    })
+    _write_json(root / "model_index.json", {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": v,
+        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
+        "image_encoder": [None, None], "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    })
+    return root
+
+
+# ------------------------------------------------------------------------------------- children
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def _report(**values) -> None:
+    print("RESULT " + json.dumps(values), flush=True)
+
+
+def child_ours(file: str, threads: int) -> None:
+    t0 = time.perf_counter()
+    import torch
+    torch.set_num_threads(threads)
+    from webui.engine.pipeline import Engine, GenerationRequest
+    import transformers
+    transformers.CLIPTextModel  # lazy module: import it here, as `import diffusers` already does on its side
+    import_s = time.perf_counter() - t0
+    rss_imports = _rss_gb()
+
+    loadavg = _loadavg()
+    t0, c0 = time.perf_counter(), _cpu_s()
+    engine = Engine("cpu", "full")
+    engine.load(file)
+    load_s, load_cpu = time.perf_counter() - t0, _cpu_s() - c0
+    rss_load = _rss_gb()
+
+    request = GenerationRequest(prompt=PROMPT, negative_prompt="", sampler_name="Euler", scheduler="automatic",
+                                steps=STEPS, cfg_scale=CFG, seed=SEED, width=SIZE, height=SIZE, batch_size=1)
+    gens, cpus, images = [], [], []
+    for _ in range(2):
+        t0, c0 = time.perf_counter(), _cpu_s()
+        result = engine.generate(request)
+        gens.append(time.perf_counter() - t0)
+        cpus.append(_cpu_s() - c0)
+        images.append(result.images[0].image)
+    _report(side="ours", import_s=import_s, load_s=load_s, gen1_s=gens[0], gen2_s=gens[1],
+            load_cpu_s=load_cpu, gen1_cpu_s=cpus[0], gen2_cpu_s=cpus[1], loadavg_1min=loadavg,
+            rss_imports_gb=rss_imports, rss_load_gb=rss_load, peak_rss_gb=_rss_gb(),
+            image_std=float(torch.tensor(list(images[0].getdata()), dtype=torch.float32).std()),
+            same_twice=list(images[0].getdata()) == list(images[1].getdata()))
+
+
+def child_diffusers(file: str, config: str, threads: int) -> None:
+    t0 = time.perf_counter()
+    import torch
+    torch.set_num_threads(threads)
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    import_s = time.perf_counter() - t0
+    rss_imports = _rss_gb()
+
+    loadavg = _loadavg()
+    t0, c0 = time.perf_counter(), _cpu_s()
+    pipe = StableDiffusionPipeline.from_single_file(file, config=config, torch_dtype=torch.float32,
+                                                    safety_checker=None, requires_safety_checker=False,
+                                                    local_files_only=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    load_s, load_cpu = time.perf_counter() - t0, _cpu_s() - c0
+    rss_load = _rss_gb()
+
+    pipe.set_progress_bar_config(disable=True)
+    gens, cpus, images = [], [], []
+    for _ in range(2):
+        t0, c0 = time.perf_counter(), _cpu_s()
+        image = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=CFG,
+                     generator=torch.Generator().manual_seed(SEED)).images[0]
+        gens.append(time.perf_counter() - t0)
+        cpus.append(_cpu_s() - c0)
+        images.append(image)
+    _report(side="diffusers", import_s=import_s, load_s=load_s, gen1_s=gens[0], gen2_s=gens[1],
+            load_cpu_s=load_cpu, gen1_cpu_s=cpus[0], gen2_cpu_s=cpus[1], loadavg_1min=loadavg,
+            rss_imports_gb=rss_imports, rss_load_gb=rss_load, peak_rss_gb=_rss_gb(),
+            image_std=float(torch.tensor(list(images[0].getdata()), dtype=torch.float32).std()),
+            same_twice=list(images[0].getdata()) == list(images[1].getdata()))
+
+
+# ----------------------------------------------------------------------------------------- driver
+
+def _warm_page_cache(path: Path) -> None:
+    """Read the file once so both sides start from the same (warm) page cache."""
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
+def run_side(side: str, file: Path, config: Path, threads: int) -> dict:
+    _warm_page_cache(file)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--file", str(file),
+           "--config", str(config), "--threads", str(threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    print(f"[bench] running {side} ...", flush=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"{side} child failed with exit code {proc.returncode}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    print(f"[bench] {side}: {json.dumps(result)}", flush=True)
+    return result
+
+
+ROWS = (("load (s)", "load_s"), ("txt2img first run (s)", "gen1_s"), ("txt2img second run (s)", "gen2_s"),
+        ("peak RSS (GB)", "peak_rss_gb"), ("RSS after load (GB)", "rss_load_gb"),
+        ("import time (s)", "import_s"), ("import + load (s)", "import_load_s"),
+        ("load CPU time (s)", "load_cpu_s"), ("txt2img second run CPU time (s)", "gen2_cpu_s"))
+
+
+def best(results: list[dict]) -> dict | None:
+    """Per metric, the best (smallest) value over the rounds: the machine is shared, noise only adds time."""
+    if not results:
+        return None
+    for r in results:
+        r["import_load_s"] = r["import_s"] + r["load_s"]
+    return {key: min(r[key] for r in results) for _, key in ROWS}
+
+
+def table(ours: dict | None, ref: dict | None) -> str:
+    out = ["| metric | ours | diffusers | ours / diffusers |", "|---|---:|---:|---:|"]
+    for label, key in ROWS:
+        a = f"{ours[key]:.2f}" if ours else "-"
+        b = f"{ref[key]:.2f}" if ref else "-"
+        ratio = f"{ours[key] / ref[key]:.2f}" if ours and ref and ref[key] else "-"
+        out.append(f"| {label} | {a} | {b} | {ratio} |")
+    return "\n".join(out)
+
+
+TARGETS = (("generation (second run) <= 0.8x diffusers", lambda o, r: o["gen2_s"] / r["gen2_s"] <= 0.8),
+           ("load <= 0.4x diffusers from_single_file", lambda o, r: o["load_s"] / r["load_s"] <= 0.4),
+           ("our peak RSS <= 5.0 GB", lambda o, r: o["peak_rss_gb"] <= 5.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=str(ROOT / "bench" / "work"), help="where the checkpoint is cached")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="runs per side, interleaved; the table shows the best")
+    parser.add_argument("--only", choices=("ours", "diffusers"))
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results.md")
+    parser.add_argument("--child", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child == "ours":
+        return child_ours(args.file, args.threads)
+    if args.child == "diffusers":
+        return child_diffusers(args.file, args.config, args.threads)
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    file = work / CKPT_NAME
+    if not file.exists():  # built in a subprocess so this driver stays small
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                        f"from bench.bench_sd15 import build_checkpoint; from pathlib import Path; "
+                        f"build_checkpoint(Path({str(file)!r}))"], check=True, cwd=ROOT)
+    config = build_diffusers_config(work / "diffusers_config_sd15")
+
+    sides = [s for s in ("ours", "diffusers") if args.only in (None, s)]
+    runs: dict[str, list[dict]] = {s: [] for s in ("ours", "diffusers")}
+    for _ in range(args.rounds):
+        for side in sides:
+            runs[side].append(run_side(side, file, config, args.threads))
+    ours, ref = best(runs["ours"]), best(runs["diffusers"])
+
+    import torch
+    loads = ", ".join(f"{r['loadavg_1min']:.1f}" for s in sides for r in runs[s])
+    header = (f"SD1.5-size random checkpoint ({file.stat().st_size / 1e9:.2f} GB fp16 safetensors), CPU fp32, "
+              f"{args.threads} threads, txt2img {SIZE}x{SIZE}, {STEPS} steps Euler, CFG {CFG}, batch 1. "
+              f"Each side runs in a fresh subprocess (peak RSS = the child's ru_maxrss; GB = 1e9 bytes), "
+              f"{args.rounds} round(s) interleaved, best value per metric. Load times exclude library imports "
+              f"on both sides (shown separately). torch {torch.__version__}, {os.cpu_count()} CPUs, "
+              f"1-min load average at the children's starts: "
+              f"{loads}.")
+    text = table(ours, ref)
+    verdicts = ""
+    if ours and ref:
+        verdicts = "\n".join(f"- {name}: {'met' if check(ours, ref) else 'MISSED'}" for name, check in TARGETS)
+    print("\n" + header + "\n\n" + text + "\n\n" + verdicts)
+    if not args.no_write:
+        (ROOT / "bench" / "results.md").write_text(
+            "# bench_sd15 results\n\n" + header + "\n\n" + text + "\n\n" + verdicts + "\n\nAll runs:\n\n```json\n"
+            + json.dumps(runs, indent=1) + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()
