@@ -135,9 +135,6 @@ def test_skip_ends_only_the_current_batch(engine, baseline):
         assert max_diff(got.image, want.image) == 0                             # next batch unaffected
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline bug: a skip requested after the last model call of a batch "
-                                       "is not cleared when the next batch starts (A1111 clears state.skipped "
-                                       "at each iteration), so it skips the next batch at its first step")
 def test_skip_at_the_last_step_does_not_skip_the_next_batch(engine, baseline):
     control = JobControl()
     rec = Recorder(lambda p: control.skip() if (p.iteration, p.step) == (0, STEPS) else None)
@@ -238,8 +235,6 @@ def test_set_vae_changes_the_decode_and_none_restores_it(files, engine, prefix):
 
 # ------------------------------------------------------------------------------- failed load
 
-@pytest.mark.xfail(strict=True, reason="pipeline bug: Engine.load unloads the resident model before reading "
-                                       "the new file, so a corrupt file leaves the engine with no model")
 def test_failed_load_keeps_the_previous_model(files, reference, tmp_path):
     eng = Engine("cpu", "full")
     eng.load(files["fp32"])

@@ -249,8 +249,8 @@ class Reference:
             if self.inpainting:
                 cmask = (torch.ones(1, 1, height, width) if prep.image_mask is None else
                          torch.from_numpy(np.asarray(prep.image_mask, dtype=np.float32) / 255).round()[None, None])
-                image_cond = torch.cat([torch.nn.functional.interpolate(cmask, size=shape[1:]).expand(batch, -1, -1, -1),
-                                        self.encode(img * (1 - cmask))], dim=1)
+                small_mask = torch.nn.functional.interpolate(cmask, size=shape[1:])      # nearest
+                image_cond = torch.cat([small_mask.expand(batch, -1, -1, -1), self.encode(img * (1 - cmask))], dim=1)
         elif self.inpainting:       # txt2img: all "to paint", masked image = grey (0.5 in [0, 1])
             image_cond = torch.cat([torch.ones(batch, 1, *shape[1:]),
                                     self.encode(torch.zeros(batch, 3, height, width))], dim=1)
@@ -503,7 +503,8 @@ def test_blank_mask_whole_picture_keeps_the_image(engine):
 def test_mask_of_another_size_than_the_image(engine, reference, full_res):
     init = _init_image()
     mask = _mask(128, 96, box=(40, 30, 90, 70))
-    result = engine.generate(_request(init_image=init, mask=mask, inpaint_full_res=full_res, inpaint_full_res_padding=4))
+    result = engine.generate(_request(init_image=init, mask=mask, inpaint_full_res=full_res,
+                                      inpaint_full_res_padding=4))
     expected, prep = reference.generate(init=init, mask=mask, full_res=full_res, padding=4)
     assert _max_diff(result.images[0].image, expected[0]) <= 2
     _check_composite(result.images[0].image, prep, init)
@@ -578,8 +579,9 @@ def test_inpainting_model_txt2img(inpaint_engine, inpaint_reference):
 def test_inpainting_model_inpaint(inpaint_engine, inpaint_reference, fill, full_res):
     init = _init_image(80, 80) if full_res else _init_image()
     mask = _mask(80, 80, box=(25, 25, 55, 55)) if full_res else _mask()
-    result = inpaint_engine.generate(_request(init_image=init, mask=mask, inpainting_fill=fill, inpaint_full_res=full_res,
-                                              inpaint_full_res_padding=8, denoising_strength=1.0))
+    result = inpaint_engine.generate(_request(init_image=init, mask=mask, inpainting_fill=fill,
+                                              inpaint_full_res=full_res, inpaint_full_res_padding=8,
+                                              denoising_strength=1.0))
     expected, prep = inpaint_reference.generate(init=init, mask=mask, fill=fill, full_res=full_res, padding=8,
                                                 strength=1.0)
     assert _max_diff(result.images[0].image, expected[0]) <= 2

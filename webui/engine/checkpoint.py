@@ -39,6 +39,12 @@ class StableDiffusionModel:
     vae_path: str | None = None
 
 
+def inspect_checkpoint(path: str | os.PathLike) -> Family:
+    """Check that ``path`` is a readable, complete checkpoint of a supported family, without building
+    anything (the tensors stay memory-mapped). Raises ``CheckpointError`` like ``load_checkpoint``."""
+    return families.detect_family(read_state_dict(path), name=str(path))
+
+
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32, vae_path: str | os.PathLike | None = None,
                     metadata: Mapping[str, str] | None = None,

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps
 
 from . import images as im
-from .checkpoint import StableDiffusionModel, load_checkpoint, load_vae
+from .checkpoint import StableDiffusionModel, inspect_checkpoint, load_checkpoint, load_vae
 from .control import Interrupted, JobControl, Progress, ProgressCallback, Skipped
 from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser
 from .devices import resolve_device, resolve_precision
@@ -128,28 +128,36 @@ class Engine:
 
     # ---- model residency -------------------------------------------------------------------
     def load(self, path: str | Path, vae_path: str | Path | None = None) -> StableDiffusionModel:
-        """Load a checkpoint (and optionally an external VAE), freeing the previous model first."""
+        """Load a checkpoint (and optionally an external VAE), freeing the previous model first.
+
+        The file is checked (readable, a known family) before the resident model is freed, so a bad file
+        leaves the engine as it was; a failure later in loading restores the previous model.
+        """
+        inspect_checkpoint(path)
+        previous = (self.model.path, self.vae_path) if self.model is not None else None
         self.unload()
-        model = load_checkpoint(path, device=self.device, dtype=self.precision.unet)
-        if self.precision.vae != self.precision.unet:
-            model.vae.to(self.precision.vae)
+        try:
+            model = load_checkpoint(path, device=self.device, dtype=self.precision.unet,
+                                    vae_dtype=self.precision.vae)
+        except Exception:
+            if previous is not None:
+                self.load(*previous)
+            raise
         self.model = model
-        if vae_path is not None:
-            self.set_vae(vae_path)
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer()
         self._text_encoder = TextEncoder(model.text_model, self._tokenizer)
+        if vae_path is not None:
+            self.set_vae(vae_path)
         return model
 
     def set_vae(self, vae_path: str | Path | None) -> None:
         """Replace the VAE with an external file; ``None`` restores the checkpoint's own."""
         model = self._require_model()
-        if vae_path is None:
-            if self.vae_path is not None:
-                self.load(model.path)
+        if vae_path is None and self.vae_path is None:
             return
-        model.vae = load_vae(vae_path, device=self.device, dtype=self.precision.vae)
-        self.vae_path = Path(vae_path)
+        model.vae = load_vae(vae_path or model.path, device=self.device, dtype=self.precision.vae)
+        self.vae_path = None if vae_path is None else Path(vae_path)
 
     def unload(self) -> None:
         self.model = None
@@ -231,6 +239,8 @@ class Engine:
         results: list[GeneratedImage] = []
         interrupted = False
         for iteration in range(request.n_iter):
+            if control is not None:
+                control.new_batch()
             seeds = all_seeds[iteration * batch:(iteration + 1) * batch]
             rng = ImageRNG(seeds, latent_shape, self.device)
             noise = rng.next()
@@ -246,7 +256,7 @@ class Engine:
                                     uncond, request.cfg_scale, image_cond=image_cond,
                                     check=None if control is None else control.check)
             if prepared is not None and prepared.keep_mask is not None:
-                blend = _blend_model_input if timestep_sampler else masked_denoiser
+                blend = _blend_model_input if spec.vp_latent else masked_denoiser
                 denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
             last = {"denoised": None}
 
