@@ -310,10 +310,10 @@ def test_unloading_frees_memory(root):
         assert all(r() is None for r in refs)
     finally:
         gc.enable()
-    model, after = None, []
+    models, after = [], []
     for _ in range(6):
-        model = None  # replace the previous model, as the UI does
-        model = load_checkpoint(path)
+        models.clear()  # replace the previous model, as the UI does
+        models.append(load_checkpoint(path))
         gc.collect()
         after.append(_rss_bytes())
     assert after[-1] - after[0] < 0.1 * after[0], [f"{r / 2**20:.0f} MiB" for r in after]

@@ -140,16 +140,21 @@ def _vae_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _convert(sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
-             release: Callable[[torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
+             release: Callable[[torch.Tensor], None] | None = None,
+             channels_last: bool = False) -> dict[str, torch.Tensor]:
     """Copy each tensor to the target device (floating ones also to dtype), one at a time.
 
     ``release`` (the file's ``MappedStateDict.release_pages``) gives each source tensor's memory-mapped
     pages back as soon as it is copied, so the file's pages and the converted weights are not all
     resident at once (peak memory = the model plus one tensor, instead of the model plus the file).
+    ``channels_last`` stores 4-D (conv) weights in channels-last order.
     """
     out = {}
     for k, v in sd.items():
-        out[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
+        if channels_last and v.ndim == 4 and v.is_floating_point():
+            out[k] = torch.empty_like(v, device=device, dtype=dtype, memory_format=torch.channels_last).copy_(v)
+        else:
+            out[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
         if release is not None:
             release(v)
     return out
@@ -179,7 +184,9 @@ def _build(cls, config, sd: Mapping[str, torch.Tensor], device: torch.device, dt
     with torch.device("meta"):
         module = cls(config)
     _check_keys(module, sd, what)
-    module.load_state_dict(_convert(sd, device, dtype, release), strict=True, assign=True)
+    # the VAE's full-resolution convs run ~10% faster channels-last on CPU (the UNet's do not gain)
+    channels_last = cls is AutoencoderKL and device.type == "cpu"
+    module.load_state_dict(_convert(sd, device, dtype, release, channels_last), strict=True, assign=True)
     return module.requires_grad_(False).eval()
 
 

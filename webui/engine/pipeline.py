@@ -25,7 +25,7 @@ from . import images as im
 from .checkpoint import StableDiffusionModel, inspect_checkpoint, load_checkpoint, load_vae
 from .control import Interrupted, JobControl, Progress, ProgressCallback, Skipped
 from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser
-from .devices import resolve_device, resolve_precision
+from .devices import keep_freed_memory_for_reuse, resolve_device, resolve_precision
 from .sampling import registry
 from .sampling.ddim import a1111_timesteps
 from .sampling.noise import BrownianTreeNoiseSampler
@@ -120,6 +120,8 @@ class Engine:
                  no_half_vae: bool = False):
         self.device = resolve_device(device)
         self.precision = resolve_precision(self.device, precision, no_half=no_half, no_half_vae=no_half_vae)
+        if self.device.type == "cpu":
+            keep_freed_memory_for_reuse()
         self.model: StableDiffusionModel | None = None
         self.vae_path: Path | None = None
         self._tokenizer = None

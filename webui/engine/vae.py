@@ -186,11 +186,19 @@ class AutoencoderKL(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.quant_conv.weight.dtype
 
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """Cast to the weights' dtype; channels-last when the conv weights are (the loader does that on CPU)."""
+        x = x.to(self.dtype)
+        weight = self.decoder.conv_in.weight
+        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def encode(self, img: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] (B, 3, H, W) -> mean of the latent distribution, unscaled."""
-        moments = self.quant_conv(self.encoder(img.to(self.dtype)))
-        return moments.chunk(2, dim=1)[0]
+        moments = self.quant_conv(self.encoder(self._input(img)))
+        return moments.chunk(2, dim=1)[0].contiguous()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Unscaled latent -> image, nominally in [-1, 1] (not clamped)."""
-        return self.decoder(self.post_quant_conv(z.to(self.dtype)))
+        return self.decoder(self.post_quant_conv(self._input(z))).contiguous()
