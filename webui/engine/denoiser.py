@@ -62,3 +62,15 @@ def masked_denoiser(denoiser: Denoiser, init_latent, keep_mask) -> Denoiser:
     def denoise(x, sigma):
         return init_latent * keep_mask + (1.0 - keep_mask) * denoiser(x, sigma)
     return denoise
+
+
+def masked_model_input(denoiser, init_latent, keep_mask):
+    """Inpainting with A1111's timestep samplers (``mask_before_denoising``): the model sees the VP
+    latent with the kept region replaced by the clean init latent, while the sampler's own ``x`` is
+    left as is. In the engine's form (``x = x_vp * sqrt(1 + sigma^2)``) the x0 A1111 derives is
+    ``x - sigma * eps(blended)`` = ``denoiser(blended) + (x - blended)``."""
+    def denoise(x, sigma):
+        scale = (1.0 + sigma**2).sqrt().view(-1, *([1] * (x.ndim - 1)))
+        blended = x * (1.0 - keep_mask) + init_latent * scale * keep_mask
+        return denoiser(blended, sigma) + (x - blended)
+    return denoise

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from . import images as im
 from .checkpoint import StableDiffusionModel, inspect_checkpoint, load_checkpoint, load_vae
 from .control import Interrupted, JobControl, Progress, ProgressCallback, Skipped
-from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser
+from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser, masked_model_input
 from .devices import keep_freed_memory_for_reuse, resolve_device, resolve_precision
 from .sampling import registry
 from .sampling.ddim import a1111_timesteps
@@ -220,7 +220,7 @@ class Engine:
         seed = resolve_seed(request.seed)
         all_seeds = image_seeds(seed, batch * request.n_iter)
 
-        prepared = None
+        prepared, noise_sigma = None, None
         if request.init_image is not None:
             prepared = self._prepare_img2img(request, all_seeds[:batch])
             t_enc = int(min(request.denoising_strength, 0.999) * steps)
@@ -245,42 +245,19 @@ class Engine:
                 control.new_batch()
             seeds = all_seeds[iteration * batch:(iteration + 1) * batch]
             rng = ImageRNG(seeds, latent_shape, self.device)
-            noise = rng.next()
-            if prepared is not None:
-                x = prepared.init_latent + noise * noise_sigma
-                if spec.vp_latent:   # VP latent noised to noise_sigma, seen by the sampler as at sigmas[0]
-                    x = x * ((1.0 + sigmas[0] ** 2) / (1.0 + noise_sigma ** 2)).sqrt()
-            elif spec.vp_latent:
-                x = noise * (1.0 + sigmas[0] ** 2).sqrt()
-            else:
-                x = noise * sigmas[0]
+            x = _start_latent(spec, rng.next(), sigmas, prepared, noise_sigma)
             denoiser = cfg_denoiser(ModelDenoiser(model.unet, self.schedule, model.family.prediction), cond,
                                     uncond, request.cfg_scale, image_cond=image_cond,
                                     check=None if control is None else control.check)
             if prepared is not None and prepared.keep_mask is not None:
-                blend = _blend_model_input if spec.vp_latent else masked_denoiser
+                blend = masked_model_input if spec.vp_latent else masked_denoiser
                 denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
-            last = {"denoised": None}
-
-            def callback(d, _iteration=iteration, _total=len(sigmas) - 1):
-                last["denoised"] = d["denoised"]
-                if progress is not None:
-                    progress(Progress(d["i"] + 1, _total, _iteration, request.n_iter, d["x"], d["denoised"]))
-
-            try:
-                samples = spec.function(denoiser, x, sigmas, callback=callback,
-                                        noise_sampler=self._noise_sampler(spec, rng, x, full_sigmas, seeds),
-                                        **spec.options)
-            except (Interrupted, Skipped) as stop:
-                interrupted = isinstance(stop, Interrupted)
-                samples = last["denoised"] if last["denoised"] is not None else x
-            else:
-                if spec.vp_latent:
-                    samples = samples / (1.0 + sigmas[-1] ** 2).sqrt()
+            noise_sampler = self._noise_sampler(spec, rng, x, full_sigmas, seeds)
+            samples, interrupted = _sample(spec, denoiser, x, sigmas, noise_sampler,
+                                           _progress_reporter(progress, iteration, request.n_iter, len(sigmas) - 1))
             if prepared is not None and prepared.keep_mask is not None:
                 samples = samples * (1.0 - prepared.keep_mask) + prepared.init_latent * prepared.keep_mask
-            decoded = self.decode_latents(samples)
-            for i, (img, img_seed) in enumerate(zip(decoded, seeds)):
+            for img, img_seed in zip(self.decode_latents(samples), seeds):
                 pil = im.to_pil(img)
                 if prepared is not None and prepared.overlay is not None:
                     pil = im.apply_overlay(pil, prepared.paste_box, prepared.overlay)
@@ -401,13 +378,39 @@ class Engine:
         return torch.cat([mask, latent], dim=1)
 
 
-def _blend_model_input(denoiser, init_latent, keep_mask):
-    """Inpainting with A1111's timestep samplers (``mask_before_denoising``): the model sees the VP
-    latent with the kept region replaced by the clean init latent, while the sampler's own ``x`` is
-    left as is. In the engine's form (``x = x_vp * sqrt(1 + sigma^2)``) the x0 A1111 derives is
-    ``x - sigma * eps(blended)`` = ``denoiser(blended) + (x - blended)``."""
-    def denoise(x, sigma):
-        scale = (1.0 + sigma**2).sqrt().view(-1, *([1] * (x.ndim - 1)))
-        blended = x * (1.0 - keep_mask) + init_latent * scale * keep_mask
-        return denoiser(blended, sigma) + (x - blended)
-    return denoise
+def _start_latent(spec, noise, sigmas, prepared: _Img2ImgInputs | None, noise_sigma):
+    """The sampler's first ``x``: noise at ``sigmas[0]`` (txt2img) or the init latent noised to
+    ``noise_sigma`` (img2img). Timestep samplers (``vp_latent``) start, as in A1111, from unscaled noise in
+    the variance-preserving space, which is ``noise * sqrt(1 + sigma^2)`` in the engine's space."""
+    if prepared is not None:
+        x = prepared.init_latent + noise * noise_sigma
+        if spec.vp_latent:   # VP latent noised to noise_sigma, seen by the sampler as at sigmas[0]
+            x = x * ((1.0 + sigmas[0] ** 2) / (1.0 + noise_sigma ** 2)).sqrt()
+        return x
+    if spec.vp_latent:
+        return noise * (1.0 + sigmas[0] ** 2).sqrt()
+    return noise * sigmas[0]
+
+
+def _progress_reporter(progress: ProgressCallback | None, iteration: int, iterations: int, total: int):
+    """A k-diffusion callback that remembers the last x0 prediction and forwards progress."""
+    def callback(d):
+        callback.last_denoised = d["denoised"]
+        if progress is not None:
+            progress(Progress(d["i"] + 1, total, iteration, iterations, d["x"], d["denoised"]))
+    callback.last_denoised = None
+    return callback
+
+
+def _sample(spec, denoiser, x, sigmas, noise_sampler, callback) -> tuple[torch.Tensor, bool]:
+    """Run the sampler -> (latent, interrupted). Interrupt and skip keep the last x0 prediction, as
+    A1111 does, so the partial image is still shown and saved."""
+    try:
+        samples = spec.function(denoiser, x, sigmas, callback=callback, noise_sampler=noise_sampler,
+                                **spec.options)
+    except (Interrupted, Skipped) as stop:
+        last = callback.last_denoised
+        return (x if last is None else last), isinstance(stop, Interrupted)
+    if spec.vp_latent:
+        samples = samples / (1.0 + sigmas[-1] ** 2).sqrt()
+    return samples, False
