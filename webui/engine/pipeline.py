@@ -13,6 +13,7 @@ the model's input (``mask_before_denoising``) instead of into its prediction.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from . import images as im
 from .checkpoint import StableDiffusionModel, inspect_checkpoint, load_checkpoint, load_vae
 from .control import Interrupted, JobControl, Progress, ProgressCallback, Skipped
 from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser, masked_model_input
-from .devices import keep_freed_memory_for_reuse, resolve_device, resolve_precision
+from .devices import CpuAllocator, resolve_device, resolve_precision
 from .sampling import registry
 from .sampling.ddim import a1111_timesteps
 from .sampling.noise import BrownianTreeNoiseSampler
@@ -120,8 +121,7 @@ class Engine:
                  no_half_vae: bool = False):
         self.device = resolve_device(device)
         self.precision = resolve_precision(self.device, precision, no_half=no_half, no_half_vae=no_half_vae)
-        if self.device.type == "cpu":
-            keep_freed_memory_for_reuse()
+        self._allocator = CpuAllocator.tune() if self.device.type == "cpu" else None
         self.model: StableDiffusionModel | None = None
         self.vae_path: Path | None = None
         self._tokenizer = None
@@ -194,8 +194,9 @@ class Engine:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> (B, 3, H, W) in [-1, 1], one image at a time to bound memory."""
         model = self._require_model()
-        return torch.cat([self._vae_call(model.vae.decode, z[None] / model.family.latent_scale)
-                          for z in latents])
+        with self._allocator.decode_working_memory() if self._allocator else contextlib.nullcontext():
+            return torch.cat([self._vae_call(model.vae.decode, z[None] / model.family.latent_scale)
+                              for z in latents])
 
     def _vae_call(self, fn, x: torch.Tensor) -> torch.Tensor:
         vae = self._require_model().vae

@@ -45,11 +45,14 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        # without autograd the SiLUs and the residual add work in place: at 512px the decoder's last
+        # level holds 128-256 channel full-resolution maps, and each saved temporary is 67-268 MB
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
-        return x + h
+        return h.add_(x) if inplace else x + h
 
 
 class AttnBlock(nn.Module):
@@ -170,7 +173,8 @@ class Decoder(nn.Module):
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = self.norm_out(h)
+        return self.conv_out(F.silu(h, inplace=not torch.is_grad_enabled()))
 
 
 class AutoencoderKL(nn.Module):
