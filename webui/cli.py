@@ -57,7 +57,47 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _add_generation_args(sub.add_parser("txt2img", help="generate images from a prompt"), img2img=False)
     _add_generation_args(sub.add_parser("img2img", help="transform or inpaint an image"), img2img=True)
+    _add_train_demo_args(sub.add_parser("train-demo", help="train the small demo model on procedural shape scenes"))
     return parser
+
+
+def _add_train_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path,
+                   help="checkpoint to write (default: models/checkpoints/webui-demo-<size>px.safetensors)")
+    p.add_argument("--size", type=int, default=64, help="image side the model is trained at (its native size)")
+    p.add_argument("--minutes", type=float, default=60.0, help="time budget of the whole run; sets the step counts")
+    p.add_argument("--vae-steps", type=int, help="VAE steps (default: planned from --minutes)")
+    p.add_argument("--unet-steps", type=int, help="UNet + text encoder steps (default: planned from --minutes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", type=Path, help="training state folder (default: cache/train-demo-<size>px)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --work-dir (its settings win)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--smoke", action="store_true", help="tiny networks, a few steps: checks the pipeline in seconds")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_train_demo(args) -> int:
+    from .demo.train import TrainConfig, train
+
+    settings = dict(size=args.size, seed=args.seed, minutes=args.minutes, threads=args.threads)
+    settings.update({k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps))
+                     if v is not None})
+    try:
+        config = TrainConfig.smoke(**settings) if args.smoke else TrainConfig(**settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name = f"webui-demo-{args.size}px{'-smoke' if args.smoke else ''}"
+    out = args.out or PROJECT_ROOT / "models" / "checkpoints" / f"{name}.safetensors"
+    work_dir = args.work_dir or PROJECT_ROOT / "cache" / f"train-{name.removeprefix('webui-')}"
+    try:
+        train(config, out, work_dir, resume=args.resume, progress=not args.quiet)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def _open_image(path: Path, what: str):
@@ -145,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in SUBCOMMANDS:
         return run_generation(args)
+    if args.command == "train-demo":
+        return run_train_demo(args)
     print("The web UI arrives with a later release; use a subcommand for now:\n", file=sys.stderr)
     parser.print_help(sys.stderr)
     return 1

@@ -1,0 +1,193 @@
+"""webui/demo/train.py: the demo model's training code (not the training run).
+
+The smoke preset trains tiny networks for a few steps of each stage; the checkpoint it writes must be a
+plain SD 1.x single file that the engine loads and samples from at the native size in its metadata.
+Runs are reproducible from the seed, and a run stopped and resumed equals an uninterrupted one bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from webui.demo import train as tr
+from webui.engine import families
+from webui.engine.checkpoint import load_checkpoint
+from webui.engine.files import read_metadata
+from webui.engine.pipeline import Engine, GenerationRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIXES = (tr.UNET_PREFIX, tr.VAE_PREFIX, tr.TEXT_PREFIX)
+TIMING_KEYS = ("seconds", "s_per_step", "hardware")  # the only metadata that may differ between equal runs
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("smoke")
+    result = tr.train(tr.TrainConfig.smoke(), folder / "demo.safetensors", folder / "work", progress=False, log=quiet)
+    return result
+
+
+def tensors(path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(path))
+
+
+def assert_same_weights(a, b) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def stable_metadata(path) -> dict:
+    meta = dict(read_metadata(path))
+    training = json.loads(meta.pop("webui.training"))
+    return {**meta, "webui.training": {k: v for k, v in training.items() if k not in TIMING_KEYS}}
+
+
+def test_smoke_checkpoint_is_an_sd1_file_the_engine_samples_from(smoke_run):
+    path = smoke_run.path
+    assert path.stat().st_size <= tr.MAX_FILE_BYTES
+    sd = tensors(path)
+    assert all(k.startswith(PREFIXES) for k in sd)
+    assert all(any(k.startswith(p) for k in sd) for p in PREFIXES)
+    assert {v.dtype for v in sd.values()} == {torch.float16}
+    assert sd[tr.TEXT_PREFIX + "embeddings.token_embedding.weight"].shape[0] == 49408
+    assert families.detect_family(sd).name == "sd1"
+
+    meta = read_metadata(path)
+    size = int(meta[tr.NATIVE_SIZE_KEY])
+    assert size == 64
+    arch = families.arch_overrides(meta)
+    config = tr.TrainConfig.smoke()
+    assert arch["unet"]["num_heads"] == config.unet_heads
+    assert arch["clip"]["num_attention_heads"] == config.text_heads
+    training = json.loads(meta["webui.training"])
+    assert training["seed"] == 0 and training["steps"] == {"vae": 3, "unet": 4}
+
+    model = load_checkpoint(path)
+    assert model.unet.config == config.unet_config()
+    assert model.vae.config == config.vae_config()
+    assert model.text_model.config.num_attention_heads == config.text_heads
+
+    engine = Engine("cpu")
+    engine.load(path)
+    latents = []
+    result = engine.generate(GenerationRequest(prompt="a large red circle on a blue background, top left",
+                                               negative_prompt="", steps=3, cfg_scale=5, seed=1,
+                                               width=size, height=size),
+                             progress=lambda p: latents.append(p.denoised))
+    assert result.images[0].image.size == (size, size)
+    assert torch.isfinite(latents[-1]).all()
+    assert torch.isfinite(engine.decode_latents(latents[-1])).all()
+
+
+def test_same_seed_gives_identical_checkpoint(smoke_run, tmp_path):
+    again = tr.train(tr.TrainConfig.smoke(), tmp_path / "again.safetensors", tmp_path / "work", progress=False,
+                     log=quiet)
+    assert_same_weights(smoke_run.path, again.path)
+    assert stable_metadata(smoke_run.path) == stable_metadata(again.path)
+
+
+def test_other_seed_gives_other_weights(smoke_run, tmp_path):
+    other = tr.train(tr.TrainConfig.smoke(seed=1), tmp_path / "other.safetensors", tmp_path / "work",
+                     progress=False, log=quiet)
+    a, b = tensors(smoke_run.path), tensors(other.path)
+    assert not torch.equal(a[tr.UNET_PREFIX + "out.2.weight"], b[tr.UNET_PREFIX + "out.2.weight"])
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(smoke_run, tmp_path):
+    out, work = tmp_path / "resumed.safetensors", tmp_path / "work"
+    config = tr.TrainConfig.smoke()
+    # stop inside the VAE stage (2 of 3), then inside the UNet stage (3 VAE + 2 of 4), then finish
+    assert tr.train(config, out, work, progress=False, stop_after=2, log=quiet) is None
+    state = torch.load(work / tr.STATE_FILE, weights_only=True)
+    assert (state["stage"], state["step"]) == ("vae", 2) and "vae_opt" in state
+    assert tr.train(config, out, work, resume=True, progress=False, stop_after=5, log=quiet) is None
+    state = torch.load(work / tr.STATE_FILE, weights_only=True)
+    assert (state["stage"], state["step"]) == ("unet", 2) and {"unet_opt", "ema", "rng"} <= state.keys()
+    assert not out.exists()
+    result = tr.train(config, out, work, resume=True, progress=False, log=quiet)
+    assert_same_weights(smoke_run.path, result.path)
+    assert stable_metadata(smoke_run.path) == stable_metadata(result.path)
+
+
+def test_resume_without_state_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        tr.train(tr.TrainConfig.smoke(), tmp_path / "x.safetensors", tmp_path / "empty", resume=True,
+                 progress=False, log=quiet)
+
+
+def test_time_budget_plans_the_step_counts(tmp_path):
+    config = tr.TrainConfig.smoke(vae_steps=None, unet_steps=None, minutes=0.02)
+    result = tr.train(config, tmp_path / "timed.safetensors", tmp_path / "work", progress=False, log=quiet)
+    steps = json.loads(result.metadata["webui.training"])["steps"]
+    assert steps["vae"] >= config.calibration_steps + 1 and steps["unet"] >= config.calibration_steps + 1
+
+
+def test_default_architecture_fits_the_size_limit_and_loads(tmp_path):
+    config = tr.TrainConfig()
+    models = tr.build_models(config)
+    counts = tr.param_counts(models)
+    assert counts["text_token_embedding"] == 49408 * config.text_hidden
+    path = tmp_path / "default.safetensors"
+    tr.export_checkpoint(models, config, path)
+    assert path.stat().st_size <= tr.MAX_FILE_BYTES
+    model = load_checkpoint(path)
+    assert model.unet.config == config.unet_config()
+    assert model.unet.config.attention_levels[0] == 0  # attention at the latent's full resolution
+    assert model.vae.config == config.vae_config()
+    assert model.text_model.config.num_attention_heads == config.text_heads
+    assert model.text_model.config.hidden_size == model.unet.config.context_dim == config.text_hidden
+    assert read_metadata(path)[tr.NATIVE_SIZE_KEY] == str(config.size)
+
+
+def test_latent_normalisation_is_exact_and_standardises_latents():
+    config = tr.TrainConfig.smoke(stats_images=32)
+    vae = tr.build_models(config).vae.eval()
+    from webui.demo import dataset as ds
+    images = tr._to_tensor(img for img, _, _ in ds.make_dataset(32, tr._derive(config.seed, "stats"), 64))
+    with torch.no_grad():
+        before = vae.decode(vae.encode(images))
+        tr.normalise_latents(vae, config)
+        latents = vae.encode(images) * tr.LATENT_SCALE
+        after = vae.decode(latents / tr.LATENT_SCALE)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(latents.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(latents.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-3, rtol=0)
+
+
+def test_learning_rate_schedule():
+    lrs = [tr.lr_factor(s, 1000, 50, 0.1) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1 / 50) and lrs[49] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[49:], lrs[50:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-4)
+    assert tr.lr_factor(0, 20, 50, 0.1) == pytest.approx(0.5)  # warm-up is at most a tenth of the stage
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(size=60), "multiple of 8"), (dict(vae_ch=48), "multiples of 32"), (dict(unet_heads=3), "unet_heads"),
+    (dict(vae_ch_mult=(1, 2, 4)), "4 levels"), (dict(unet_autocast="fp16"), "unet_autocast"),
+])
+def test_config_validation(change, message):
+    with pytest.raises(ValueError, match=message):
+        tr.TrainConfig(**change)
+
+
+def test_cli_train_demo_smoke(tmp_path):
+    out = tmp_path / "cli.safetensors"
+    proc = subprocess.run([sys.executable, "app.py", "train-demo", "--smoke", "--quiet", "--seed", "3",
+                           "--out", str(out), "--work-dir", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and (tmp_path / "work" / tr.STATE_FILE).is_file()
+    assert json.loads(read_metadata(out)["webui.training"])["seed"] == 3
