@@ -11,6 +11,8 @@ import types
 from functools import cache
 from pathlib import Path
 
+import torch
+
 
 def _load(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
@@ -46,3 +48,18 @@ def open_clip_tokenizer():
     """open_clip's ``SimpleTokenizer`` module (open_clip's package __init__ needs torchvision)."""
     dist = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0])
     return _load("open_clip_tokenizer_ref", dist / "tokenizer.py")
+
+
+class LDMShim(torch.nn.Module):
+    """What k-diffusion's CompVisDenoiser expects of an LDM, around a diffusers pipeline's UNet:
+    ``alphas_cumprod`` and ``apply_model`` (``c_concat``: the extra input of inpainting models)."""
+
+    def __init__(self, pipe):
+        super().__init__()
+        self.unet = pipe.unet
+        self.register_buffer("alphas_cumprod", pipe.scheduler.alphas_cumprod.float())
+
+    def apply_model(self, x, t, cond, c_concat=None):
+        if c_concat is not None:
+            x = torch.cat([x, c_concat], dim=1)
+        return self.unet(x, t, encoder_hidden_states=cond).sample

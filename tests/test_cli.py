@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.torch
 from PIL import Image
 
-from tests.tiny_models import VAE_PREFIX, write_tiny_checkpoint
+from tests.tiny_models import write_tiny_checkpoint, write_vae_file
 from webui.jobs.infotext import parse_typed
 from webui.jobs.saving import read_infotext
 
@@ -59,15 +58,6 @@ def info(path: Path):
 
 def printed_paths(proc) -> list[Path]:
     return [Path(line) for line in proc.stdout.splitlines() if line.strip()]
-
-
-def write_vae(path: Path, source: Path, *, prefix: bool) -> Path:
-    """A standalone VAE file: the first_stage_model.* tensors of another checkpoint file."""
-    sd = {k: v for k, v in safetensors.torch.load_file(str(source)).items() if k.startswith(VAE_PREFIX)}
-    if not prefix:
-        sd = {k.removeprefix(VAE_PREFIX): v for k, v in sd.items()}
-    safetensors.torch.save_file(sd, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +185,7 @@ def test_img2img_with_mask_writes_inpainted_image_to_default_folder(files, tmp_p
 def test_external_vae_changes_the_image_and_is_named_in_infotext(files, single, tmp_path):
     # bare encoder.*/decoder.* keys, as vae-ft-mse-840000-ema-pruned has; the first_stage_model.* variant
     # is loaded in test_engine.py (Engine.set_vae), which runs the same load_vae code in-process
-    vae = write_vae(tmp_path / "my-vae.safetensors", files["other"], prefix=False)
+    vae = write_vae_file(tmp_path / "my-vae.safetensors", files["other"], prefix=False)
     out = tmp_path / "vae.png"
     ok(app("txt2img", "--ckpt", files["ckpt"], *BASE, "--vae", vae, "--data-dir", files["root"], "-o", out))
     base_png, _ = single

@@ -10,7 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.tiny_models import VAE_PREFIX, write_tiny_checkpoint
+from tests.tiny_models import write_tiny_checkpoint, write_vae_file
 from webui.engine import images as im
 from webui.engine.control import JobControl
 from webui.engine.files import CheckpointError
@@ -33,14 +33,6 @@ def arr(image) -> np.ndarray:
 
 def max_diff(a, b) -> int:
     return int(np.abs(arr(a) - arr(b)).max())
-
-
-def write_vae(path, source, *, prefix: bool):
-    sd = {k: v for k, v in safetensors.torch.load_file(str(source)).items() if k.startswith(VAE_PREFIX)}
-    if not prefix:
-        sd = {k.removeprefix(VAE_PREFIX): v for k, v in sd.items()}
-    safetensors.torch.save_file(sd, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +211,7 @@ def test_switching_checkpoints_does_not_grow_memory(tmp_path):
 
 @pytest.mark.parametrize("prefix", [True, False], ids=["first_stage_model-prefix", "bare-keys"])
 def test_set_vae_changes_the_decode_and_none_restores_it(files, engine, prefix):
-    vae = write_vae(files["root"] / f"vae-{prefix}.safetensors", files["other"], prefix=prefix)
+    vae = write_vae_file(files["root"] / f"vae-{prefix}.safetensors", files["other"], prefix=prefix)
     latent = torch.randn(1, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(0))
     own = engine.decode_latents(latent)
     try:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from tests.references import k_diffusion
+from tests.references import LDMShim, k_diffusion
 from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
 from webui.engine.pipeline import Engine, GenerationRequest
 
@@ -177,25 +177,11 @@ def a1111_overlay(generated: Image.Image, prep: Prepared) -> Image.Image:
 
 # ----------------------------------------------------------------------------------------- reference
 
-class _LDMShim(torch.nn.Module):
-    """What k-diffusion's CompVisDenoiser expects: ``alphas_cumprod`` and ``apply_model``."""
-
-    def __init__(self, pipe):
-        super().__init__()
-        self.unet = pipe.unet
-        self.register_buffer("alphas_cumprod", pipe.scheduler.alphas_cumprod.float())
-
-    def apply_model(self, x, t, cond, c_concat=None):
-        if c_concat is not None:
-            x = torch.cat([x, c_concat], dim=1)
-        return self.unet(x, t, encoder_hidden_states=cond).sample
-
-
 class Reference:
     def __init__(self, pipe):
         self.sampling, external = k_diffusion()
         self.pipe = pipe
-        self.shim = _LDMShim(pipe)
+        self.shim = LDMShim(pipe)
         self.model = external.CompVisDenoiser(self.shim, quantize=False)
         self.acp = self.shim.alphas_cumprod
         self.inpainting = pipe.unet.config.in_channels == 9

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.references import k_diffusion
+from tests.references import LDMShim, k_diffusion
 from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
 from webui.engine.pipeline import Engine, GenerationRequest
 
@@ -63,7 +63,7 @@ class Reference:
     def __init__(self, pipe):
         sampling, external = k_diffusion()
         self.pipe, self.sampling = pipe, sampling
-        self.model = external.CompVisDenoiser(_LDMShim(pipe), quantize=False)
+        self.model = external.CompVisDenoiser(LDMShim(pipe), quantize=False)
 
     def encode(self, text):
         ids = self.pipe.tokenizer(text, padding="max_length", max_length=77, truncation=True,
@@ -114,18 +114,6 @@ class Reference:
         out = getattr(self.sampling, fn_name)(denoiser, x, sigmas, disable=True, **kwargs)
         images = self.pipe.vae.decode(out / 0.18215).sample
         return [(torch.clamp((i + 1) / 2, 0, 1) * 255).permute(1, 2, 0).numpy().astype(np.uint8) for i in images]
-
-
-class _LDMShim(torch.nn.Module):
-    """What k-diffusion's CompVisDenoiser expects of an LDM: ``alphas_cumprod`` and ``apply_model``."""
-
-    def __init__(self, pipe):
-        super().__init__()
-        self.unet = pipe.unet
-        self.register_buffer("alphas_cumprod", pipe.scheduler.alphas_cumprod.float())
-
-    def apply_model(self, x, t, cond):
-        return self.unet(x, t, encoder_hidden_states=cond).sample
 
 
 def _max_diff(ours, ref) -> int:

@@ -239,3 +239,14 @@ def diffusers_config_dir(tmp_path, *, inpaint: bool = False, model_channels: int
         "vae": ["diffusers", "AutoencoderKL"],
     })
     return root
+
+
+def write_vae_file(path, source, *, prefix: bool):
+    """A standalone VAE file: the ``first_stage_model.*`` tensors of another checkpoint file, with or
+    without that prefix."""
+    import safetensors.torch
+    sd = {k: v for k, v in safetensors.torch.load_file(str(source)).items() if k.startswith(VAE_PREFIX)}
+    if not prefix:
+        sd = {k.removeprefix(VAE_PREFIX): v for k, v in sd.items()}
+    safetensors.torch.save_file(sd, str(path))
+    return path
