@@ -28,10 +28,8 @@ from .control import Interrupted, JobControl, Progress, ProgressCallback, Skippe
 from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser, masked_model_input
 from .devices import CpuAllocator, resolve_device, resolve_precision
 from .sampling import registry
-from .sampling.ddim import a1111_timesteps
 from .sampling.noise import BrownianTreeNoiseSampler
 from .sampling.schedules import DiscreteSchedule, sd_alphas_cumprod
-from .sampling.unipc import sample_unipc
 from .seeds import ImageRNG, image_seeds, resolve_seed
 from .text import TextEncoder, load_tokenizer
 
@@ -216,7 +214,6 @@ class Engine:
         spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
         steps, batch = request.steps, request.batch_size
         full_sigmas = sigmas = registry.build_sigmas(spec, scheduler_key, self.schedule, steps)
-        timestep_sampler = spec.vp_latent and spec.own_schedule is not None and scheduler_key == "automatic"
         extra: dict = {}
         seed = resolve_seed(request.seed)
         all_seeds = image_seeds(seed, batch * request.n_iter)
@@ -225,8 +222,8 @@ class Engine:
         if request.init_image is not None:
             prepared = self._prepare_img2img(request, all_seeds[:batch])
             t_enc = int(min(request.denoising_strength, 0.999) * steps)
-            if timestep_sampler:
-                noise_sigma, sigmas = self._timestep_img2img_sigmas(spec, steps, t_enc)
+            if spec.own_img2img is not None and scheduler_key == "automatic":
+                noise_sigma, sigmas = spec.own_img2img(self.schedule, steps, t_enc)
             else:
                 sigmas = sigmas[steps - t_enc - 1:]
                 noise_sigma = sigmas[0]
@@ -276,22 +273,6 @@ class Engine:
             positive = sigmas[sigmas > 0]
             return BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seeds)
         return None
-
-    def _timestep_img2img_sigmas(self, spec, steps: int, t_enc: int):
-        """A1111's ``CompVisSampler.sample_img2img`` (DDIM, UniPC) -> (sigma of the noise, sampling sigmas).
-
-        With the sampler's timesteps ``ts``, the latent is noised to ``ts[t_enc]`` and the sampler runs as
-        given ``ts[:t_enc]``: DDIM steps ``ts[t_enc-1] -> ... -> ts[0]`` (``t_enc - 1`` model calls),
-        UniPC takes ``t_enc`` uniform steps in t from ``ts[t_enc-1]`` down to 0. With ``t_enc == 0``
-        nothing is sampled (A1111's DDIM returns the noised latent; its UniPC fails).
-        """
-        ts = a1111_timesteps(steps, len(self.schedule))
-        table = self.schedule.sigmas
-        if t_enc > 0 and spec.function is sample_unipc:
-            sigmas = self.schedule.t_to_sigma(torch.linspace(ts[t_enc - 1], 0, t_enc + 1, device=table.device))
-        else:
-            sigmas = table[torch.tensor(ts[max(t_enc - 1, 0)::-1], device=table.device)]
-        return table[ts[t_enc]], sigmas
 
     @staticmethod
     def _inpaint_infotext(request: GenerationRequest, masked: bool) -> dict:

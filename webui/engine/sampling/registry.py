@@ -15,7 +15,7 @@ import torch
 
 from . import samplers as k
 from . import schedules
-from .ddim import ddim_sigmas, sample_ddim
+from .ddim import a1111_timesteps, ddim_sigmas, sample_ddim
 from .unipc import sample_unipc, unipc_sigmas
 
 __all__ = ["SamplerSpec", "SAMPLERS", "SCHEDULERS", "resolve", "build_sigmas", "scheduler_label",
@@ -34,7 +34,8 @@ class SamplerSpec:
     options: keyword arguments the function gets for this entry (e.g. ``solver_type='heun'``).
     second_order: two model calls per step (A1111 uses it for progress accounting).
     own_schedule: ``(schedule, steps) -> sigmas`` used for "Automatic" instead of a schedule type (A1111's
-    timestep samplers DDIM / UniPC pick their own timesteps). vp_latent: like A1111's timestep samplers, the
+    timestep samplers DDIM / UniPC pick their own timesteps). own_img2img: ``(schedule, steps, t_enc) ->
+    (noise sigma, sigmas)``, their own img2img trimming, used with "Automatic". vp_latent: like A1111's timestep samplers, the
     loop starts from unscaled noise in the variance-preserving space and its result is returned there, so
     txt2img starts at ``noise * sqrt(1 + sigma_0^2)`` and the result is divided by ``sqrt(1 + sigma_last^2)``.
     """
@@ -48,6 +49,7 @@ class SamplerSpec:
     options: dict = field(default_factory=dict, hash=False, compare=False)
     second_order: bool = False
     own_schedule: Callable | None = field(default=None, hash=False, compare=False)
+    own_img2img: Callable | None = field(default=None, hash=False, compare=False)
     vp_latent: bool = False
 
 
@@ -61,6 +63,31 @@ def _ddim_schedule(schedule, steps):
 
 def _unipc_schedule(schedule, steps):
     return unipc_sigmas(_alphas_cumprod(schedule), steps)
+
+
+def _timestep_img2img(schedule, steps: int, t_enc: int, *, uniform_in_t: bool):
+    """A1111's ``CompVisSampler.sample_img2img`` (DDIM, UniPC) -> (sigma of the noise, sampling sigmas).
+
+    With the sampler's timesteps ``ts``, the latent is noised to ``ts[t_enc]`` and the sampler runs as
+    given ``ts[:t_enc]``: DDIM steps ``ts[t_enc-1] -> ... -> ts[0]`` (``t_enc - 1`` model calls),
+    UniPC (``uniform_in_t``) takes ``t_enc`` uniform steps in t from ``ts[t_enc-1]`` down to 0. With
+    ``t_enc == 0`` nothing is sampled (A1111's DDIM returns the noised latent; its UniPC fails).
+    """
+    ts = a1111_timesteps(steps, len(schedule))
+    table = schedule.sigmas
+    if t_enc > 0 and uniform_in_t:
+        sigmas = schedule.t_to_sigma(torch.linspace(ts[t_enc - 1], 0, t_enc + 1, device=table.device))
+    else:
+        sigmas = table[torch.tensor(ts[max(t_enc - 1, 0)::-1], device=table.device)]
+    return table[ts[t_enc]], sigmas
+
+
+def _ddim_img2img(schedule, steps, t_enc):
+    return _timestep_img2img(schedule, steps, t_enc, uniform_in_t=False)
+
+
+def _unipc_img2img(schedule, steps, t_enc):
+    return _timestep_img2img(schedule, steps, t_enc, uniform_in_t=True)
 
 
 def _ancestral(name, function, aliases, **kw) -> SamplerSpec:
@@ -93,8 +120,10 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     _ancestral("DPM2 a", k.sample_dpm_2_ancestral, ("k_dpm_2_a",), default_scheduler="karras",
                discard_penultimate_sigma=True, second_order=True),
     # --- timestep samplers (A1111 order: DDIM, [DDIM CFG++], [PLMS], UniPC) ---
-    SamplerSpec("DDIM", sample_ddim, ("ddim",), own_schedule=_ddim_schedule, vp_latent=True),
-    SamplerSpec("UniPC", sample_unipc, ("unipc",), own_schedule=_unipc_schedule, vp_latent=True),
+    SamplerSpec("DDIM", sample_ddim, ("ddim",), own_schedule=_ddim_schedule, own_img2img=_ddim_img2img,
+                vp_latent=True),
+    SamplerSpec("UniPC", sample_unipc, ("unipc",), own_schedule=_unipc_schedule, own_img2img=_unipc_img2img,
+                vp_latent=True),
 )
 
 # key -> A1111 label, in A1111's order. "beta" (needs scipy.stats.beta.ppf) is not available.
