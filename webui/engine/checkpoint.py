@@ -39,25 +39,30 @@ class StableDiffusionModel:
     vae_path: str | None = None
 
 
-def inspect_checkpoint(path: str | os.PathLike) -> Family:
-    """Check that ``path`` is a readable, complete checkpoint of a supported family, without building
-    anything (the tensors stay memory-mapped). Raises ``CheckpointError`` like ``load_checkpoint``."""
-    return families.detect_family(read_state_dict(path), name=str(path))
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read ``path`` and check that it is a complete checkpoint of a supported family, building nothing
+    (the tensors stay memory-mapped). Pass the result to ``load_checkpoint(state_dict=...)`` so the
+    file is read once. Raises ``CheckpointError`` like ``load_checkpoint``."""
+    sd = read_state_dict(path)
+    families.detect_family(sd, name=str(path))
+    return sd
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32, vae_path: str | os.PathLike | None = None,
                     metadata: Mapping[str, str] | None = None,
-                    vae_dtype: torch.dtype | None = None) -> StableDiffusionModel:
+                    vae_dtype: torch.dtype | None = None,
+                    state_dict: Mapping[str, torch.Tensor] | None = None) -> StableDiffusionModel:
     """Load a single-file SD checkpoint (original layout, .safetensors or .ckpt).
 
     ``metadata`` replaces the file's own safetensors metadata (for ``webui.arch`` overrides);
     ``vae_path`` replaces the checkpoint's VAE with an external one; ``vae_dtype`` defaults to ``dtype``.
     ``model_ema.*`` keys of "full" files are ignored (the normal keys are used, as A1111 does).
+    ``state_dict``: the file's tensors when already read (``read_checkpoint``).
     Raises ``CheckpointError`` naming the file for anything that is not a complete, supported checkpoint.
     """
     name, device = str(path), torch.device(device)
-    sd = read_state_dict(path)
+    sd = read_state_dict(path) if state_dict is None else state_dict
     release = getattr(sd, "release_pages", None)  # memory-mapped .safetensors: give pages back once copied
     meta = dict(read_metadata(path) if metadata is None else metadata)
     family = families.detect_family(sd, name=name, need_vae=vae_path is None)

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageOps
 
 from . import images as im
-from .checkpoint import StableDiffusionModel, inspect_checkpoint, load_checkpoint, load_vae
+from .checkpoint import StableDiffusionModel, load_checkpoint, load_vae, read_checkpoint
 from .control import Interrupted, JobControl, Progress, ProgressCallback, Skipped
 from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser, masked_model_input
 from .devices import CpuAllocator, resolve_device, resolve_precision
@@ -133,16 +133,17 @@ class Engine:
         The file is checked (readable, a known family) before the resident model is freed, so a bad file
         leaves the engine as it was; a failure later in loading restores the previous model.
         """
-        inspect_checkpoint(path)
+        state_dict = read_checkpoint(path)      # memory-mapped (safetensors, zip .ckpt): read once, here
         previous = (self.model.path, self.vae_path) if self.model is not None else None
         self.unload()
         try:
             model = load_checkpoint(path, device=self.device, dtype=self.precision.unet,
-                                    vae_dtype=self.precision.vae)
+                                    vae_dtype=self.precision.vae, state_dict=state_dict)
         except Exception:
             if previous is not None:
                 self.load(*previous)
             raise
+        del state_dict                           # unmaps the file
         self.model = model
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer()
@@ -236,6 +237,13 @@ class Engine:
         image_cond = self._image_conditioning(request, prepared, batch) if self.is_inpainting_model else None
         latent_shape = (4, request.height // 8, request.width // 8)
 
+        denoiser = cfg_denoiser(ModelDenoiser(model.unet, self.schedule, model.family.prediction), cond, uncond,
+                                request.cfg_scale, image_cond=image_cond,
+                                check=None if control is None else control.check)
+        if prepared is not None and prepared.keep_mask is not None:
+            blend = masked_model_input if spec.vp_latent else masked_denoiser
+            denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
+
         results: list[GeneratedImage] = []
         interrupted = False
         for iteration in range(request.n_iter):
@@ -244,12 +252,6 @@ class Engine:
             seeds = all_seeds[iteration * batch:(iteration + 1) * batch]
             rng = ImageRNG(seeds, latent_shape, self.device)
             x = _start_latent(spec, rng.next(), sigmas, prepared, noise_sigma)
-            denoiser = cfg_denoiser(ModelDenoiser(model.unet, self.schedule, model.family.prediction), cond,
-                                    uncond, request.cfg_scale, image_cond=image_cond,
-                                    check=None if control is None else control.check)
-            if prepared is not None and prepared.keep_mask is not None:
-                blend = masked_model_input if spec.vp_latent else masked_denoiser
-                denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
             noise_sampler = self._noise_sampler(spec, rng, x, full_sigmas, seeds)
             samples, interrupted = _sample(spec, denoiser, x, sigmas, noise_sampler,
                                            _progress_reporter(progress, iteration, request.n_iter, len(sigmas) - 1))
