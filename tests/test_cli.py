@@ -255,3 +255,27 @@ def test_no_subcommand_prints_help_and_fails():
     assert "Traceback" not in proc.stderr
     text = proc.stdout + proc.stderr
     assert "usage:" in text and "txt2img" in text and "img2img" in text
+
+
+def test_default_checkpoint_prefers_the_users_own_files(tmp_path):
+    from webui.paths import DEMO_CHECKPOINT, Paths, default_checkpoint
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    paths = Paths(root=tmp_path, ckpt_dir=folder)
+    assert default_checkpoint(paths) == (DEMO_CHECKPOINT if DEMO_CHECKPOINT.is_file() else None)
+    (folder / "webui-demo-64px.safetensors").write_bytes(b"")
+    assert default_checkpoint(paths) == folder / "webui-demo-64px.safetensors"
+    (folder / "z-mine.safetensors").write_bytes(b"")
+    assert default_checkpoint(paths) == folder / "z-mine.safetensors"
+
+
+def test_size_defaults_to_the_models_native_size(tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "native.safetensors", metadata={"webui.native_size": "80"})
+    out = tmp_path / "out.png"
+    ok(app("txt2img", "--ckpt", ckpt, "-p", "x", "--steps", "2", "--data-dir", tmp_path, "-o", out))
+    with Image.open(out) as img:
+        assert img.size == (80, 80)
+    assert (info(out).width, info(out).height) == (80, 80)
+    ok(app("txt2img", "--ckpt", ckpt, "-p", "x", "--steps", "2", "--width", "64", "--data-dir", tmp_path, "-o", out))
+    with Image.open(out) as img:
+        assert img.size == (64, 80)   # a size the user gives wins

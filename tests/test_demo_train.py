@@ -163,7 +163,18 @@ def test_latent_normalisation_is_exact_and_standardises_latents():
         after = vae.decode(latents / tr.LATENT_SCALE)
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(latents.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
-    torch.testing.assert_close(latents.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-3, rtol=0)
+    torch.testing.assert_close(latents.std(dim=(0, 2, 3)), torch.full((4,), config.latent_std), atol=1e-3, rtol=0)
+
+
+def test_loss_weights():
+    v = tr.loss_weights(tr.TrainConfig(loss_weight="v"))
+    assert v.shape == (1000,) and v.mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert torch.all(v[1:] > v[:-1])                   # noisier steps weigh more ...
+    assert (v[-1] / v[0]).item() > 100                 # ... as 1 / alphas_cumprod does
+    eps = tr.loss_weights(tr.TrainConfig(loss_weight="eps"))
+    assert torch.all(eps == 1)
+    snr = tr.loss_weights(tr.TrainConfig(loss_weight="min-snr", min_snr_gamma=5.0))
+    assert snr[-1].item() == 1.0 and snr[0].item() < 0.01
 
 
 def test_learning_rate_schedule():
@@ -177,6 +188,7 @@ def test_learning_rate_schedule():
 @pytest.mark.parametrize("change, message", [
     (dict(size=60), "multiple of 8"), (dict(vae_ch=48), "multiples of 32"), (dict(unet_heads=3), "unet_heads"),
     (dict(vae_ch_mult=(1, 2, 4)), "4 levels"), (dict(unet_autocast="fp16"), "unet_autocast"),
+    (dict(loss_weight="x0"), "loss_weight"),
 ])
 def test_config_validation(change, message):
     with pytest.raises(ValueError, match=message):

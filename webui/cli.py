@@ -6,13 +6,15 @@ import datetime
 import sys
 from pathlib import Path
 
-from .paths import CHECKPOINT_EXTENSIONS, PROJECT_ROOT, Paths, list_files
+from .paths import PROJECT_ROOT, Paths, default_checkpoint
 
 SUBCOMMANDS = ("txt2img", "img2img")
 
 
 def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
-    p.add_argument("--ckpt", type=Path, help="checkpoint file (default: the first one in --ckpt-dir)")
+    p.add_argument("--ckpt", type=Path,
+                   help="checkpoint file (default: the first in --ckpt-dir that is not the demo model, "
+                        "else the demo model)")
     p.add_argument("--ckpt-dir", type=Path, help="folder of checkpoints (default: models/checkpoints)")
     p.add_argument("--vae", type=Path, help="external VAE file replacing the checkpoint's own")
     p.add_argument("--prompt", "-p", default="")
@@ -22,8 +24,8 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg-scale", type=float, default=7.0)
     p.add_argument("--seed", type=int, default=-1, help="-1 = random; image i of the job uses seed+i")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, help="default: the model's native size (512 for SD 1.x)")
+    p.add_argument("--height", type=int, help="default: the model's native size (512 for SD 1.x)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--n-iter", type=int, default=1, help="batch count")
     p.add_argument("--clip-skip", type=int, default=1)
@@ -113,11 +115,11 @@ def _open_image(path: Path, what: str):
 def _pick_checkpoint(args, paths: Paths) -> Path:
     if args.ckpt is not None:
         return args.ckpt
-    found = list_files(paths.checkpoints, CHECKPOINT_EXTENSIONS)
-    if not found:
+    found = default_checkpoint(paths)
+    if found is None:
         raise SystemExit(f"error: no checkpoint given and none found in {paths.checkpoints}; "
                          "put a .safetensors file there or pass --ckpt PATH")
-    return found[0]
+    return found
 
 
 def _require_file(path: Path | None, what: str) -> None:
@@ -144,7 +146,7 @@ def run_generation(args) -> int:
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, sampler_name=args.sampler,
         scheduler=args.scheduler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
-        width=args.width, height=args.height, batch_size=args.batch_size, n_iter=args.n_iter,
+        width=args.width or 512, height=args.height or 512, batch_size=args.batch_size, n_iter=args.n_iter,
         clip_skip=args.clip_skip)
     if args.command == "img2img":
         request.init_image, request.mask = images["init_image"], images["mask"]
@@ -160,7 +162,9 @@ def run_generation(args) -> int:
         from .engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)
         engine = Engine(args.device, args.precision, no_half=args.no_half, no_half_vae=args.no_half_vae)
-        engine.load(ckpt, vae_path=args.vae)
+        loaded = engine.load(ckpt, vae_path=args.vae)
+        request.width = args.width or loaded.native_size   # validated above with 512 in their place
+        request.height = args.height or loaded.native_size
     except (ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ from pathlib import Path
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
 VAE_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_PREFIX = "webui-demo-"  # the embedded demo model(s) trained by `app.py train-demo`
+DEMO_CHECKPOINT = PROJECT_ROOT / "models" / "checkpoints" / "webui-demo-64px.safetensors"  # shipped
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,17 @@ def list_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
         if path.suffix.lower() in extensions and path.is_file() and path.resolve().is_relative_to(base):
             found.append(path)
     return found
+
+
+def is_demo_checkpoint(path: Path) -> bool:
+    return path.name.startswith(DEMO_PREFIX)
+
+
+def default_checkpoint(paths: Paths) -> Path | None:
+    """The checkpoint used when the user names none: the first of the user's own files in the
+    checkpoint folder, else a demo model there, else the demo model shipped with the project."""
+    found = list_files(paths.checkpoints, CHECKPOINT_EXTENSIONS)
+    own = [p for p in found if not is_demo_checkpoint(p)]
+    if own or found:
+        return (own or found)[0]
+    return DEMO_CHECKPOINT if DEMO_CHECKPOINT.is_file() else None

@@ -51,7 +51,7 @@ from torch import nn
 from tqdm import tqdm
 
 from webui.demo import dataset as ds
-from webui.engine.families import ARCH_METADATA_KEY
+from webui.engine.families import ARCH_METADATA_KEY, NATIVE_SIZE_KEY
 from webui.engine.sampling.schedules import sd_alphas_cumprod
 from webui.engine.text import TextEncoder, load_tokenizer
 from webui.engine.unet import UNetConfig, UNetModel
@@ -61,7 +61,6 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 LATENT_SCALE = 0.18215  # SD1's fixed latent scale (families.FAMILIES "sd1")
-NATIVE_SIZE_KEY = "webui.native_size"
 STATE_FILE = "state.pt"
 STATE_VERSION = 1
 MAX_FILE_BYTES = 40 * 2**20
@@ -106,7 +105,14 @@ class TrainConfig:
     min_lr_ratio: float = 0.05          # cosine decays to this fraction of the peak
     weight_decay: float = 0.01          # matrices and convs only (not norms, biases, embeddings)
     empty_caption_prob: float = 0.1
-    min_snr_gamma: float = 5.0          # 0 = plain eps MSE
+    # per-timestep weight of the eps MSE: "v" = 1 / alphas_cumprod (the v-prediction loss, normalised to
+    # mean 1): at high noise an eps error is an x0 error times sigma, and the sampler's first steps --
+    # where the layout is decided -- need x0 right; "min-snr" = min(SNR, min_snr_gamma) / SNR; "eps" = 1
+    loss_weight: str = "v"
+    min_snr_gamma: float = 5.0
+    # timestep density proportional to t ** (timestep_bias - 1): 1 = uniform, 2 = linearly more of the
+    # noisy steps, where the layout is decided (the last ones only refine edges of flat shapes)
+    timestep_bias: float = 1.0
     ema_decay: float = 0.999            # 0 = export the raw weights
     pool_size: int = 4096               # scenes whose latents are encoded at once
     pool_epochs: int = 4                # epochs over one pool (captions re-drawn each epoch)
@@ -118,6 +124,12 @@ class TrainConfig:
     text_autocast: str = "bf16"
     unet_autocast: str = "none"
     stats_images: int = 512             # scenes whose latents set the latent normalisation
+    # std of the scaled latents (encode(x) * 0.18215) after normalisation. Below 1 on purpose: at SD1's last
+    # timestep (sqrt(alphas_cumprod) = 0.068) a unit-variance latent of these high-contrast scenes still
+    # shows the object through the noise, so the model would learn to read the layout off x_t instead of
+    # off the caption, and place objects at random when sampling from pure noise (input scaling, as in
+    # Chen 2023, "On the importance of noise scheduling for diffusion models")
+    latent_std: float = 0.5
     threads: int = 0                    # 0 = torch's default
     save_every_steps: int = 500
     log_every_steps: int = 100          # a log line and a point of the loss curve (kept in the metadata)
@@ -142,6 +154,8 @@ class TrainConfig:
         for name in ("vae_autocast", "text_autocast", "unet_autocast"):
             if getattr(self, name) not in ("bf16", "none"):
                 problems.append(f"{name} must be 'bf16' or 'none' (got {getattr(self, name)!r})")
+        if self.loss_weight not in ("v", "min-snr", "eps"):
+            problems.append(f"loss_weight must be 'v', 'min-snr' or 'eps' (got {self.loss_weight!r})")
         if self.save_dtype not in ("fp16", "fp32"):
             problems.append(f"save_dtype must be 'fp16' or 'fp32' (got {self.save_dtype!r})")
         if problems:
@@ -452,7 +466,7 @@ def _train_vae(config: TrainConfig, models: Models, state: dict, stage: _Stage) 
 @torch.no_grad()
 def normalise_latents(vae: AutoencoderKL, config: TrainConfig) -> dict:
     """Fold per-channel latent statistics into the VAE so that ``encode(x) * 0.18215`` has zero mean and
-    unit variance: ``quant_conv``'s mean half becomes ``(mean - m) * k``, ``post_quant_conv`` takes
+    ``config.latent_std`` deviation: ``quant_conv``'s mean half becomes ``(mean - m) * k``, ``post_quant_conv`` takes
     ``z / k + m`` (an exact reparametrisation; reconstructions are unchanged)."""
     vae.eval()
     n = config.stats_images
@@ -461,7 +475,7 @@ def normalise_latents(vae: AutoencoderKL, config: TrainConfig) -> dict:
                        for i in range(0, n, 128)])
     m = means.mean(dim=(0, 2, 3)).double()
     s = means.std(dim=(0, 2, 3)).double().clamp_min(1e-6)
-    k = (1.0 / LATENT_SCALE) / s
+    k = (config.latent_std / LATENT_SCALE) / s
     c = config.vae_config().embed_dim
     q, pq = vae.quant_conv, vae.post_quant_conv
     w_q, b_q = q.weight.double(), q.bias.double()
@@ -473,7 +487,8 @@ def normalise_latents(vae: AutoencoderKL, config: TrainConfig) -> dict:
     w_pq /= k[None, :, None, None]
     for param, value in ((q.weight, w_q), (q.bias, b_q), (pq.weight, w_pq), (pq.bias, b_pq)):
         param.copy_(value.float())
-    return {"mean_before": m.tolist(), "std_before": s.tolist(), "scale": LATENT_SCALE}
+    return {"mean_before": m.tolist(), "std_before": s.tolist(), "scale": LATENT_SCALE,
+            "latent_std": config.latent_std}
 
 
 class _Pool:
@@ -511,6 +526,20 @@ def _captions(config: TrainConfig, scenes: list[ds.Scene], epoch: int, indices: 
     return out
 
 
+def loss_weights(config: TrainConfig) -> torch.Tensor:
+    """Weight of each timestep's eps MSE (float32, 1000 values)."""
+    acp = sd_alphas_cumprod().double()
+    snr = acp / (1.0 - acp)
+    if config.loss_weight == "v":
+        weights = 1.0 / acp
+        weights = weights / weights.mean()
+    elif config.loss_weight == "min-snr":
+        weights = snr.clamp(max=config.min_snr_gamma) / snr
+    else:
+        weights = torch.ones_like(acp)
+    return weights.float()
+
+
 def _train_unet(config: TrainConfig, models: Models, state: dict, stage: _Stage) -> bool:
     vae, unet, text = models.vae.eval().requires_grad_(False), models.unet.train(), models.text.train()
     encoder = TextEncoder(text, load_tokenizer())
@@ -533,8 +562,7 @@ def _train_unet(config: TrainConfig, models: Models, state: dict, stage: _Stage)
 
     acp = sd_alphas_cumprod().double()
     snr = acp / (1.0 - acp)
-    weights = (snr.clamp(max=config.min_snr_gamma) / snr).float() if config.min_snr_gamma > 0 \
-        else torch.ones_like(snr, dtype=torch.float32)
+    weights = loss_weights(config)
     sqrt_acp, sqrt_1m = acp.sqrt().float(), (1.0 - acp).sqrt().float()
     pool = _Pool(config, vae)
     per_epoch = max(1, config.pool_size // config.unet_batch)
@@ -552,7 +580,8 @@ def _train_unet(config: TrainConfig, models: Models, state: dict, stage: _Stage)
         b = len(picked)
         index = torch.from_numpy(picked)
         z0 = (pool.mean[index] + pool.std[index] * torch.randn(pool.mean[index].shape, generator=gen)) * LATENT_SCALE
-        t = torch.randint(0, len(acp), (b,), generator=gen)
+        u = torch.rand(b, generator=gen, dtype=torch.float64)
+        t = (u ** (1.0 / config.timestep_bias) * len(acp)).long().clamp_(0, len(acp) - 1)
         noise = torch.randn(z0.shape, generator=gen)
         drop = torch.rand(b, generator=gen) < config.empty_caption_prob
         xt = sqrt_acp[t].view(-1, 1, 1, 1) * z0 + sqrt_1m[t].view(-1, 1, 1, 1) * noise

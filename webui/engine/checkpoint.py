@@ -38,6 +38,11 @@ class StableDiffusionModel:
     metadata: dict[str, str] = field(default_factory=dict)
     vae_path: str | None = None
 
+    @property
+    def native_size(self) -> int:
+        """The image side to use when the user picks none (metadata ``webui.native_size`` or the family's)."""
+        return families.native_size(self.family, self.metadata)
+
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read ``path`` and check that it is a complete checkpoint of a supported family, building nothing

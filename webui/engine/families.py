@@ -23,6 +23,16 @@ from .unet import UNetConfig
 from .vae import VAEConfig
 
 ARCH_METADATA_KEY = "webui.arch"
+NATIVE_SIZE_KEY = "webui.native_size"  # safetensors metadata: the side a custom model was trained at
+
+
+def native_size(family: Family, metadata: Mapping[str, str] | None) -> int:
+    """The image side a model is meant to be used at: ``webui.native_size`` from the file's metadata
+    when it holds a sensible value (a multiple of 8 in 64..4096), else the family's."""
+    value = (metadata or {}).get(NATIVE_SIZE_KEY, "")
+    if value.strip().isdigit() and int(value) % 8 == 0 and 64 <= int(value) <= 4096:
+        return int(value)
+    return family.native_size
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class Family:
     vae_prefix: str = "first_stage_model."
     text_prefixes: tuple[str, ...] = ("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer.")
     supported: bool = True
+    native_size: int = 512  # image side the released models were trained at (the default size)
 
 
 _SD2_TEXT = ("cond_stage_model.model.",)
@@ -53,13 +64,14 @@ FAMILIES: tuple[Family, ...] = (
     # Recognised so that users get a clear message; not loadable yet.
     # SD 2.x: 512-base is eps, 768-v is v; shapes cannot tell them apart (A1111 runs a test step).
     Family("sd2", "SD 2.x", "v", "open-clip-h", 0.18215, 4, 1024, num_head_channels=64, linear_proj=True,
-           text_prefixes=_SD2_TEXT, supported=False),
+           text_prefixes=_SD2_TEXT, supported=False, native_size=768),
     Family("sd2-inpaint", "SD 2.x inpainting", "eps", "open-clip-h", 0.18215, 9, 1024, num_head_channels=64,
            linear_proj=True, text_prefixes=_SD2_TEXT, supported=False),
     Family("sdxl", "SDXL", "eps", "clip-l+open-clip-bigg", 0.13025, 4, 2048, num_head_channels=64,
-           linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False),
+           linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False,
+           native_size=1024),
     Family("sdxl-inpaint", "SDXL inpainting", "eps", "clip-l+open-clip-bigg", 0.13025, 9, 2048,
-           num_head_channels=64, linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False),
+           num_head_channels=64, linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False, native_size=1024),
 )
 
 # Keys whose presence makes a part recognisable, then the keys a complete part must have.
