@@ -11,10 +11,10 @@ Two stages, each with a step count either given or planned from a time budget:
 
 1. **VAE**: L1 + MSE reconstruction of freshly rendered scenes from a sampled latent, with a light KL.
    At the end the latent statistics are folded into ``quant_conv`` / ``post_quant_conv`` (an exact
-   reparametrisation) so that latents times SD1's fixed scale 0.18215 have zero mean and unit variance,
-   which is what the sampler's noise levels assume.
+   reparametrisation) so that latents times SD1's fixed scale 0.18215 have zero mean and standard
+   deviation ``latent_std`` (0.5: below 1 so that SD1's noisiest steps hide the layout; see the field).
 2. **UNet + text encoder**, jointly, on latents of the frozen VAE: eps prediction under SD1's
-   scaled-linear schedule, min-SNR loss weighting, 10% empty captions (for classifier-free guidance),
+   scaled-linear schedule, per-timestep loss weights (``loss_weight``), 10% empty captions (for classifier-free guidance),
    AdamW with linear warm-up then cosine decay, an EMA of the weights (exported). Latents are encoded
    once per pool of ``pool_size`` scenes; each pool serves ``pool_epochs`` epochs, captions re-worded
    every epoch.
@@ -26,8 +26,9 @@ the step counts (measured on the first steps, then fixed and recorded); passing 
 reproduces a run without timing (bit for bit with the same torch build, thread count and CPU kind).
 
 Measured on the project's 2-core CPU (idle, 2 threads, default sizes at 64 px): VAE 0.17 s/step (batch 16,
-bf16 autocast), UNet + text encoder 0.51-0.54 s/step (batch 64), encoding a latent pool 1.8 s per 1,024
-scenes. A 60-minute budget thus plans about 6,000 VAE steps and 4,500 UNet steps. Another process
+bf16 autocast), UNet + text encoder 0.51-0.54 s/step at batch 64 and 0.32-0.34 s/step at batch 32 (the
+default), encoding a latent pool 1.8 s per 1,024 scenes. A 60-minute budget (vae_share 0.3) thus plans
+about 6,000 VAE steps and 7,500 UNet steps. Another process
 busy on the same cores slows torch's threads down many times over: train on an otherwise idle machine.
 """
 from __future__ import annotations
@@ -98,9 +99,9 @@ class TrainConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     # stage 2
-    unet_batch: int = 64
-    unet_lr: float = 5e-4
-    text_lr: float = 5e-4
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    text_lr: float = 1e-3
     warmup_steps: int = 200             # at most a tenth of the stage
     min_lr_ratio: float = 0.05          # cosine decays to this fraction of the peak
     weight_decay: float = 0.01          # matrices and convs only (not norms, biases, embeddings)
@@ -108,12 +109,13 @@ class TrainConfig:
     # per-timestep weight of the eps MSE: "v" = 1 / alphas_cumprod (the v-prediction loss, normalised to
     # mean 1): at high noise an eps error is an x0 error times sigma, and the sampler's first steps --
     # where the layout is decided -- need x0 right; "min-snr" = min(SNR, min_snr_gamma) / SNR; "eps" = 1
-    loss_weight: str = "v"
+    loss_weight: str = "min-snr"
     min_snr_gamma: float = 5.0
     # timestep density proportional to t ** (timestep_bias - 1): 1 = uniform, 2 = linearly more of the
-    # noisy steps, where the layout is decided (the last ones only refine edges of flat shapes)
+    # noisy steps, where the layout is decided (the last ones only refine edges of flat shapes).
+    # The defaults are the best recipe measured so far (docs/demo-model-notes.md), not a finished one
     timestep_bias: float = 1.0
-    ema_decay: float = 0.999            # 0 = export the raw weights
+    ema_decay: float = 0.995            # 0 = export the raw weights
     pool_size: int = 4096               # scenes whose latents are encoded at once
     pool_epochs: int = 4                # epochs over one pool (captions re-drawn each epoch)
     grad_clip: float = 1.0
