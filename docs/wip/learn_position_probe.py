@@ -5,12 +5,14 @@
 # the x0 prediction at t=999 differs between "... top left" and "... bottom right" (ideal: about 6) and
 # between a red and a blue object. oracle=1/2 replaces the text encoder by fixed random vectors per position
 # (and colour, background); emb_std / ln_scale / bias_std / pads change initialisations.
+# pretext=N: first N steps train the text encoder alone to classify position/colour/shape/background from
+# the mean of its last 40 token states (fixed_heads=1: frozen random linear heads, so the features must grow).
 import sys, time, json, torch, numpy as np
 sys.path.insert(0,'/work/main')
 from webui.demo import train as tr, dataset as ds
 from webui.engine.text import TextEncoder, load_tokenizer
 from webui.engine.sampling.schedules import sd_alphas_cumprod
-kw = json.loads(sys.argv[1]); kw2 = dict(bias_std=kw.pop('bias_std', 0), oracle=kw.pop('oracle', 0), every=kw.pop('every', 100), emb_std=kw.pop('emb_std', 0), ln_scale=kw.pop('ln_scale', 0), pads=kw.pop('pads', 0)); steps = kw.pop('steps'); tmin = kw.pop('tmin')
+kw = json.loads(sys.argv[1]); kw2 = dict(bias_std=kw.pop('bias_std', 0), oracle=kw.pop('oracle', 0), every=kw.pop('every', 100), emb_std=kw.pop('emb_std', 0), ln_scale=kw.pop('ln_scale', 0), pads=kw.pop('pads', 0), pretext=kw.pop('pretext', 0), fixed_heads=kw.pop('fixed_heads', 0)); steps = kw.pop('steps'); tmin = kw.pop('tmin')
 src = torch.load('/tmp/probe/state/state.pt', weights_only=True)
 cfg = tr.TrainConfig.from_json(src['config']); cfg.latent_std = kw.pop('latent_std', 0.5); cfg.pool_size = 2048
 for k, v in kw.items(): setattr(cfg, k, v)
@@ -29,6 +31,29 @@ enc = TextEncoder(text, load_tokenizer())
 opt = torch.optim.AdamW(tr._param_groups([(unet, cfg.unet_lr), (text, cfg.text_lr)], 0.01), betas=(0.9, 0.99))
 acp = sd_alphas_cumprod().float(); w = 1/acp; w = w / w[tmin:].mean()
 g = torch.Generator().manual_seed(0)
+if kw2.get('pretext'):
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(128, n + 1) for k, n in (('position', 5), ('colour', 8), ('shape', 4), ('background', 8))})
+    if kw2.get('fixed_heads'):
+        for hd in heads.values():
+            torch.nn.init.normal_(hd.weight, 0, 1 / 128 ** 0.5); hd.bias.data.zero_(); hd.requires_grad_(False)
+    popt = torch.optim.AdamW([p for p in list(text.parameters()) + list(heads.parameters()) if p.requires_grad], lr=1e-3)
+    names = {'position': list(ds.POSITIONS), 'colour': list(ds.COLOURS), 'shape': list(ds.SHAPES), 'background': list(ds.COLOURS)}
+    for pstep in range(kw2['pretext']):
+        idx = torch.randint(0, 2048, (64,), generator=g)
+        caps, labels = [], {k: [] for k in heads}
+        for i in idx.tolist():
+            sc = pool.scenes[i]
+            cap = ds.caption(sc, np.random.default_rng([10**6 + pstep, i])); caps.append(cap)
+            o = sc.objects[0]
+            for k in heads:
+                if len(sc.objects) != 1: labels[k].append(len(names[k])); continue
+                val = sc.background if k == 'background' else getattr(o, k)
+                word_said = val in cap if k != 'background' else (val + ' background' in cap or 'on ' + val in cap or 'against' in cap and val in cap.split('against')[-1])
+                labels[k].append(names[k].index(val) if word_said else len(names[k]))
+        h = enc.encode(caps)[:, -40:].mean(1)
+        ploss = sum(torch.nn.functional.cross_entropy(heads[k](h), torch.tensor(labels[k])) for k in heads)
+        popt.zero_grad(); ploss.backward(); popt.step()
+        if pstep % 100 == 0 or pstep == kw2['pretext'] - 1: print('pretext', pstep, round(ploss.item(), 3), flush=True)
 ORACLE = torch.randn(5, 128, generator=torch.Generator().manual_seed(9)) * 3
 PADS = torch.randn(1, 1, 128, generator=torch.Generator().manual_seed(12)) * 3
 COL = torch.randn(8, 128, generator=torch.Generator().manual_seed(10)) * 3
