@@ -7,6 +7,7 @@
 # (and colour, background); emb_std / ln_scale / bias_std / pads change initialisations.
 # pretext=N: first N steps train the text encoder alone to classify position/colour/shape/background from
 # the mean of its last 40 token states (fixed_heads=1: frozen random linear heads, so the features must grow).
+# ORACLE_SCALE: size of the oracle vectors (3 -> norm ~34: learned; 1 -> norm ~11: not learned).
 import sys, time, json, torch, numpy as np
 sys.path.insert(0,'/work/main')
 from webui.demo import train as tr, dataset as ds
@@ -31,6 +32,7 @@ enc = TextEncoder(text, load_tokenizer())
 opt = torch.optim.AdamW(tr._param_groups([(unet, cfg.unet_lr), (text, cfg.text_lr)], 0.01), betas=(0.9, 0.99))
 acp = sd_alphas_cumprod().float(); w = 1/acp; w = w / w[tmin:].mean()
 g = torch.Generator().manual_seed(0)
+ORACLE_SCALE = 1.0
 if kw2.get('pretext'):
     heads = torch.nn.ModuleDict({k: torch.nn.Linear(128, n + 1) for k, n in (('position', 5), ('colour', 8), ('shape', 4), ('background', 8))})
     if kw2.get('fixed_heads'):
@@ -54,10 +56,10 @@ if kw2.get('pretext'):
         ploss = sum(torch.nn.functional.cross_entropy(heads[k](h), torch.tensor(labels[k])) for k in heads)
         popt.zero_grad(); ploss.backward(); popt.step()
         if pstep % 100 == 0 or pstep == kw2['pretext'] - 1: print('pretext', pstep, round(ploss.item(), 3), flush=True)
-ORACLE = torch.randn(5, 128, generator=torch.Generator().manual_seed(9)) * 3
+ORACLE = torch.randn(5, 128, generator=torch.Generator().manual_seed(9)) * ORACLE_SCALE
 PADS = torch.randn(1, 1, 128, generator=torch.Generator().manual_seed(12)) * 3
-COL = torch.randn(8, 128, generator=torch.Generator().manual_seed(10)) * 3
-BG = torch.randn(8, 128, generator=torch.Generator().manual_seed(11)) * 3
+COL = torch.randn(8, 128, generator=torch.Generator().manual_seed(10)) * ORACLE_SCALE
+BG = torch.randn(8, 128, generator=torch.Generator().manual_seed(11)) * ORACLE_SCALE
 t0 = time.time()
 for step in range(steps):
     idx = torch.randint(0, 2048, (32,), generator=g)
