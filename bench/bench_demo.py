@@ -31,58 +31,38 @@ PROMPT = "a large red circle on a blue background, top left"
 STEPS, CFG = 20, 7.0
 
 
-def _write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=1))
-
-
 def diffusers_config(ckpt: Path, root: Path) -> Path:
     """A diffusers pipeline folder (configs + tokenizer, no weights) for the demo checkpoint's networks."""
-    import diffusers
     import transformers
 
-    from tests.tiny_models import write_tokenizer_files
+    from tests.tiny_models import write_diffusers_pipeline
     from webui.demo.train import LATENT_SCALE, TrainConfig
     from webui.engine.files import read_metadata
 
     config = TrainConfig.from_json(json.loads(read_metadata(ckpt)["webui.train_config"]))
-    v = diffusers.__version__
     blocks = ["CrossAttnDownBlock2D" if i in config.unet_attention_levels else "DownBlock2D"
               for i in range(len(config.unet_mult))]
-    _write_json(root / "unet" / "config.json", {
-        "_class_name": "UNet2DConditionModel", "_diffusers_version": v, "sample_size": config.size // 8,
-        "in_channels": 4, "out_channels": 4, "down_block_types": blocks,
-        "up_block_types": [b.replace("Down", "Up") for b in reversed(blocks)],
-        "block_out_channels": [config.unet_channels * m for m in config.unet_mult],
-        "layers_per_block": config.unet_res_blocks, "cross_attention_dim": config.text_hidden,
-        "attention_head_dim": config.unet_heads, "norm_num_groups": 32, "norm_eps": 1e-5,
-        "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "use_linear_projection": False,
-        "center_input_sample": False, "downsample_padding": 1, "mid_block_scale_factor": 1,
-    })
-    _write_json(root / "vae" / "config.json", {
-        "_class_name": "AutoencoderKL", "_diffusers_version": v, "in_channels": 3, "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * len(config.vae_ch_mult),
-        "up_block_types": ["UpDecoderBlock2D"] * len(config.vae_ch_mult),
-        "block_out_channels": [config.vae_ch * m for m in config.vae_ch_mult],
-        "layers_per_block": config.vae_res_blocks, "latent_channels": 4, "norm_num_groups": 32,
-        "act_fn": "silu", "sample_size": config.size, "scaling_factor": LATENT_SCALE,
-    })
-    transformers.CLIPTextConfig(**config.clip_values(), bos_token_id=49406, eos_token_id=49407,
-                                pad_token_id=1).save_pretrained(root / "text_encoder")
-    write_tokenizer_files(root / "tokenizer")
-    _write_json(root / "scheduler" / "scheduler_config.json", {
-        "_class_name": "EulerDiscreteScheduler", "_diffusers_version": v, "beta_start": 0.00085,
-        "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1,
-        "prediction_type": "epsilon", "timestep_spacing": "linspace", "trained_betas": None,
-    })
-    _write_json(root / "model_index.json", {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": v,
-        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
-        "image_encoder": [None, None], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    })
-    return root
+    return write_diffusers_pipeline(
+        root, scheduler="EulerDiscreteScheduler",
+        text_config=transformers.CLIPTextConfig(**config.clip_values(), bos_token_id=49406, eos_token_id=49407,
+                                                pad_token_id=1),
+        unet={
+            "sample_size": config.size // 8, "in_channels": 4, "out_channels": 4, "down_block_types": blocks,
+            "up_block_types": [b.replace("Down", "Up") for b in reversed(blocks)],
+            "block_out_channels": [config.unet_channels * m for m in config.unet_mult],
+            "layers_per_block": config.unet_res_blocks, "cross_attention_dim": config.text_hidden,
+            "attention_head_dim": config.unet_heads, "norm_num_groups": 32, "norm_eps": 1e-5,
+            "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "use_linear_projection": False,
+            "center_input_sample": False, "downsample_padding": 1, "mid_block_scale_factor": 1,
+        },
+        vae={
+            "in_channels": 3, "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D"] * len(config.vae_ch_mult),
+            "up_block_types": ["UpDecoderBlock2D"] * len(config.vae_ch_mult),
+            "block_out_channels": [config.vae_ch * m for m in config.vae_ch_mult],
+            "layers_per_block": config.vae_res_blocks, "latent_channels": 4, "norm_num_groups": 32,
+            "act_fn": "silu", "sample_size": config.size, "scaling_factor": LATENT_SCALE,
+        })
 
 
 def main() -> None:
@@ -114,10 +94,10 @@ def main() -> None:
     if args.only in (None, "diffusers"):
         from diffusers import StableDiffusionPipeline
 
-        from webui.engine.families import native_size
-        from webui.engine.families import FAMILIES
+        from webui.engine.families import FAMILIES, native_size
         from webui.engine.files import read_metadata
-        size = native_size(FAMILIES[0], read_metadata(args.ckpt))
+        sd1 = next(f for f in FAMILIES if f.name == "sd1")
+        size = native_size(sd1, read_metadata(args.ckpt))
         config = diffusers_config(args.ckpt, args.work / "diffusers_config_demo")
         t0 = time.perf_counter()
         pipe = StableDiffusionPipeline.from_single_file(str(args.ckpt), config=str(config),

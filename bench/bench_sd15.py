@@ -79,53 +79,30 @@ def build_checkpoint(path: Path) -> None:
     tmp.rename(path)
 
 
-def _write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=1))
-
-
 def build_diffusers_config(root: Path) -> Path:
     """SD1.5's diffusers pipeline folder (configs + tokenizer, no weights), as save_pretrained writes it."""
-    import diffusers
     import transformers
 
-    from tests.tiny_models import write_tokenizer_files
-
+    from tests.tiny_models import write_diffusers_pipeline
     if (root / "model_index.json").exists():
         return root
-    v = diffusers.__version__
-    _write_json(root / "unet" / "config.json", {
-        "_class_name": "UNet2DConditionModel", "_diffusers_version": v, "sample_size": 64,
-        "in_channels": 4, "out_channels": 4, "act_fn": "silu", "attention_head_dim": 8,
-        "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 768,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "layers_per_block": 2,
-        "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 32, "use_linear_projection": False,
-    })
-    _write_json(root / "vae" / "config.json", {
-        "_class_name": "AutoencoderKL", "_diffusers_version": v, "act_fn": "silu",
-        "block_out_channels": [128, 256, 512, 512],
-        "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
-        "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
-    })
-    transformers.CLIPTextConfig(**CLIP_L).save_pretrained(root / "text_encoder")
-    write_tokenizer_files(root / "tokenizer")
-    _write_json(root / "scheduler" / "scheduler_config.json", {
-        "_class_name": "PNDMScheduler", "_diffusers_version": v, "beta_start": 0.00085, "beta_end": 0.012,
-        "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1,
-        "set_alpha_to_one": False, "skip_prk_steps": True, "clip_sample": False,
-        "prediction_type": "epsilon", "trained_betas": None,
-    })
-    _write_json(root / "model_index.json", {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": v,
-        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
-        "image_encoder": [None, None], "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    })
-    return root
+    return write_diffusers_pipeline(
+        root, text_config=transformers.CLIPTextConfig(**CLIP_L),
+        unet={
+            "sample_size": 64, "in_channels": 4, "out_channels": 4, "act_fn": "silu", "attention_head_dim": 8,
+            "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 768,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                 "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "layers_per_block": 2,
+            "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 32, "use_linear_projection": False,
+        },
+        vae={
+            "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+            "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
+        })
 
 
 # ------------------------------------------------------------------------------------- children

@@ -192,53 +192,65 @@ def _write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=1))
 
 
-def diffusers_config_dir(tmp_path, *, inpaint: bool = False, model_channels: int = 32) -> Path:
-    """A local diffusers pipeline folder (configs + tokenizer, no weights) matching the tiny checkpoint."""
+def write_diffusers_pipeline(root: Path, *, unet: dict, vae: dict, text_config: transformers.CLIPTextConfig,
+                             scheduler: str = "PNDMScheduler", pipeline: str = "StableDiffusionPipeline") -> Path:
+    """A local diffusers SD1 pipeline folder (configs + tokenizer, no weights) as ``save_pretrained`` writes
+    it: ``unet`` / ``vae`` are the model configs' fields, the scheduler is SD1's (scaled-linear, eps)."""
     import diffusers
 
-    root = Path(tmp_path) / f"diffusers_config{'_inpaint' if inpaint else ''}_{model_channels}"
-    if (root / "model_index.json").exists():
-        return root
-    unet = unet_config(inpaint=inpaint, model_channels=model_channels)
-    _write_json(root / "unet" / "config.json", {
-        "_class_name": "UNet2DConditionModel", "_diffusers_version": diffusers.__version__,
-        "sample_size": 8, "in_channels": unet.in_channels, "out_channels": unet.out_channels,
-        "down_block_types": ["CrossAttnDownBlock2D"] * len(unet.channel_mult),
-        "up_block_types": ["CrossAttnUpBlock2D"] * len(unet.channel_mult),
-        "block_out_channels": [unet.model_channels * m for m in unet.channel_mult],
-        "layers_per_block": unet.num_res_blocks, "cross_attention_dim": unet.context_dim,
-        "attention_head_dim": unet.num_heads,  # diffusers' SD1 name for the head count
-        "norm_num_groups": 32, "norm_eps": 1e-5, "flip_sin_to_cos": True, "freq_shift": 0,
-        "act_fn": "silu", "use_linear_projection": False, "center_input_sample": False,
-        "downsample_padding": 1, "mid_block_scale_factor": 1,
-    })
-    _write_json(root / "vae" / "config.json", {
-        "_class_name": "AutoencoderKL", "_diffusers_version": diffusers.__version__,
-        "in_channels": VAE.in_channels, "out_channels": VAE.out_channels,
-        "down_block_types": ["DownEncoderBlock2D"] * len(VAE.ch_mult),
-        "up_block_types": ["UpDecoderBlock2D"] * len(VAE.ch_mult),
-        "block_out_channels": [VAE.ch * m for m in VAE.ch_mult], "layers_per_block": VAE.num_res_blocks,
-        "latent_channels": VAE.z_channels, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 64,
-        "scaling_factor": 0.18215,
-    })
-    clip_config().save_pretrained(root / "text_encoder")
+    v = diffusers.__version__
+    _write_json(root / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", "_diffusers_version": v,
+                                                **unet})
+    _write_json(root / "vae" / "config.json", {"_class_name": "AutoencoderKL", "_diffusers_version": v, **vae})
+    text_config.save_pretrained(root / "text_encoder")
     write_tokenizer_files(root / "tokenizer")
-    _write_json(root / "scheduler" / "scheduler_config.json", {
-        "_class_name": "PNDMScheduler", "_diffusers_version": diffusers.__version__,
-        "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-        "steps_offset": 1, "set_alpha_to_one": False, "skip_prk_steps": True, "clip_sample": False,
-        "prediction_type": "epsilon", "trained_betas": None,
-    })
+    schedule = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                "num_train_timesteps": 1000, "steps_offset": 1, "prediction_type": "epsilon", "trained_betas": None}
+    if scheduler == "PNDMScheduler":
+        schedule.update(set_alpha_to_one=False, skip_prk_steps=True, clip_sample=False)
+    else:
+        schedule.update(timestep_spacing="linspace")
+    _write_json(root / "scheduler" / "scheduler_config.json", {"_class_name": scheduler, "_diffusers_version": v,
+                                                               **schedule})
     _write_json(root / "model_index.json", {
-        "_class_name": "StableDiffusionInpaintPipeline" if inpaint else "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
+        "_class_name": pipeline, "_diffusers_version": v,
         "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
         "image_encoder": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "scheduler": ["diffusers", scheduler], "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     })
     return root
+
+
+def diffusers_config_dir(tmp_path, *, inpaint: bool = False, model_channels: int = 32) -> Path:
+    """A local diffusers pipeline folder (configs + tokenizer, no weights) matching the tiny checkpoint."""
+    root = Path(tmp_path) / f"diffusers_config{'_inpaint' if inpaint else ''}_{model_channels}"
+    if (root / "model_index.json").exists():
+        return root
+    unet = unet_config(inpaint=inpaint, model_channels=model_channels)
+    return write_diffusers_pipeline(
+        root, text_config=clip_config(),
+        pipeline="StableDiffusionInpaintPipeline" if inpaint else "StableDiffusionPipeline",
+        unet={
+            "sample_size": 8, "in_channels": unet.in_channels, "out_channels": unet.out_channels,
+            "down_block_types": ["CrossAttnDownBlock2D"] * len(unet.channel_mult),
+            "up_block_types": ["CrossAttnUpBlock2D"] * len(unet.channel_mult),
+            "block_out_channels": [unet.model_channels * m for m in unet.channel_mult],
+            "layers_per_block": unet.num_res_blocks, "cross_attention_dim": unet.context_dim,
+            "attention_head_dim": unet.num_heads,  # diffusers' SD1 name for the head count
+            "norm_num_groups": 32, "norm_eps": 1e-5, "flip_sin_to_cos": True, "freq_shift": 0,
+            "act_fn": "silu", "use_linear_projection": False, "center_input_sample": False,
+            "downsample_padding": 1, "mid_block_scale_factor": 1,
+        },
+        vae={
+            "in_channels": VAE.in_channels, "out_channels": VAE.out_channels,
+            "down_block_types": ["DownEncoderBlock2D"] * len(VAE.ch_mult),
+            "up_block_types": ["UpDecoderBlock2D"] * len(VAE.ch_mult),
+            "block_out_channels": [VAE.ch * m for m in VAE.ch_mult], "layers_per_block": VAE.num_res_blocks,
+            "latent_channels": VAE.z_channels, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 64,
+            "scaling_factor": 0.18215,
+        })
 
 
 def write_vae_file(path, source, *, prefix: bool):

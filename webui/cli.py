@@ -90,7 +90,7 @@ def run_train_demo(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = f"webui-demo-{args.size}px{'-smoke' if args.smoke else ''}"
-    out = args.out or PROJECT_ROOT / "models" / "checkpoints" / f"{name}.safetensors"
+    out = args.out or Paths().checkpoints / f"{name}.safetensors"
     work_dir = args.work_dir or PROJECT_ROOT / "cache" / f"train-{name.removeprefix('webui-')}"
     try:
         train(config, out, work_dir, resume=args.resume, progress=not args.quiet)

@@ -55,7 +55,7 @@ def default_checkpoint(paths: Paths) -> Path | None:
     """The checkpoint used when the user names none: the first of the user's own files in the
     checkpoint folder, else a demo model there, else the demo model shipped with the project."""
     found = list_files(paths.checkpoints, CHECKPOINT_EXTENSIONS)
-    own = [p for p in found if not is_demo_checkpoint(p)]
-    if own or found:
-        return (own or found)[0]
+    candidates = [p for p in found if not is_demo_checkpoint(p)] or found
+    if candidates:
+        return candidates[0]
     return DEMO_CHECKPOINT if DEMO_CHECKPOINT.is_file() else None

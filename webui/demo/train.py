@@ -563,7 +563,6 @@ def _train_unet(config: TrainConfig, models: Models, state: dict, stage: _Stage)
     stage.snapshot = snapshot
 
     acp = sd_alphas_cumprod().double()
-    snr = acp / (1.0 - acp)
     weights = loss_weights(config)
     sqrt_acp, sqrt_1m = acp.sqrt().float(), (1.0 - acp).sqrt().float()
     pool = _Pool(config, vae)

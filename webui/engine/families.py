@@ -29,10 +29,9 @@ NATIVE_SIZE_KEY = "webui.native_size"  # safetensors metadata: the side a custom
 def native_size(family: Family, metadata: Mapping[str, str] | None) -> int:
     """The image side a model is meant to be used at: ``webui.native_size`` from the file's metadata
     when it holds a sensible value (a multiple of 8 in 64..4096), else the family's."""
-    value = (metadata or {}).get(NATIVE_SIZE_KEY, "")
-    if value.strip().isdigit() and int(value) % 8 == 0 and 64 <= int(value) <= 4096:
-        return int(value)
-    return family.native_size
+    value = (metadata or {}).get(NATIVE_SIZE_KEY, "").strip()
+    size = int(value) if value.isdigit() else 0
+    return size if size % 8 == 0 and 64 <= size <= 4096 else family.native_size
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,8 @@ FAMILIES: tuple[Family, ...] = (
            linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False,
            native_size=1024),
     Family("sdxl-inpaint", "SDXL inpainting", "eps", "clip-l+open-clip-bigg", 0.13025, 9, 2048,
-           num_head_channels=64, linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False, native_size=1024),
+           num_head_channels=64, linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False,
+           native_size=1024),
 )
 
 # Keys whose presence makes a part recognisable, then the keys a complete part must have.
