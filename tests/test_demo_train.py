@@ -72,7 +72,7 @@ def test_smoke_checkpoint_is_an_sd1_file_the_engine_samples_from(smoke_run):
     assert arch["unet"]["num_heads"] == config.unet_heads
     assert arch["clip"]["num_attention_heads"] == config.text_heads
     training = json.loads(meta["webui.training"])
-    assert training["seed"] == 0 and training["steps"] == {"vae": 3, "unet": 4}
+    assert training["seed"] == 0 and training["steps"] == {"vae": 3, "text": 2, "unet": 4}
 
     model = load_checkpoint(path)
     assert model.unet.config == config.unet_config()
@@ -108,13 +108,17 @@ def test_other_seed_gives_other_weights(smoke_run, tmp_path):
 def test_stopped_and_resumed_run_equals_uninterrupted_run(smoke_run, tmp_path):
     out, work = tmp_path / "resumed.safetensors", tmp_path / "work"
     config = tr.TrainConfig.smoke()
-    # stop inside the VAE stage (2 of 3), then inside the UNet stage (3 VAE + 2 of 4), then finish
+    # stop inside the VAE stage (2 of 3), the text stage (3 VAE + 1 of 2), the UNet stage (3 + 2 + 2 of 4)
     assert tr.train(config, out, work, progress=False, stop_after=2, log=quiet) is None
     state = torch.load(work / tr.STATE_FILE, weights_only=True)
     assert (state["stage"], state["step"]) == ("vae", 2) and "vae_opt" in state
-    assert tr.train(config, out, work, resume=True, progress=False, stop_after=5, log=quiet) is None
+    assert tr.train(config, out, work, resume=True, progress=False, stop_after=4, log=quiet) is None
+    state = torch.load(work / tr.STATE_FILE, weights_only=True)
+    assert (state["stage"], state["step"]) == ("text", 1) and {"text_opt", "heads"} <= state.keys()
+    assert tr.train(config, out, work, resume=True, progress=False, stop_after=7, log=quiet) is None
     state = torch.load(work / tr.STATE_FILE, weights_only=True)
     assert (state["stage"], state["step"]) == ("unet", 2) and {"unet_opt", "ema", "rng"} <= state.keys()
+    assert "heads" not in state
     assert not out.exists()
     result = tr.train(config, out, work, resume=True, progress=False, log=quiet)
     assert_same_weights(smoke_run.path, result.path)
@@ -177,6 +181,43 @@ def test_loss_weights():
     assert snr[-1].item() == 1.0 and snr[0].item() < 0.01
 
 
+def test_attribute_labels_follow_what_the_caption_says():
+    from webui.demo import dataset as ds
+    one = ds.Scene("blue", (ds.Obj("circle", "red", "large", "top left"),))
+    two = ds.Scene("white", (ds.Obj("square", "red", "small", "top left"), ds.Obj("circle", "green", "large", "top right")))
+    labels = tr.attribute_labels([one, one, two], ["a large red circle on a blue background, top left",
+                                                   "red circle", "a red square left of a green circle on white"])
+    a = tr.ATTRIBUTES
+    none = {name: len(options) for name, options in a.items()}
+    assert [labels["position"].tolist(), labels["size"].tolist(), labels["background"].tolist()] == [
+        [a["position"].index("top left"), none["position"], none["position"]],
+        [a["size"].index("large"), none["size"], none["size"]],
+        [a["background"].index("blue"), none["background"], a["background"].index("white")]]
+    assert labels["colour"].tolist() == [a["colour"].index("red")] * 2 + [none["colour"]]
+    assert labels["shape"].tolist() == [a["shape"].index("circle")] * 2 + [none["shape"]]
+
+
+def test_text_stage_trains_the_encoder_and_the_unet_stage_keeps_it(smoke_run, tmp_path):
+    config = tr.TrainConfig.smoke(text_steps=0)
+    plain = tr.train(config, tmp_path / "no-text-stage.safetensors", tmp_path / "work", progress=False, log=quiet)
+    staged, unstaged = tensors(smoke_run.path), tensors(plain.path)
+    key = tr.TEXT_PREFIX + "embeddings.position_embedding.weight"
+    assert not torch.equal(staged[key], unstaged[key])
+    # text_lr 0: the UNet stage leaves the encoder exactly as initialised (no text stage here)
+    init = tr.checkpoint_state_dict(tr.build_models(config))
+    text_keys = [k for k in init if k.startswith(tr.TEXT_PREFIX)]
+    assert all(torch.equal(unstaged[k], init[k]) for k in text_keys)
+    assert not torch.equal(unstaged[tr.UNET_PREFIX + "out.2.weight"], init[tr.UNET_PREFIX + "out.2.weight"])
+
+
+def test_cross_attention_context_projections_start_larger():
+    small, large = (tr.build_models(tr.TrainConfig.smoke(cross_attention_init=f)).unet for f in (1.0, 3.0))
+    a, b = dict(small.named_parameters()), dict(large.named_parameters())
+    scaled = [k for k in a if not torch.equal(a[k], b[k])]
+    assert scaled and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in scaled)
+    assert all(torch.allclose(b[k], 3 * a[k]) for k in scaled)
+
+
 def test_learning_rate_schedule():
     lrs = [tr.lr_factor(s, 1000, 50, 0.1) for s in range(1000)]
     assert lrs[0] == pytest.approx(1 / 50) and lrs[49] == pytest.approx(1.0)
@@ -188,7 +229,7 @@ def test_learning_rate_schedule():
 @pytest.mark.parametrize("change, message", [
     (dict(size=60), "multiple of 8"), (dict(vae_ch=48), "multiples of 32"), (dict(unet_heads=3), "unet_heads"),
     (dict(vae_ch_mult=(1, 2, 4)), "4 levels"), (dict(unet_autocast="fp16"), "unet_autocast"),
-    (dict(loss_weight="x0"), "loss_weight"),
+    (dict(loss_weight="x0"), "loss_weight"), (dict(text_states=0), "text_states"),
 ])
 def test_config_validation(change, message):
     with pytest.raises(ValueError, match=message):

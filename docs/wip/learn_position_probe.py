@@ -13,12 +13,16 @@ sys.path.insert(0,'/work/main')
 from webui.demo import train as tr, dataset as ds
 from webui.engine.text import TextEncoder, load_tokenizer
 from webui.engine.sampling.schedules import sd_alphas_cumprod
-kw = json.loads(sys.argv[1]); kw2 = dict(bias_std=kw.pop('bias_std', 0), oracle=kw.pop('oracle', 0), every=kw.pop('every', 100), emb_std=kw.pop('emb_std', 0), ln_scale=kw.pop('ln_scale', 0), pads=kw.pop('pads', 0), pretext=kw.pop('pretext', 0), fixed_heads=kw.pop('fixed_heads', 0)); steps = kw.pop('steps'); tmin = kw.pop('tmin')
+kw = json.loads(sys.argv[1]); kw2 = dict(bias_std=kw.pop('bias_std', 0), oracle=kw.pop('oracle', 0), every=kw.pop('every', 100), emb_std=kw.pop('emb_std', 0), ln_scale=kw.pop('ln_scale', 0), pads=kw.pop('pads', 0), pretext=kw.pop('pretext', 0), fixed_heads=kw.pop('fixed_heads', 0), kv_scale=kw.pop('kv_scale', 0), q_scale=kw.pop('q_scale', 0)); steps = kw.pop('steps'); tmin = kw.pop('tmin')
 src = torch.load('/tmp/probe/state/state.pt', weights_only=True)
 cfg = tr.TrainConfig.from_json(src['config']); cfg.latent_std = kw.pop('latent_std', 0.5); cfg.pool_size = 2048
 for k, v in kw.items(): setattr(cfg, k, v)
 m = tr.build_models(cfg);
 bias_std = kw2.get('bias_std', 0)
+for name, mod in m.unet.named_modules():
+    if name.endswith('attn2.to_k') or name.endswith('attn2.to_v'):
+        if kw2.get('kv_scale'): mod.weight.data *= kw2['kv_scale']
+    if name.endswith('attn2.to_q') and kw2.get('q_scale'): mod.weight.data *= kw2['q_scale']
 if kw2.get('ln_scale'):
     m.text.final_layer_norm.weight.data.fill_(kw2['ln_scale'])
 if kw2.get('emb_std'):

@@ -7,17 +7,25 @@ tokenizer, 49408 ids) -- that ``load_checkpoint`` loads and ``Engine`` samples f
 What shapes cannot tell (head counts) and the native resolution travel in the safetensors metadata
 (``webui.arch``, ``webui.native_size``), with how the model was trained.
 
-Two stages, each with a step count either given or planned from a time budget:
+Three stages; the first and last have a step count either given or planned from a time budget:
 
 1. **VAE**: L1 + MSE reconstruction of freshly rendered scenes from a sampled latent, with a light KL.
    At the end the latent statistics are folded into ``quant_conv`` / ``post_quant_conv`` (an exact
    reparametrisation) so that latents times SD1's fixed scale 0.18215 have zero mean and standard
    deviation ``latent_std`` (0.5: below 1 so that SD1's noisiest steps hide the layout; see the field).
-2. **UNet + text encoder**, jointly, on latents of the frozen VAE: eps prediction under SD1's
-   scaled-linear schedule, per-timestep loss weights (``loss_weight``), 10% empty captions (for classifier-free guidance),
-   AdamW with linear warm-up then cosine decay, an EMA of the weights (exported). Latents are encoded
-   once per pool of ``pool_size`` scenes; each pool serves ``pool_epochs`` epochs, captions re-worded
-   every epoch.
+2. **Text encoder**: it learns, with throw-away linear heads on its padding states, to classify what each
+   caption says (position, colour, shape, size, background, or "not said"); ``text_steps`` steps.
+3. **UNet**, on latents of the frozen VAE and contexts of the (by default frozen) text encoder: eps
+   prediction under SD1's scaled-linear schedule, per-timestep loss weights (``loss_weight``), 10% empty
+   captions (for classifier-free guidance), AdamW with linear warm-up then cosine decay, an EMA of the
+   weights (exported). Latents are encoded once per pool of ``pool_size`` scenes; each pool serves
+   ``pool_epochs`` epochs, captions re-worded every epoch. The cross-attention context projections start
+   ``cross_attention_init`` times larger than PyTorch's default.
+
+Why stage 2 and the larger init: trained jointly from scratch, the UNet never learned to place objects by
+the position words (it drew them wherever the noise put them); fed contexts that already keep the
+attributes apart, through a less flat cross-attention, it learns that within a few hundred steps
+(``docs/demo-model-notes.md``).
 
 Reproducible: every random draw comes from a generator seeded by ``(seed, stage, step)`` (or by
 ``(seed, pool)``), so a run resumed from its training state (``work_dir/state.pt``: weights, EMA,
@@ -63,9 +71,13 @@ VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 LATENT_SCALE = 0.18215  # SD1's fixed latent scale (families.FAMILIES "sd1")
 STATE_FILE = "state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_FILE_BYTES = 40 * 2**20
-_STAGE_IDS = {"vae": 1, "unet": 2, "pool": 3, "caption": 4, "init": 5, "stats": 6}
+_STAGE_IDS = {"vae": 1, "unet": 2, "pool": 3, "caption": 4, "init": 5, "stats": 6, "text": 7, "heads": 8}
+STAGES = ("vae", "text", "unet")
+# what the text stage's heads tell apart: each attribute's words, plus one class for "not said" (or two objects)
+ATTRIBUTES = {"position": tuple(ds.POSITIONS), "colour": tuple(ds.COLOURS), "shape": ds.SHAPES,
+              "size": tuple(ds.SIZES), "background": tuple(ds.COLOURS)}
 
 
 @dataclass
@@ -83,6 +95,10 @@ class TrainConfig:
     unet_res_blocks: int = 2
     unet_attention_levels: tuple[int, ...] = (0, 1)   # level 0 = the latent's full resolution
     unet_heads: int = 4
+    # the cross-attention context projections (attn2.to_k / to_v) start this many times larger than PyTorch's
+    # default init: with CLIP-sized context vectors (norm ~11 after the final LayerNorm) the default leaves
+    # the attention so flat that the position words never take hold (docs/demo-model-notes.md)
+    cross_attention_init: float = 3.0
     # text encoder (CLIP layout, real CLIP vocabulary)
     text_hidden: int = 128
     text_layers: int = 3
@@ -98,10 +114,17 @@ class TrainConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    # stage 2
+    # stage 2: the text encoder alone learns to tell every attribute of a caption apart (linear heads on the
+    # mean of its last `text_states` token states, which are the padding's: causal attention lets each see
+    # the whole caption); fixed step count, not part of the time budget
+    text_steps: int = 400
+    text_batch: int = 64
+    text_pre_lr: float = 1e-3
+    text_states: int = 40
+    # stage 3
     unet_batch: int = 32
     unet_lr: float = 1e-3
-    text_lr: float = 1e-3
+    text_lr: float = 0.0                # 0 = the text encoder stays as stage 2 left it (measured: best)
     warmup_steps: int = 200             # at most a tenth of the stage
     min_lr_ratio: float = 0.05          # cosine decays to this fraction of the peak
     weight_decay: float = 0.01          # matrices and convs only (not norms, biases, embeddings)
@@ -123,7 +146,7 @@ class TrainConfig:
     # CPU autocast per network, "bf16" or "none" (measured on the 2-core CPU: bf16 speeds up the VAE and
     # the text encoder, slows the small UNet down)
     vae_autocast: str = "bf16"
-    text_autocast: str = "bf16"
+    text_autocast: str = "none"
     unet_autocast: str = "none"
     stats_images: int = 512             # scenes whose latents set the latent normalisation
     # std of the scaled latents (encode(x) * 0.18215) after normalisation. Below 1 on purpose: at SD1's last
@@ -151,6 +174,8 @@ class TrainConfig:
             problems.append(f"channel counts must be multiples of 32 (GroupNorm(32)): {channels}")
         if any((self.unet_channels * m) % self.unet_heads for m in self.unet_mult):
             problems.append("unet_heads must divide every UNet level's channels")
+        if not 1 <= self.text_states <= 77:
+            problems.append(f"text_states must be in 1..77 (got {self.text_states})")
         if self.text_hidden % self.text_heads:
             problems.append("text_heads must divide text_hidden")
         for name in ("vae_autocast", "text_autocast", "unet_autocast"):
@@ -168,7 +193,7 @@ class TrainConfig:
         """Tiny networks and a few steps per stage: a whole run takes seconds (for tests)."""
         values = dict(vae_ch=32, vae_ch_mult=(1, 1, 1, 1), vae_res_blocks=1, unet_channels=32, unet_mult=(1, 1),
                       unet_res_blocks=1, unet_heads=2, text_hidden=32, text_layers=1, text_heads=1, text_mlp=64,
-                      vae_steps=3, unet_steps=4, vae_batch=2, unet_batch=4, warmup_steps=2, pool_size=8,
+                      vae_steps=3, text_steps=2, text_batch=4, unet_steps=4, vae_batch=2, unet_batch=4, warmup_steps=2, pool_size=8,
                       pool_epochs=1, calibration_steps=1, save_every_steps=2, stats_images=16,
                       log_every_steps=2)
         values.update(changes)
@@ -229,7 +254,16 @@ def build_models(config: TrainConfig) -> Models:
         unet = UNetModel(config.unet_config())
         text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**config.clip_values()))
     _zero_init_unet(unet)
+    _scale_cross_attention(unet, config.cross_attention_init)
     return Models(vae, unet, text)
+
+
+def _scale_cross_attention(unet: UNetModel, factor: float) -> None:
+    """Multiply the initial weights of every cross-attention's context projections (``attn2.to_k/to_v``)."""
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith(("attn2.to_k", "attn2.to_v")):
+                module.weight.mul_(factor)
 
 
 def _zero_init_unet(unet: UNetModel) -> None:
@@ -303,7 +337,8 @@ def vae_moments(vae: AutoencoderKL, images: torch.Tensor) -> tuple[torch.Tensor,
 
 def _fresh_state(config: TrainConfig, models: Models) -> dict:
     return {"version": STATE_VERSION, "config": config.to_json(), "stage": "vae", "step": 0, "planned": {},
-            "seconds": {"vae": 0.0, "unet": 0.0}, "timing": {}, "losses": {}, "history": {"vae": [], "unet": []},
+            "seconds": {name: 0.0 for name in STAGES}, "timing": {}, "losses": {},
+            "history": {name: [] for name in STAGES},
             "latent_stats": {},
             "vae": models.vae.state_dict(), "unet": models.unet.state_dict(), "text": models.text.state_dict()}
 
@@ -427,10 +462,9 @@ class _Stage:
 
 
 def _global_step(state: dict) -> int:
-    """Steps done over both stages (what ``stop_after`` counts)."""
-    if state["stage"] == "vae":
-        return state["step"]
-    return state["planned"].get("vae", 0) + state["step"]
+    """Steps done over all stages (what ``stop_after`` counts)."""
+    done = STAGES[:STAGES.index(state["stage"])] if state["stage"] in STAGES else STAGES
+    return sum(state["planned"].get(name, 0) for name in done) + state["step"]
 
 
 def _train_vae(config: TrainConfig, models: Models, state: dict, stage: _Stage) -> bool:
@@ -528,6 +562,79 @@ def _captions(config: TrainConfig, scenes: list[ds.Scene], epoch: int, indices: 
     return out
 
 
+def attribute_labels(scenes: list[ds.Scene], captions: list[str]) -> dict[str, torch.Tensor]:
+    """Per attribute (``ATTRIBUTES``), the index of the word each caption says, or the extra last class
+    when it says none (or, for the object's attributes, when the scene has two objects)."""
+    labels: dict[str, list[int]] = {name: [] for name in ATTRIBUTES}
+    for scene, text in zip(scenes, captions):
+        words = set(text.replace(",", " ").split())
+        obj = scene.objects[0] if len(scene.objects) == 1 else None
+        said = {  # a background colour is never an object's, so the word alone tells it
+            "background": scene.background if scene.background in words else None,
+            "position": obj.position if obj and obj.position in text else None,
+            "colour": obj.colour if obj else None,
+            "shape": obj.shape if obj else None,
+            "size": obj.size if obj and obj.size in words else None,
+        }
+        for name, options in ATTRIBUTES.items():
+            labels[name].append(options.index(said[name]) if said[name] else len(options))
+    return {name: torch.tensor(values) for name, values in labels.items()}
+
+
+def _attribute_heads(config: TrainConfig) -> nn.ModuleDict:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_derive(config.seed, "heads"))
+        return nn.ModuleDict({name: nn.Linear(config.text_hidden, len(options) + 1)
+                              for name, options in ATTRIBUTES.items()})
+
+
+def _train_text(config: TrainConfig, models: Models, state: dict, stage: _Stage) -> bool:
+    """Stage 2: the text encoder (with throw-away linear heads) learns to classify each caption's attributes.
+
+    Measured (docs/demo-model-notes.md): a UNet learns "position word -> where to draw" within a few
+    hundred steps from context vectors that keep the attributes apart, and not in thousands of steps from
+    a text encoder trained jointly with it from scratch.
+    """
+    text = models.text.train()
+    encoder = TextEncoder(text, load_tokenizer())
+    heads = _attribute_heads(config)
+    if "heads" in state:
+        heads.load_state_dict(state["heads"])
+    opt = torch.optim.AdamW(_param_groups([(text, config.text_pre_lr), (heads, config.text_pre_lr)],
+                                          config.weight_decay), betas=(0.9, 0.99))
+    if "text_opt" in state:
+        opt.load_state_dict(state["text_opt"])
+    stage.snapshot = lambda: state.update(text=text.state_dict(), heads=heads.state_dict(),
+                                          text_opt=opt.state_dict())
+    params = list(text.parameters()) + list(heads.parameters())
+    while not stage.done():
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([config.seed, _STAGE_IDS["text"], state["step"]])
+        scenes = [ds.sample_scene(rng, exclude_held_out=True) for _ in range(config.text_batch)]
+        captions = [ds.caption(scene, rng) for scene in scenes]
+        labels = attribute_labels(scenes, captions)
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * stage.lr()
+        with _autocast(config.text_autocast):
+            states = encoder.encode(captions).float()
+        features = states[:, -config.text_states:].mean(dim=1)
+        loss = sum(F.cross_entropy(heads[name](features), labels[name]) for name in ATTRIBUTES)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        if stage.after_step(loss.item(), time.perf_counter() - t0):
+            return False
+    return True
+
+
+def _trainable(config: TrainConfig, models: Models) -> list[nn.Parameter]:
+    """What stage 3 trains (and keeps an EMA of): the UNet, and the text encoder unless ``text_lr`` is 0."""
+    modules = (models.unet, models.text) if config.text_lr > 0 else (models.unet,)
+    return [p for module in modules for p in module.parameters()]
+
+
 def loss_weights(config: TrainConfig) -> torch.Tensor:
     """Weight of each timestep's eps MSE (float32, 1000 values)."""
     acp = sd_alphas_cumprod().double()
@@ -543,15 +650,17 @@ def loss_weights(config: TrainConfig) -> torch.Tensor:
 
 
 def _train_unet(config: TrainConfig, models: Models, state: dict, stage: _Stage) -> bool:
-    vae, unet, text = models.vae.eval().requires_grad_(False), models.unet.train(), models.text.train()
+    vae, unet, text = models.vae.eval().requires_grad_(False), models.unet.train(), models.text
+    train_text = config.text_lr > 0
+    text.train(train_text).requires_grad_(train_text)
     encoder = TextEncoder(text, load_tokenizer())
     empty_ids = encoder.pad_ids([])
     token_cache: dict[str, list[int]] = {}
-    opt = torch.optim.AdamW(_param_groups([(unet, config.unet_lr), (text, config.text_lr)], config.weight_decay),
-                            betas=(0.9, 0.99))
+    trained = [(unet, config.unet_lr)] + ([(text, config.text_lr)] if train_text else [])
+    opt = torch.optim.AdamW(_param_groups(trained, config.weight_decay), betas=(0.9, 0.99))
     if "unet_opt" in state:
         opt.load_state_dict(state["unet_opt"])
-    params = [p for m in (unet, text) for p in m.parameters()]
+    params = _trainable(config, models)
     ema = None
     if config.ema_decay > 0:
         ema = [t.clone() for t in state["ema"]] if "ema" in state else [p.detach().clone() for p in params]
@@ -597,7 +706,7 @@ def _train_unet(config: TrainConfig, models: Models, state: dict, stage: _Stage)
             ids.append(token_cache[caption])
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * stage.lr()
-        with _autocast(config.text_autocast):
+        with _autocast(config.text_autocast), torch.set_grad_enabled(train_text):
             context = encoder.encode_ids(ids).float()
         with _autocast(config.unet_autocast):
             pred = unet(xt, t, context).float()
@@ -668,7 +777,8 @@ def _models_from_state(config: TrainConfig, state: dict, use_ema: bool) -> Model
     models.unet.load_state_dict(state["unet"])
     models.text.load_state_dict(state["text"])
     if use_ema and "ema" in state:
-        params = [p for m in (models.unet, models.text) for p in m.parameters()]
+        params = _trainable(config, models)
+        assert len(params) == len(state["ema"]), "EMA does not match the trained parameters"
         with torch.no_grad():
             for p, e in zip(params, state["ema"]):
                 p.copy_(e)
@@ -714,12 +824,12 @@ def _train(config: TrainConfig, out: Path, work_dir: Path, resume: bool, progres
     log("params: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
 
     total_budget = 60.0 * config.minutes
-    fixed = {"vae": config.vae_steps, "unet": config.unet_steps}
+    fixed = {"vae": config.vae_steps, "text": config.text_steps, "unet": config.unet_steps}
 
     def run_stage(name: str, fn) -> bool:
-        # the UNet stage gets what the VAE stage left of the whole budget
+        # the UNet stage gets what the VAE and text stages left of the whole budget
         budget = config.vae_share * total_budget if name == "vae" \
-            else max(0.0, total_budget - state["seconds"]["vae"])
+            else max(0.0, total_budget - state["seconds"]["vae"] - state["seconds"]["text"])
         stage = _Stage(name, config, state, budget, fixed[name], progress, stop_after,
                        save=lambda: (stage.snapshot(), save_state(work_dir, state)), log=log)
         try:
@@ -738,8 +848,15 @@ def _train(config: TrainConfig, out: Path, work_dir: Path, resume: bool, progres
         if not run_stage("vae", _train_vae):
             return None
         state["latent_stats"] = normalise_latents(models.vae, config)
-        state.update(stage="unet", step=0, vae=models.vae.state_dict())
+        state.update(stage="text", step=0, vae=models.vae.state_dict())
         state.pop("vae_opt", None)
+        save_state(work_dir, state)
+    if state["stage"] == "text":
+        if not run_stage("text", _train_text):
+            return None
+        state.update(stage="unet", step=0)
+        for key in ("text_opt", "heads"):
+            state.pop(key, None)
         save_state(work_dir, state)
     if state["stage"] == "unet":
         if not run_stage("unet", _train_unet):
@@ -749,8 +866,8 @@ def _train(config: TrainConfig, out: Path, work_dir: Path, resume: bool, progres
 
     final = _models_from_state(config, state, use_ema=config.ema_decay > 0)
     training = {
-        "seed": config.seed, "steps": {k: state["planned"].get(k) for k in ("vae", "unet")},
-        "batch": {"vae": config.vae_batch, "unet": config.unet_batch},
+        "seed": config.seed, "steps": {k: state["planned"].get(k) for k in STAGES},
+        "batch": {"vae": config.vae_batch, "text": config.text_batch, "unet": config.unet_batch},
         "seconds": {k: round(v, 1) for k, v in state["seconds"].items()},
         "s_per_step": {k: round(v, 4) for k, v in state["timing"].items()},
         "final_loss": {k: round(v, 5) for k, v in state["losses"].items()},
@@ -758,7 +875,8 @@ def _train(config: TrainConfig, out: Path, work_dir: Path, resume: bool, progres
         "vae_l1": round(state["vae_l1"], 5) if "vae_l1" in state else None,
         "data": {"generator": "webui.demo.dataset", "split": "train",
                  "held_out": sorted(" ".join(c) for c in ds.HELD_OUT),
-                 "vae": "fresh scenes every step", "unet": f"pools of {config.pool_size} scenes, "
+                 "vae": "fresh scenes every step", "text": "fresh scenes and captions every step",
+                 "unet": f"pools of {config.pool_size} scenes, "
                  f"{config.pool_epochs} epochs each, captions re-drawn every epoch, "
                  f"{config.empty_caption_prob:.0%} empty captions"},
         "latent_stats": state["latent_stats"],
