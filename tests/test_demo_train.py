@@ -73,6 +73,10 @@ def test_smoke_checkpoint_is_an_sd1_file_the_engine_samples_from(smoke_run):
     assert arch["clip"]["num_attention_heads"] == config.text_heads
     training = json.loads(meta["webui.training"])
     assert training["seed"] == 0 and training["steps"] == {"vae": 3, "text": 2, "unet": 4}
+    # the live-preview factors fitted on the trained VAE travel in the metadata and are used
+    from webui.engine import preview
+    factors, bias = preview.latent_rgb("sd1", meta)
+    assert factors.shape == (4, 3) and json.loads(meta[preview.LATENT_RGB_KEY])["bias"] == pytest.approx(bias.tolist(), abs=1e-6)
 
     model = load_checkpoint(path)
     assert model.unet.config == config.unet_config()

@@ -1,4 +1,4 @@
-"""Command line: ``python app.py`` serves the web UI; subcommands run headless jobs."""
+"""Command line: ``python app.py`` serves the web UI (``webui.server``); subcommands run headless jobs."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .paths import PROJECT_ROOT, Paths, default_checkpoint
+from .server import add_server_args
 
 SUBCOMMANDS = ("txt2img", "img2img")
 
@@ -56,6 +57,7 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="Stable Diffusion web UI and headless jobs.")
+    add_server_args(parser)
     sub = parser.add_subparsers(dest="command")
     _add_generation_args(sub.add_parser("txt2img", help="generate images from a prompt"), img2img=False)
     _add_generation_args(sub.add_parser("img2img", help="transform or inpaint an image"), img2img=True)
@@ -69,7 +71,8 @@ def _add_train_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=64, help="image side the model is trained at (its native size)")
     p.add_argument("--minutes", type=float, default=60.0, help="time budget of the whole run; sets the step counts")
     p.add_argument("--vae-steps", type=int, help="VAE steps (default: planned from --minutes)")
-    p.add_argument("--unet-steps", type=int, help="UNet + text encoder steps (default: planned from --minutes)")
+    p.add_argument("--text-steps", type=int, help="text-encoder stage steps (default: 400)")
+    p.add_argument("--unet-steps", type=int, help="UNet steps (default: planned from --minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, help="training state folder (default: cache/train-demo-<size>px)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --work-dir (its settings win)")
@@ -82,7 +85,8 @@ def run_train_demo(args) -> int:
     from .demo.train import TrainConfig, train
 
     settings = dict(size=args.size, seed=args.seed, minutes=args.minutes, threads=args.threads)
-    settings.update({k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps))
+    settings.update({k: v for k, v in (("vae_steps", args.vae_steps), ("text_steps", args.text_steps),
+                                                     ("unet_steps", args.unet_steps))
                      if v is not None})
     try:
         config = TrainConfig.smoke(**settings) if args.smoke else TrainConfig(**settings)
@@ -191,6 +195,5 @@ def main(argv: list[str] | None = None) -> int:
         return run_generation(args)
     if args.command == "train-demo":
         return run_train_demo(args)
-    print("The web UI arrives with a later release; use a subcommand for now:\n", file=sys.stderr)
-    parser.print_help(sys.stderr)
-    return 1
+    from .server import run
+    return run(args)

@@ -17,6 +17,8 @@ class Paths:
     ckpt_dir: Path | None = None
     vae_dir: Path | None = None
     outdir: Path | None = None
+    lora_dir: Path | None = None
+    embeddings_dir: Path | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -29,6 +31,14 @@ class Paths:
     @property
     def outputs(self) -> Path:
         return self.outdir or self.root / "outputs"
+
+    @property
+    def lora(self) -> Path:
+        return self.lora_dir or self.root / "models" / "lora"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.embeddings_dir or self.root / "models" / "embeddings"
 
     @property
     def hash_cache(self) -> Path:

@@ -61,6 +61,7 @@ from tqdm import tqdm
 
 from webui.demo import dataset as ds
 from webui.engine.families import ARCH_METADATA_KEY, NATIVE_SIZE_KEY
+from webui.engine.preview import LATENT_RGB_KEY
 from webui.engine.sampling.schedules import sd_alphas_cumprod
 from webui.engine.text import TextEncoder, load_tokenizer
 from webui.engine.unet import UNetConfig, UNetModel
@@ -741,6 +742,21 @@ def checkpoint_state_dict(models: Models, dtype: torch.dtype = torch.float16) ->
     return out
 
 
+@torch.no_grad()
+def fit_latent_rgb(vae: AutoencoderKL, config: TrainConfig, n: int = 256) -> dict:
+    """Least-squares linear map from scaled latents to the images' colours at latent resolution: the
+    live-preview factors (``webui.engine.preview``, "Approx cheap") of this model."""
+    scenes = ds.make_dataset(n, _derive(config.seed, "stats"), config.size, split="train")
+    images = _to_tensor(img for img, _, _ in scenes)
+    latents = vae_moments(vae.eval(), images)[0] * LATENT_SCALE
+    small = F.avg_pool2d(images, 8)
+    x = torch.cat([latents.permute(0, 2, 3, 1).reshape(-1, 4), torch.ones(latents.numel() // 4, 1)], dim=1)
+    y = small.permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(x.double(), y.double()).solution.float()
+    return {"factors": [[round(v, 5) for v in row] for row in solution[:4].tolist()],
+            "bias": [round(v, 5) for v in solution[4].tolist()]}
+
+
 def export_checkpoint(models: Models, config: TrainConfig, path: Path, training: dict | None = None) -> dict[str, str]:
     """Write the single-file checkpoint with its metadata; returns the metadata."""
     import safetensors.torch
@@ -755,6 +771,7 @@ def export_checkpoint(models: Models, config: TrainConfig, path: Path, training:
             "background, captions like 'a large red circle on a blue background, top left'). It knows nothing "
             "else."),
         NATIVE_SIZE_KEY: str(config.size),
+        LATENT_RGB_KEY: json.dumps(fit_latent_rgb(models.vae, config)),
         ARCH_METADATA_KEY: json.dumps(config.arch_metadata(), sort_keys=True),
         "webui.params": json.dumps(counts, sort_keys=True),
         "webui.train_config": json.dumps(config.to_json(), sort_keys=True),

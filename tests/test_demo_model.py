@@ -1,7 +1,3 @@
-# PENDING (issue 3): the semantic tests for the shipped demo model, written against the issue's
-# acceptance criteria. They live here, outside `tests/`, because no demo checkpoint ships yet (the current
-# recipe does not learn positions, see docs/demo-model-notes.md); move this file to tests/ together with the
-# checkpoint. Not run by CI.
 """Semantic checks of the shipped demo model (models/checkpoints/webui-demo-64px.safetensors).
 
 Pictures are judged by ``webui.demo.dataset.analyse`` (a colour/position/shape heuristic that is itself

@@ -1,0 +1,293 @@
+"""The A1111-compatible API, driven by the real A1111 client from PyPI (``webuiapi``) and by raw HTTP:
+``python app.py --nowebui --api-auth ...`` on the shipped demo model plus a tiny second checkpoint.
+
+Also: 4 clients x 3 jobs at once (each gets its own seeds and images; per-task progress), and a table of
+bad inputs, each answered with the right status and message, the server serving afterwards and nothing
+written outside ``outputs/``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.tiny_models import write_tiny_checkpoint
+from webui.demo import dataset as ds
+from webui.jobs import infotext
+from webui.paths import DEMO_CHECKPOINT
+
+webuiapi = pytest.importorskip("webuiapi")
+ROOT = Path(__file__).resolve().parents[1]
+USER, PASSWORD = "alice", "s3cret"
+pytestmark = pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="the demo checkpoint is not shipped")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("api")
+    ckpts = data / "models" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    write_tiny_checkpoint(ckpts / "tiny.safetensors")
+    (data / "secret.txt").write_text("outside the model folders")
+    port = _free_port()
+    log = open(data / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--nowebui", "--api-auth", f"{USER}:{PASSWORD}",
+                             "--data-dir", str(data), "--port", str(port), "--ckpt", str(DEMO_CHECKPOINT)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while "Running on" not in (data / "server.log").read_text():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("server did not start: " + (data / "server.log").read_text())
+            time.sleep(0.2)
+        session = requests.Session()
+        session.auth = (USER, PASSWORD)
+        while session.get(f"{base}/sdapi/v1/options").json().get("sd_checkpoint_hash") is None:
+            time.sleep(0.2)   # the model loads in the background
+        yield {"base": base, "port": port, "data": data, "session": session, "proc": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def api(server):
+    return webuiapi.WebUIApi(host="127.0.0.1", port=server["port"], sampler="Euler", steps=20,
+                             username=USER, password=PASSWORD)
+
+
+def test_txt2img_through_webuiapi(api):
+    result = api.txt2img(prompt="a large red circle on a white background, top left", seed=11, width=64,
+                         height=64, cfg_scale=7, batch_size=2)
+    assert len(result.images) == 2 and result.image.size == (64, 64)
+    assert result.info["all_seeds"] == [11, 12] and result.info["sd_model_name"] == "webui-demo-64px"
+    text = result.image.info["parameters"]       # the PNG's parameters chunk
+    assert infotext.parse_typed(text).seed == 11 and "Sampler: Euler" in text
+    judged = ds.analyse(result.image.convert("RGB"))
+    assert judged["colour"] == "red", judged
+    # png-info round trip
+    info = api.png_info(result.image)
+    assert info.info == text and info.parameters["Seed"] == "11"
+
+
+def test_img2img_with_a_mask_through_webuiapi(api):
+    init = ds.render(ds.Scene("white", (ds.Obj("square", "blue", "large", "top left"),)), 64)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    result = api.img2img(images=[init], mask_image=mask, prompt="a large red circle on a white background, top right",
+                         seed=5, width=64, height=64, denoising_strength=1.0, inpainting_fill=1,
+                         inpaint_full_res=False, mask_blur=2)
+    out = result.image.convert("RGB")
+    import numpy as np
+    before, after = np.asarray(init, np.int16), np.asarray(out, np.int16)
+    assert np.abs(after[:, :24] - before[:, :24]).mean() < 6
+    assert result.info["denoising_strength"] == 1.0 and "Mask blur: 2" in result.info["infotexts"][0]
+
+
+def test_lists(api):
+    models = api.get_sd_models()
+    titles = [m["title"] for m in models]
+    assert any(t.startswith("tiny.safetensors [") for t in titles)
+    assert any(t.startswith("webui-demo-64px.safetensors [") for t in titles)
+    names = [s["name"] for s in api.get_samplers()]
+    assert {"Euler", "Euler a", "DPM++ 2M", "DDIM", "UniPC"} <= set(names)
+    assert {"karras", "exponential"} <= {s["name"] for s in api.get_schedulers()}
+
+
+def test_options_switch_the_model(api, server):
+    api.util_set_model("tiny.safetensors", find_closest=False)
+    assert api.get_options()["sd_model_checkpoint"] == "tiny.safetensors"
+    result = api.txt2img(prompt="x", seed=1, width=64, height=64, steps=2)
+    assert result.info["sd_model_name"] == "tiny"
+    api.util_set_model("webui-demo-64px.safetensors", find_closest=False)
+    assert api.get_options()["sd_model_checkpoint"] == "webui-demo-64px.safetensors"
+
+
+def test_progress_while_running_and_interrupt(api, server):
+    results = {}
+    worker = threading.Thread(target=lambda: results.update(r=api.txt2img(
+        prompt="a small green triangle on a black background", seed=3, width=64, height=64, steps=150, n_iter=30)))
+    worker.start()
+    seen = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        p = api.get_progress()
+        if p["state"]["sampling_step"] > 0:
+            seen.append(p)
+        if len(seen) >= 3:
+            break
+        time.sleep(0.1)
+    assert seen and 0 < seen[-1]["progress"] < 1 and seen[-1]["state"]["sampling_steps"] == 150 * 30
+    assert seen[-1]["current_image"] is None or Image.open(io.BytesIO(base64.b64decode(seen[-1]["current_image"])))
+    api.interrupt()
+    worker.join(60)
+    result = results["r"]
+    assert 0 < len(result.images) < 30 and result.info["interrupted"] is True
+
+
+def test_four_clients_three_jobs_each(server):
+    base, session = server["base"], server["session"]
+    outcomes, progress_seen, errors = {}, {}, []
+
+    def client(c: int):
+        try:
+            s = requests.Session()
+            s.auth = (USER, PASSWORD)
+            for j in range(3):
+                seed, task = 1000 * (c + 1) + j, f"client{c}-job{j}"
+                body = {"prompt": f"a large {list(ds.COLOURS)[c]} circle on a white background", "seed": seed,
+                        "width": 64, "height": 64, "steps": 20, "sampler_name": "Euler", "force_task_id": task}
+                r = s.post(f"{base}/sdapi/v1/txt2img", json=body, timeout=300)
+                r.raise_for_status()
+                info = json.loads(r.json()["info"])
+                outcomes[task] = (info["all_seeds"], info["prompt"], r.json()["images"])
+                state = s.get(f"{base}/sdapi/v1/tasks/{task}").json()
+                progress_seen[task] = state
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not errors, errors
+    assert len(outcomes) == 12
+    for c in range(4):
+        for j in range(3):
+            seeds, prompt, images = outcomes[f"client{c}-job{j}"]
+            assert seeds == [1000 * (c + 1) + j] and list(ds.COLOURS)[c] in prompt and len(images) == 1
+            state = progress_seen[f"client{c}-job{j}"]
+            assert state["status"] == "done" and state["progress"] == 1.0 and state["sampling_steps"] == 20
+
+
+def _b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+GOOD = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 2}
+PNG = _b64(Image.new("RGB", (64, 64), "white"))
+
+BAD = [  # (name, method, path, body or raw bytes, auth, expected status, text in the answer)
+    ("no auth", "post", "txt2img", GOOD, None, 401, "authentication required"),
+    ("wrong password", "post", "txt2img", GOOD, (USER, "nope"), 401, "authentication required"),
+    ("unknown user", "get", "sd-models", None, ("mallory", PASSWORD), 401, "authentication required"),
+    ("docs without auth", "get", "/docs", None, None, 401, "authentication required"),
+    ("extension route without auth", "get", "/extensions-api/anything", None, None, 401, "authentication"),
+    ("malformed json", "post", "txt2img", b"{not json", "ok", 422, "JSON"),
+    ("json array", "post", "txt2img", b"[1, 2]", "ok", 422, ""),
+    ("width as text", "post", "txt2img", {**GOOD, "width": "wide"}, "ok", 422, "width"),
+    ("steps as list", "post", "txt2img", {**GOOD, "steps": [1]}, "ok", 422, "steps"),
+    ("negative width", "post", "txt2img", {**GOOD, "width": -64}, "ok", 422, "width must be a multiple of 8"),
+    ("huge width", "post", "txt2img", {**GOOD, "width": 100000}, "ok", 422, "within 64..2048"),
+    ("width not multiple of 8", "post", "txt2img", {**GOOD, "width": 65}, "ok", 422, "multiple of 8"),
+    ("zero steps", "post", "txt2img", {**GOOD, "steps": 0}, "ok", 422, "steps must be within 1..150"),
+    ("too many steps", "post", "txt2img", {**GOOD, "steps": 151}, "ok", 422, "steps must be within 1..150"),
+    ("too many images", "post", "txt2img", {**GOOD, "batch_size": 8, "n_iter": 100}, "ok", 422, "batch_size x n_iter"),
+    ("zero batch", "post", "txt2img", {**GOOD, "batch_size": 0}, "ok", 422, "batch_size"),
+    ("huge prompt", "post", "txt2img", {**GOOD, "prompt": "a" * 30000}, "ok", 422, "longer than"),
+    ("unknown sampler", "post", "txt2img", {**GOOD, "sampler_name": "Magic"}, "ok", 422, "available: DPM++ 2M"),
+    ("unknown scheduler", "post", "txt2img", {**GOOD, "scheduler": "zigzag"}, "ok", 422, "unknown schedule type"),
+    ("unknown checkpoint", "post", "txt2img", {**GOOD, "override_settings": {"sd_model_checkpoint": "nope"}}, "ok",
+     422, "available: "),
+    ("traversal checkpoint", "post", "options", {"sd_model_checkpoint": "../../secret.txt"}, "ok", 422,
+     "unknown checkpoint"),
+    ("absolute checkpoint", "post", "options", {"sd_model_checkpoint": "/etc/passwd"}, "ok", 422, "unknown checkpoint"),
+    ("traversal vae", "post", "options", {"sd_vae": "../secret.txt"}, "ok", 422, "unknown VAE"),
+    ("unknown option", "post", "options", {"no_such_option": 1}, "ok", 422, "unknown option"),
+    ("bad option type", "post", "options", {"samples_save": "maybe"}, "ok", 422, "true or false"),
+    ("unknown override", "post", "txt2img", {**GOOD, "override_settings": {"x": 1}}, "ok", 422, "override_settings"),
+    ("hires fix", "post", "txt2img", {**GOOD, "enable_hr": True}, "ok", 422, "not supported"),
+    ("unknown script", "post", "txt2img", {**GOOD, "script_name": "x/y plot"}, "ok", 422, "no script named"),
+    ("no init image", "post", "img2img", GOOD, "ok", 422, "init_images"),
+    ("invalid base64", "post", "img2img", {**GOOD, "init_images": ["!!!notbase64"]}, "ok", 422, "not valid base64"),
+    ("not an image", "post", "img2img", {**GOOD, "init_images": [base64.b64encode(b"hello").decode()]}, "ok", 422,
+     "not a readable image"),
+    ("remote url", "post", "img2img", {**GOOD, "init_images": ["http://example.com/a.png"]}, "ok", 422,
+     "URLs are not fetched"),
+    ("bad mask", "post", "img2img", {**GOOD, "init_images": [PNG], "mask": "%%%"}, "ok", 422, "mask: not valid base64"),
+    ("strength out of range", "post", "img2img", {**GOOD, "init_images": [PNG], "denoising_strength": 3}, "ok", 422,
+     "denoising strength"),
+    ("png-info not an image", "post", "png-info", {"image": base64.b64encode(b"GIF89a").decode()}, "ok", 422,
+     "not a readable image"),
+    ("100 MB payload", "post", "txt2img", b"x" * (100 * 2**20), "ok", 413, "larger than"),
+    ("unknown task", "get", "tasks/nope", None, "ok", 404, "no task"),
+    ("duplicate task id", "post", "txt2img", {**GOOD, "force_task_id": "dup"}, "ok", 409, "already exists"),
+]
+
+
+@pytest.mark.parametrize("name, method, path, body, auth, status, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(server, name, method, path, body, auth, status, message):
+    base = server["base"]
+    url = base + (path if path.startswith("/") else f"/sdapi/v1/{path}")
+    auth = (USER, PASSWORD) if auth == "ok" else auth
+    if name == "duplicate task id":
+        first = requests.post(url, json=body, auth=auth, timeout=120)
+        assert first.status_code == 200
+    if name == "100 MB payload":
+        status_line, text = _oversized_post(server["port"], f"/sdapi/v1/{path}", len(body))
+        assert f" {status} " in status_line and message in text, (status_line, text)
+        return
+    if isinstance(body, bytes):
+        r = requests.request(method, url, data=body, auth=auth, headers={"content-type": "application/json"},
+                             timeout=120)
+    else:
+        r = requests.request(method, url, json=body, auth=auth, timeout=120)
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert message in r.text, r.text[:300]
+
+
+def _oversized_post(port: int, path: str, length: int) -> tuple[str, str]:
+    """Announce a huge body and read the answer before sending it (as a server that refuses early allows)."""
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode())
+        sock.sendall(b"x" * 65536)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, text = answer.decode(errors="replace").partition("\r\n\r\n")
+    return head.splitlines()[0], text
+
+
+def test_bad_inputs_harm_nothing(server):
+    data = server["data"]
+    before = {p for p in data.rglob("*") if p.is_file() and "outputs" not in p.parts}
+    for name, method, path, body, auth, status, message in BAD:
+        url = server["base"] + (path if path.startswith("/") else f"/sdapi/v1/{path}")
+        if name in ("duplicate task id", "100 MB payload"):
+            continue
+        kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+        requests.request(method, url, auth=(USER, PASSWORD) if auth == "ok" else auth, timeout=120, **kwargs)
+    after = {p for p in data.rglob("*") if p.is_file() and "outputs" not in p.parts}
+    assert after - before <= {data / "server.log"}, sorted(map(str, after - before))
+    assert (data / "secret.txt").read_text() == "outside the model folders"
+    r = server["session"].post(server["base"] + "/sdapi/v1/txt2img", json=GOOD, timeout=120)
+    assert r.status_code == 200 and server["proc"].poll() is None

@@ -1,0 +1,449 @@
+"""A1111's ``/sdapi/v1`` over the ``Backend``: same paths, field names, defaults and response shapes.
+
+Every generation is a job in the backend's one queue (shared with the UI); the route waits for its own
+job and answers with base64 PNGs that carry the ``parameters`` chunk. Beyond A1111: per-task progress and
+cancel (``/sdapi/v1/tasks/{id}``), since A1111's ``progress`` is global.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import io
+import json
+import os
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Body, HTTPException
+from PIL import Image, UnidentifiedImageError
+
+from .. import __version__
+from ..engine.pipeline import GenerationRequest
+from ..engine.sampling import registry
+from ..jobs import infotext, saving
+from ..jobs.backend import VAE_AUTOMATIC, VAE_NONE, Backend
+from ..jobs.queue import DONE, FAILED, RUNNING
+from ..options import OPTIONS
+from . import schemas
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (4xx beyond it)."""
+    max_size: int = 2048              # width / height
+    max_steps: int = 150
+    max_images: int = 64              # batch_size x n_iter
+    max_batch_size: int = 16
+    max_prompt_chars: int = 20_000
+    max_body_bytes: int = 64 * 2**20  # the whole request
+    max_image_pixels: int = 4096 * 4096
+
+
+def _error(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def decode_image(data: str, what: str, limits: Limits) -> Image.Image:
+    """base64 or ``data:image/...;base64,`` -> PIL image. Remote URLs are never fetched."""
+    if not isinstance(data, str) or not data:
+        raise _error(422, f"{what}: empty image")
+    if data.startswith(("http://", "https://", "file:", "ftp://")):
+        raise _error(422, f"{what}: URLs are not fetched; send the image as base64 or a data: URL")
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        if ";base64" not in header:
+            raise _error(422, f"{what}: only base64 data: URLs are accepted")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _error(422, f"{what}: not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as probe:
+            if probe.width * probe.height > limits.max_image_pixels:
+                raise _error(413, f"{what}: {probe.width}x{probe.height} is larger than "
+                                  f"{limits.max_image_pixels} pixels")
+            probe.load()
+            image = probe.copy()
+    except HTTPException:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise _error(422, f"{what}: not a readable image ({type(exc).__name__})") from None
+    return image
+
+
+def encode_png(image: Image.Image, text: str | None) -> str:
+    return base64.b64encode(saving.png_with_infotext(image, text)).decode("ascii")
+
+
+class Api:
+    """Builds the router; ``cmd_flags`` is what ``GET cmd-flags`` reports."""
+
+    def __init__(self, backend: Backend, limits: Limits | None = None, cmd_flags: dict | None = None):
+        self.backend, self.limits, self.cmd_flags = backend, limits or Limits(), cmd_flags or {}
+
+    # ---- request -> job ------------------------------------------------------------------------
+    def _checkpoint_name(self, title: str) -> str:
+        """A1111 titles ("name.safetensors [hash]", "name") -> a listed checkpoint name."""
+        names = list(self.backend.checkpoints())
+        bare = title.split(" [", 1)[0].strip()
+        for name in names:
+            if bare in (name, name.rsplit(".", 1)[0], os.path.basename(name), os.path.basename(name).rsplit(".", 1)[0]):
+                return name
+        raise _error(422, f"unknown checkpoint {title!r}; available: {', '.join(names) or 'none'}")
+
+    def _vae_name(self, choice: str) -> str:
+        if choice in (VAE_AUTOMATIC, VAE_NONE):
+            return choice
+        names = list(self.backend.vaes())
+        if choice not in names:
+            raise _error(422, f"unknown VAE {choice!r}; available: {', '.join([VAE_AUTOMATIC, VAE_NONE, *names])}")
+        return choice
+
+    def _request(self, body: schemas.Txt2ImgRequest, img2img: bool) -> tuple[GenerationRequest, dict]:
+        lim = self.limits
+        problems = []
+        if body.enable_hr:
+            problems.append("enable_hr (hires fix) is not supported yet")
+        if body.restore_faces:
+            problems.append("restore_faces is not supported")
+        if body.tiling:
+            problems.append("tiling is not supported yet")
+        if body.subseed_strength:
+            problems.append("subseed_strength (variation seeds) is not supported yet")
+        if body.script_name:
+            problems.append(f"no script named {body.script_name!r}; available: none")
+        if body.alwayson_scripts:
+            problems.append("no always-on scripts are installed; got " + ", ".join(map(repr, body.alwayson_scripts)))
+        for name in ("width", "height"):
+            value = getattr(body, name)
+            if value % 8 or not 64 <= value <= lim.max_size:
+                problems.append(f"{name} must be a multiple of 8 within 64..{lim.max_size} (got {value})")
+        if not 1 <= body.steps <= lim.max_steps:
+            problems.append(f"steps must be within 1..{lim.max_steps} (got {body.steps})")
+        if not 1 <= body.batch_size <= lim.max_batch_size:
+            problems.append(f"batch_size must be within 1..{lim.max_batch_size} (got {body.batch_size})")
+        if body.n_iter < 1 or body.batch_size * body.n_iter > lim.max_images:
+            problems.append(f"batch_size x n_iter must be within 1..{lim.max_images} "
+                            f"(got {body.batch_size} x {body.n_iter})")
+        if not 0.0 <= body.cfg_scale <= 100.0:
+            problems.append(f"cfg_scale must be within 0..100 (got {body.cfg_scale})")
+        for name in ("prompt", "negative_prompt"):
+            if len(getattr(body, name)) > lim.max_prompt_chars:
+                problems.append(f"{name} is longer than {lim.max_prompt_chars} characters")
+        if problems:
+            raise _error(422, "; ".join(problems))
+        sampler = body.sampler_name or body.sampler_index or "Euler"
+        try:
+            spec, scheduler = registry.resolve(sampler, body.scheduler)
+        except ValueError as exc:
+            raise _error(422, str(exc)) from None
+        overrides = dict(body.override_settings or {})
+        unknown = [k for k in overrides if k not in OPTIONS]
+        if unknown:
+            raise _error(422, f"unknown override_settings: {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+        clip_skip = int(overrides.get("CLIP_stop_at_last_layers", self.backend.options["CLIP_stop_at_last_layers"]))
+        request = GenerationRequest(
+            prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=sampler,
+            scheduler=body.scheduler or "automatic", steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed,
+            width=body.width, height=body.height, batch_size=body.batch_size, n_iter=body.n_iter,
+            clip_skip=clip_skip)
+        if img2img:
+            assert isinstance(body, schemas.Img2ImgRequest)
+            if not body.init_images:
+                raise _error(422, "init_images: at least one image is needed")
+            request.init_image = decode_image(body.init_images[0], "init_images[0]", lim)
+            if body.mask:
+                request.mask = decode_image(body.mask, "mask", lim)
+            request.denoising_strength = 0.75 if body.denoising_strength is None else body.denoising_strength
+            request.resize_mode = body.resize_mode
+            request.mask_blur = body.mask_blur if body.mask_blur is not None else body.mask_blur_x
+            request.inpainting_fill = body.inpainting_fill
+            request.inpaint_full_res = bool(body.inpaint_full_res)
+            request.inpaint_full_res_padding = body.inpaint_full_res_padding
+            request.inpainting_mask_invert = bool(body.inpainting_mask_invert)
+        try:
+            request.validate()
+        except ValueError as exc:
+            raise _error(422, str(exc)) from None
+        target = {}
+        if "sd_model_checkpoint" in overrides:
+            target["checkpoint"] = self._checkpoint_name(str(overrides["sd_model_checkpoint"]))
+        if "sd_vae" in overrides:
+            target["vae"] = self._vae_name(str(overrides["sd_vae"]))
+        return request, target
+
+    def _run(self, body: schemas.Txt2ImgRequest, img2img: bool) -> schemas.GenerationResponse:
+        request, target = self._request(body, img2img)
+        kind = "img2img" if img2img else "txt2img"
+        try:
+            job = self.backend.submit(request, kind=kind, owner="api", save=bool(body.save_images),
+                                      job_id=body.force_task_id, **target)
+        except ValueError as exc:
+            raise _error(409 if "already exists" in str(exc) else 422, str(exc)) from None
+        job.wait()
+        if job.state == FAILED:
+            raise _error(500, f"generation failed: {job.error}")
+        if job.state != DONE:
+            raise _error(409, f"task {job.id} was {job.state}")
+        out = job.result
+        info = self._info(request, out, body, job.id)
+        images = [encode_png(img, text) for img, text in zip(out.images, out.infotexts)] if body.send_images else []
+        parameters = body.model_dump(mode="json")
+        if img2img:
+            parameters["init_images"] = None
+            parameters["mask"] = None
+        return schemas.GenerationResponse(images=images, parameters=parameters, info=json.dumps(info))
+
+    def _info(self, request: GenerationRequest, out, body, job_id: str) -> dict:
+        first = infotext.parse_typed(out.infotexts[0]) if out.infotexts else None
+        model = self.backend.model_info
+        return {
+            "prompt": request.prompt, "all_prompts": [request.prompt] * len(out.images),
+            "negative_prompt": request.negative_prompt,
+            "all_negative_prompts": [request.negative_prompt] * len(out.images),
+            "seed": out.seeds[0] if out.seeds else request.seed, "all_seeds": out.seeds,
+            "subseed": -1, "all_subseeds": [-1] * len(out.images), "subseed_strength": 0,
+            "width": request.width, "height": request.height,
+            "sampler_name": first.sampler if first else request.sampler_name, "cfg_scale": request.cfg_scale,
+            "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
+            "face_restoration_model": None, "sd_model_name": model.name if model else None,
+            "sd_model_hash": model.hash if model else None, "sd_vae_name": model.vae_name if model else None,
+            "sd_vae_hash": model.vae_hash if model else None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "denoising_strength": request.denoising_strength if request.init_image is not None else None,
+            "extra_generation_params": {k: v for k, v in (first.extra if first else {}).items()},
+            "index_of_first_image": 0, "infotexts": out.infotexts, "styles": body.styles or [],
+            "job_timestamp": datetime.datetime.now().strftime("%Y%m%d%H%M%S"), "clip_skip": request.clip_skip,
+            "is_using_inpainting_conditioning": False, "version": __version__, "task_id": job_id,
+            "interrupted": out.interrupted,
+        }
+
+    # ---- progress ----------------------------------------------------------------------------
+    def _preview(self, job) -> str | None:
+        image = job.progress.preview if job is not None else None
+        return encode_png(image, None) if image is not None else None
+
+    def progress(self, skip_current_image: bool = False) -> schemas.ProgressResponse:
+        queue = self.backend.queue
+        job = queue.running
+        pending = queue.pending()
+        if job is None or job.kind == "load":
+            return schemas.ProgressResponse(progress=0.0, eta_relative=0.0,
+                                            state=schemas.ProgressState(job_count=len(pending)))
+        p = job.progress
+        state = schemas.ProgressState(interrupted=job.control.interrupted, job=job.id, job_count=1 + len(pending),
+                                      job_timestamp=datetime.datetime.fromtimestamp(job.started or job.created)
+                                      .strftime("%Y%m%d%H%M%S"), job_no=0, sampling_step=p.step,
+                                      sampling_steps=p.total)
+        return schemas.ProgressResponse(progress=p.fraction, eta_relative=job.eta or 0.0, state=state,
+                                        current_image=None if skip_current_image else self._preview(job),
+                                        textinfo=p.text or None, current_task=job.id)
+
+    def task(self, task_id: str) -> schemas.TaskProgressResponse:
+        job = self.backend.queue.get(task_id)
+        if job is None:
+            raise _error(404, f"no task {task_id!r}")
+        p = job.progress
+        progress = 1.0 if job.state == DONE else p.fraction
+        return schemas.TaskProgressResponse(
+            id=job.id, status=job.state, queue_position=self.backend.queue.position(job), progress=progress,
+            eta_relative=job.eta if job.state == RUNNING else (0.0 if job.state == DONE else None),
+            sampling_step=p.step, sampling_steps=p.total,
+            current_image=self._preview(job) if job.state == RUNNING else None, error=job.error)
+
+    # ---- the router ------------------------------------------------------------------------------
+    def router(self) -> APIRouter:
+        r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+        backend, queue = self.backend, self.backend.queue
+
+        @r.post("/txt2img", response_model=schemas.GenerationResponse)
+        def txt2img(body: schemas.Txt2ImgRequest):
+            return self._run(body, img2img=False)
+
+        @r.post("/img2img", response_model=schemas.GenerationResponse)
+        def img2img(body: schemas.Img2ImgRequest):
+            return self._run(body, img2img=True)
+
+        @r.get("/progress", response_model=schemas.ProgressResponse)
+        def progress(skip_current_image: bool = False):
+            return self.progress(skip_current_image)
+
+        @r.get("/tasks/{task_id}", response_model=schemas.TaskProgressResponse)
+        def task(task_id: str):
+            return self.task(task_id)
+
+        @r.delete("/tasks/{task_id}")
+        def cancel_task(task_id: str):
+            job = queue.get(task_id)
+            if job is None:
+                raise _error(404, f"no task {task_id!r}")
+            if not queue.cancel(task_id):
+                raise _error(409, f"task {task_id!r} already {job.state}")
+            return {"id": task_id, "status": job.state if job.state != RUNNING else "interrupting"}
+
+        @r.post("/interrupt")
+        def interrupt():
+            job = queue.running
+            if job is not None and job.kind != "load":
+                queue.interrupt(job.id)
+            return {}
+
+        @r.post("/skip")
+        def skip():
+            job = queue.running
+            if job is not None:
+                queue.skip(job.id)
+            return {}
+
+        @r.post("/png-info", response_model=schemas.PngInfoResponse)
+        def png_info(body: schemas.PngInfoRequest):
+            if not body.image:
+                raise _error(422, "image: empty")
+            raw_image = decode_image(body.image, "image", self.limits)
+            text = saving.read_infotext(raw_image) or ""
+            params = infotext.parse(text) if text else {}
+            return schemas.PngInfoResponse(info=text, items={"parameters": text} if text else {},
+                                           parameters=params)
+
+        @r.get("/options")
+        def get_options():
+            values = backend.options.as_dict()
+            name = backend.status.name
+            if name:
+                values["sd_model_checkpoint"] = name
+            values["sd_checkpoint_hash"] = backend.model_info.hash if backend.model_info else None
+            return values
+
+        @r.post("/options")
+        def set_options(changes: dict = Body(...)):
+            unknown = [k for k in changes if k not in OPTIONS]
+            if unknown:
+                raise _error(422, f"unknown option(s): {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+            changes = dict(changes)
+            if "sd_model_checkpoint" in changes:
+                changes["sd_model_checkpoint"] = self._checkpoint_name(str(changes["sd_model_checkpoint"]))
+            if "sd_vae" in changes:
+                changes["sd_vae"] = self._vae_name(str(changes["sd_vae"]))
+            try:
+                backend.options.update(changes)
+            except ValueError as exc:
+                raise _error(422, str(exc)) from None
+            if "sd_model_checkpoint" in changes or "sd_vae" in changes:
+                job = backend.load(backend.options["sd_model_checkpoint"] or backend.status.name,
+                                   backend.options["sd_vae"])
+                job.wait()
+                if job.state == FAILED:
+                    raise _error(500, f"could not load the model: {job.error}")
+            return None
+
+        @r.get("/cmd-flags")
+        def cmd_flags():
+            return self.cmd_flags
+
+        @r.get("/samplers")
+        def samplers():
+            return [{"name": s.name, "aliases": list(s.aliases),
+                     "options": {"scheduler": s.default_scheduler} if s.default_scheduler else {}}
+                    for s in registry.SAMPLERS]
+
+        @r.get("/schedulers")
+        def schedulers():
+            return [{"name": key, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                    for key, label in registry.SCHEDULERS.items()]
+
+        @r.get("/sd-models")
+        def sd_models():
+            from ..engine.hashing import model_hash
+            out = []
+            for name, path in backend.checkpoints().items():
+                short = model_hash(path, backend.paths.hash_cache)
+                out.append({"title": f"{name} [{short}]", "model_name": name.rsplit(".", 1)[0], "hash": short,
+                            "sha256": None, "filename": name, "config": None})
+            return out
+
+        @r.get("/sd-vae")
+        def sd_vae():
+            return [{"model_name": name, "filename": name} for name in backend.vaes()]
+
+        @r.get("/embeddings")
+        def embeddings():
+            return {"loaded": {}, "skipped": {}}
+
+        @r.get("/loras")
+        def loras():
+            return []
+
+        @r.get("/prompt-styles")
+        def prompt_styles():
+            return []
+
+        @r.get("/upscalers")
+        def upscalers():
+            return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+
+        @r.get("/latent-upscale-modes")
+        def latent_upscale_modes():
+            return []
+
+        @r.get("/memory")
+        def memory():
+            return _memory(backend)
+
+        @r.get("/scripts")
+        def scripts():
+            return {"txt2img": [], "img2img": []}
+
+        @r.get("/script-info")
+        def script_info():
+            return []
+
+        @r.get("/extensions")
+        def extensions():
+            return []
+
+        @r.post("/refresh-checkpoints")
+        def refresh_checkpoints():
+            return None          # the lists are read from the folders on every request
+
+        @r.post("/refresh-vae")
+        def refresh_vae():
+            return None
+
+        @r.post("/unload-checkpoint")
+        def unload_checkpoint():
+            job = queue.submit(lambda job: backend.unload(), kind="load", owner="api")
+            job.wait()
+            return None
+
+        @r.post("/reload-checkpoint")
+        def reload_checkpoint():
+            name = backend.status.name or backend.default_checkpoint_name()
+            if not name:
+                raise _error(409, "no checkpoint to load")
+            job = backend.load(name)
+            job.wait()
+            if job.state == FAILED:
+                raise _error(500, f"could not load {name}: {job.error}")
+            return None
+
+        return r
+
+
+def _memory(backend: Backend) -> dict:
+    import torch
+    ram = {}
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if ":" in line}
+        ram = {"free": info.get("MemAvailable", 0), "total": info.get("MemTotal", 0)}
+        ram["used"] = ram["total"] - ram["free"]
+    except OSError:
+        pass
+    cuda = {"error": "CUDA is not available"}
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        cuda = {"system": {"free": free, "used": total - free, "total": total},
+                "active": {"current": stats.get("active_bytes.all.current", 0),
+                           "peak": stats.get("active_bytes.all.peak", 0)}}
+    return {"ram": ram, "cuda": cuda}
+

@@ -1,0 +1,293 @@
+"""The service the interfaces talk to: which models exist, which one is resident, and generation jobs.
+
+``Backend`` owns the ``Engine`` and the ``JobQueue``. Everything that touches the device -- loading a
+checkpoint, switching the VAE, generating -- runs as a queued job, so the UI, the API and the command line
+never race for the device, and a model loads in the background while the page is already served.
+Models are chosen by *name* from the lists this class makes (files in the configured folders); a name
+that is not in the list, including any path that tries to leave the folder, is refused with the list.
+"""
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..options import Options
+from ..paths import (CHECKPOINT_EXTENSIONS, DEMO_CHECKPOINT, VAE_EXTENSIONS, Paths, default_checkpoint,
+                     list_files)
+from . import saving
+from .queue import Job, JobQueue
+
+VAE_AUTOMATIC, VAE_NONE = "Automatic", "None"
+
+
+@dataclass
+class ModelStatus:
+    state: str = "none"            # none | loading | ready | error
+    name: str | None = None        # checkpoint name (as listed)
+    message: str = ""
+
+    def describe(self) -> str:
+        if self.state == "ready":
+            return f"Model: {self.name}"
+        if self.state == "loading":
+            return f"Loading {self.name} ..."
+        if self.state == "error":
+            return f"Could not load {self.name}: {self.message}"
+        return "No model loaded" + (f": {self.message}" if self.message else "")
+
+
+@dataclass
+class GenerationOutput:
+    images: list[Image.Image]
+    infotexts: list[str]
+    seeds: list[int]
+    paths: list[Path] = field(default_factory=list)   # files written (images, then the grid)
+    interrupted: bool = False
+    model: str | None = None
+
+
+def _relative_names(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    return {path.relative_to(folder).as_posix(): path for path in list_files(folder, extensions)}
+
+
+class Backend:
+    """Model lists, the resident model and the job queue; thread-safe."""
+
+    def __init__(self, paths: Paths, options: Options, *, device: str | None = None, precision: str = "auto",
+                 no_half: bool = False, no_half_vae: bool = False, vae_approx_dir: Path | None = None,
+                 log: Callable[[str], None] = print):
+        self.paths, self.options, self.log = paths, options, log
+        self.queue = JobQueue()
+        self.status = ModelStatus()
+        self._engine_args = dict(device=device, precision=precision, no_half=no_half, no_half_vae=no_half_vae)
+        self._engine = None
+        self._lock = threading.Lock()
+        self._model_info = None
+        self._loaded: tuple[str | None, Path | None, str | None] = (None, None, None)  # name, file, VAE choice
+        self._vae_approx_dir = vae_approx_dir or paths.root / "models" / "vae_approx"
+        self._taesd = None
+
+    # ---- lists ---------------------------------------------------------------------------------
+    def checkpoints(self) -> dict[str, Path]:
+        """Name -> file: the checkpoint folder's files, plus the shipped demo model."""
+        found = _relative_names(self.paths.checkpoints, CHECKPOINT_EXTENSIONS)
+        if DEMO_CHECKPOINT.is_file() and DEMO_CHECKPOINT.resolve() not in {p.resolve() for p in found.values()}:
+            found.setdefault(DEMO_CHECKPOINT.name, DEMO_CHECKPOINT)
+        return found
+
+    def vaes(self) -> dict[str, Path]:
+        return _relative_names(self.paths.vae, VAE_EXTENSIONS)
+
+    def checkpoint_path(self, name: str) -> Path:
+        found = self.checkpoints()
+        if name not in found:
+            raise ValueError(f"unknown checkpoint {name!r}; available: {', '.join(found) or 'none'}")
+        return found[name]
+
+    def vae_path(self, choice: str | None, checkpoint: Path) -> Path | None:
+        """``Automatic``: a VAE named like the checkpoint (``<stem>.vae.*`` beside it or ``<stem>.*`` in the
+        VAE folder), else the checkpoint's own; ``None``: the checkpoint's own; else a listed VAE file."""
+        if choice in (None, "", VAE_NONE):
+            return None
+        if choice == VAE_AUTOMATIC:
+            stem = checkpoint.name.rsplit(".", 1)[0]
+            for folder, name in ((checkpoint.parent, f"{stem}.vae"), (self.paths.vae, stem)):
+                for ext in VAE_EXTENSIONS:
+                    if (folder / (name + ext)).is_file():
+                        return folder / (name + ext)
+            return None
+        found = self.vaes()
+        if choice not in found:
+            raise ValueError(f"unknown VAE {choice!r}; available: {', '.join([VAE_AUTOMATIC, VAE_NONE, *found])}")
+        return found[choice]
+
+    def default_checkpoint_name(self) -> str | None:
+        wanted = self.options["sd_model_checkpoint"]
+        found = self.checkpoints()
+        if wanted in found:
+            return wanted
+        path = default_checkpoint(self.paths)
+        if path is None:
+            return None
+        return next((name for name, p in found.items() if p == path), None)
+
+    # ---- the resident model ----------------------------------------------------------------------
+    def start(self, checkpoint: str | Path | None = None) -> Job | None:
+        """Start the queue and load ``checkpoint`` (a listed name or a file) or the default one."""
+        self.queue.start()
+        if checkpoint is None:
+            checkpoint = self.default_checkpoint_name()
+        if checkpoint is None:
+            self.status = ModelStatus("none", None, f"no checkpoint in {self.paths.checkpoints}")
+            return None
+        return self.load(checkpoint)
+
+    def stop(self) -> None:
+        self.queue.stop()
+
+    def load(self, checkpoint: str | Path, vae: str | None = None, owner: str | None = None) -> Job:
+        """Queue a model load (returns the job; the status says loading until it runs)."""
+        name, path = self._resolve_checkpoint(checkpoint)
+        vae = vae if vae is not None else self.options["sd_vae"]
+        self.status = ModelStatus("loading", name)
+        return self.queue.submit(lambda job: self._ensure_model(name, path, vae), kind="load", owner=owner)
+
+    def _resolve_checkpoint(self, checkpoint: str | Path) -> tuple[str, Path]:
+        if isinstance(checkpoint, Path):       # a file named on the command line (--ckpt)
+            if not checkpoint.is_file():
+                raise ValueError(f"checkpoint file {checkpoint} not found")
+            listed = {p.resolve(): n for n, p in self.checkpoints().items()}
+            return listed.get(checkpoint.resolve(), checkpoint.name), checkpoint
+        return checkpoint, self.checkpoint_path(checkpoint)
+
+    def _ensure_model(self, name: str, path: Path, vae_choice: str) -> None:
+        """On the worker thread: make (name, VAE) resident; a failure leaves the previous model usable."""
+        from ..engine.files import CheckpointError
+        from ..engine.pipeline import Engine
+        from .generation import ModelInfo
+
+        vae_path = self.vae_path(vae_choice, path)
+        if self._loaded == (name, path, vae_choice) and self._engine is not None and self._engine.model is not None:
+            return
+        if self._engine is None:
+            self._engine = Engine(**self._engine_args)
+        previous = self.status
+        self.status = ModelStatus("loading", name)
+        try:
+            if self._loaded[1] != path or self._engine.model is None:
+                self._engine.load(path, vae_path=vae_path)
+            else:
+                self._engine.set_vae(vae_path)
+            self._model_info = ModelInfo.of(path, vae_path, self.paths.hash_cache)
+        except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
+            loaded = self._engine.model is not None
+            self.status = (ModelStatus("ready", self._loaded[0], "") if loaded and previous.state == "ready"
+                           else ModelStatus("error", name, str(exc)))
+            raise
+        self._loaded = (name, path, vae_choice)
+        self._taesd = None
+        self.status = ModelStatus("ready", name)
+        self.log(f"model loaded: {name}" + (f" with VAE {vae_path.name}" if vae_path else ""))
+
+    def native_size_of(self, name: str | None) -> int:
+        """The size the UI starts with for a listed checkpoint: its ``webui.native_size`` metadata, else 512."""
+        from ..engine.families import NATIVE_SIZE_KEY
+        from ..engine.files import CheckpointError, read_metadata
+
+        try:
+            value = read_metadata(self.checkpoint_path(name)).get(NATIVE_SIZE_KEY, "") if name else ""
+        except (ValueError, CheckpointError, OSError):
+            value = ""
+        size = int(value) if value.strip().isdigit() else 0
+        return size if size % 8 == 0 and 64 <= size <= 4096 else 512
+
+    @property
+    def model_info(self):
+        """Name and hashes of the resident model (``generation.ModelInfo``), or None."""
+        return self._model_info
+
+    def unload(self) -> None:
+        """On the worker thread (queue it): free the resident model."""
+        if self._engine is not None:
+            self._engine.unload()
+        self._loaded, self._model_info, self._taesd = (None, None, None), None, None
+        self.status = ModelStatus("none", None, "unloaded")
+
+    @property
+    def native_size(self) -> int | None:
+        engine = self._engine
+        return engine.model.native_size if engine is not None and engine.model is not None else None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a prompt (the CLIP tokenizer; no model needed)."""
+        with self._lock:
+            if getattr(self, "_tokenizer", None) is None:
+                from ..engine.text import TextEncoder, load_tokenizer
+                self._tokenizer = TextEncoder(None, load_tokenizer())
+        return self._tokenizer.count_tokens(text)
+
+    # ---- generation --------------------------------------------------------------------------------
+    def submit(self, request, *, kind: str = "txt2img", owner: str | None = None, checkpoint: str | None = None,
+               vae: str | None = None, save: bool | None = None, job_id: str | None = None) -> Job:
+        """Queue a generation. ``checkpoint`` / ``vae``: names as listed (None: keep the resident one).
+        ``save``: None follows the ``samples_save`` option. The job's result is a ``GenerationOutput``."""
+        request.validate()
+        from ..engine.sampling import registry
+        registry.resolve(request.sampler_name, request.scheduler)        # unknown names fail now, not queued
+        target = self._resolve_checkpoint(checkpoint) if checkpoint else None
+        if vae is not None and vae not in (VAE_AUTOMATIC, VAE_NONE) and vae not in self.vaes():
+            self.vae_path(vae, Path("x"))                               # raises with the list
+        return self.queue.submit(lambda job: self._generate(job, request, kind, target, vae, save),
+                                 kind=kind, owner=owner, job_id=job_id)
+
+    def _generate(self, job: Job, request, kind: str, target, vae: str | None, save: bool | None) -> GenerationOutput:
+        from .generation import infotexts
+
+        if target is not None or vae is not None:
+            name, path = target if target is not None else self._loaded[:2]
+            if name is None:
+                raise RuntimeError("no checkpoint is loaded")
+            self._ensure_model(name, path, vae if vae is not None else self._loaded[2] or self.options["sd_vae"])
+        engine = self._engine
+        if engine is None or engine.model is None:
+            raise RuntimeError("no checkpoint is loaded" + (f": {self.status.message}" if self.status.message else ""))
+        result = engine.generate(request, progress=self._progress_callback(job), control=job.control)
+        texts = infotexts(request, result, self._model_info)
+        output = GenerationOutput([g.image for g in result.images], texts, [g.seed for g in result.images],
+                                  interrupted=result.interrupted, model=self._loaded[0])
+        if self.options["samples_save"] if save is None else save:
+            output.paths = self._save(output, kind)
+        return output
+
+    def _save(self, output: GenerationOutput, kind: str) -> list[Path]:
+        today = datetime.date.today()
+        ext = self.options["samples_format"]
+        folder = saving.dated_folder(self.paths.outputs, kind, today)
+        paths = [saving.save_image(img, folder, seed=seed, infotext=text, extension=ext)
+                 for img, seed, text in zip(output.images, output.seeds, output.infotexts)]
+        if len(output.images) > 1 and self.options["grid_save"]:
+            paths.append(saving.save_grid(output.images, saving.grid_folder(self.paths.outputs, kind, today),
+                                          output.infotexts[0], extension=ext))
+        return paths
+
+    # ---- progress and previews ------------------------------------------------------------------
+    def _progress_callback(self, job: Job):
+        every = self.options["show_progress_every_n_steps"]
+        previews = self.options["live_previews_enable"]
+        mode = self.options["show_progress_type"]
+
+        def callback(p) -> None:
+            done = p.iteration * p.total + p.step
+            job.progress.step, job.progress.total = done, p.total * p.iterations
+            job.progress.text = f"Batch {p.iteration + 1}/{p.iterations}" if p.iterations > 1 else ""
+            if previews and (p.step % every == 0) and p.step < p.total:
+                job.progress.preview = self.preview(p.denoised, mode)
+                job.progress.preview_step = done
+        return callback
+
+    def preview(self, latents, mode: str) -> Image.Image:
+        """A picture of the first latent of a batch (host sync: only every N steps)."""
+        import torch.nn.functional as F
+
+        from ..engine import images as im
+        from ..engine import preview as pv
+
+        engine = self._engine
+        model = engine.model
+        x = latents[:1]
+        if mode == "Full":
+            return im.to_pil(engine.decode_latents(x)[0])
+        if mode == "TAESD":
+            if self._taesd is None:
+                path = pv.find_taesd(self._vae_approx_dir, model.family.name)
+                self._taesd = pv.load_taesd(path, engine.device) if path else False
+            if self._taesd:
+                return im.to_pil(pv.taesd_preview(self._taesd, x)[0])
+        factors, bias = pv.latent_rgb(model.family.name, model.metadata)
+        rgb = pv.cheap_approximation(x, factors, bias)
+        return im.to_pil(F.interpolate(rgb, scale_factor=8, mode="nearest")[0])

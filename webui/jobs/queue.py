@@ -1,0 +1,207 @@
+"""One queue for every job that uses the device: generations from any browser (and later the API) and
+model loads. A single worker thread runs them one at a time, in arrival order.
+
+Each job carries its owner (the browser session or API client that asked), its own ``JobControl`` (so an
+interrupt reaches only that job), its progress (step, ETA, live preview) and, when it ends, its result or
+its error. A job that raises is marked failed with the message; the worker goes on with the next one.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.control import Interrupted, JobControl
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+HISTORY = 256  # finished jobs kept for status queries
+
+
+@dataclass
+class JobProgress:
+    step: int = 0                  # steps done over the whole job
+    total: int = 0                 # steps in the whole job
+    text: str = ""                 # e.g. "Batch 2/3"
+    preview: Any = None            # a PIL image, refreshed every N steps
+    preview_step: int = 0          # `step` when the preview was made (clients fetch only new ones)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    owner: str | None
+    work: Callable[[Job], Any] = field(repr=False)
+    created: float = field(default_factory=time.time)
+    state: str = QUEUED
+    started: float | None = None
+    finished: float | None = None
+    result: Any = None
+    error: str | None = None
+    control: JobControl = field(default_factory=JobControl, repr=False)
+    progress: JobProgress = field(default_factory=JobProgress)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has finished (True) or ``timeout`` passed (False)."""
+        return self._done.wait(timeout)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, from the time per step so far (None before the first step)."""
+        if self.state != RUNNING or not self.progress.step or self.started is None:
+            return None
+        elapsed = time.time() - self.started
+        return elapsed / self.progress.fraction - elapsed
+
+
+class JobQueue:
+    """Runs submitted jobs one at a time on a worker thread, in arrival order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._pending: deque[Job] = deque()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._running: Job | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._counter = itertools.count(1)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._worker, name="job-queue", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Cancel queued jobs, interrupt the running one and end the worker."""
+        with self._lock:
+            self._stopping = True
+            while self._pending:
+                self._finish(self._pending.popleft(), CANCELLED)
+            if self._running is not None:
+                self._running.control.interrupt()
+            self._lock.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+
+    # ---- submitting and asking -------------------------------------------------------------
+    def submit(self, work: Callable[[Job], Any], *, kind: str, owner: str | None = None,
+               job_id: str | None = None) -> Job:
+        """Queue ``work(job)``; ``job_id`` (e.g. A1111's ``force_task_id``) must be new."""
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("the job queue is shutting down")
+            job_id = job_id or f"{next(self._counter)}-{uuid.uuid4().hex[:12]}"
+            if job_id in self._jobs:
+                raise ValueError(f"a job with id {job_id!r} already exists")
+            job = Job(job_id, kind, owner, work)
+            self._jobs[job_id] = job
+            self._pending.append(job)
+            self._trim()
+            self._lock.notify_all()
+            return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    @property
+    def running(self) -> Job | None:
+        return self._running
+
+    def position(self, job: Job) -> int:
+        """How many jobs run before this one: 0 when it is running or finished."""
+        with self._lock:
+            if job.state != QUEUED:
+                return 0
+            ahead = next((i for i, j in enumerate(self._pending) if j is job), len(self._pending))
+            return ahead + (self._running is not None)
+
+    def pending(self) -> list[Job]:
+        with self._lock:
+            return list(self._pending)
+
+    # ---- stopping jobs ---------------------------------------------------------------------
+    def cancel(self, job_id: str) -> bool:
+        """Take a queued job off the queue (True), or interrupt it if it runs (True); False if done/unknown."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state in FINISHED:
+                return False
+            if job.state == QUEUED:
+                self._pending.remove(job)
+                self._finish(job, CANCELLED)
+                return True
+            job.control.interrupt()
+            return True
+
+    def interrupt(self, job_id: str) -> bool:
+        return self.cancel(job_id)
+
+    def skip(self, job_id: str) -> bool:
+        """Skip the running job's current batch (A1111's Skip)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != RUNNING:
+                return False
+            job.control.skip()
+            return True
+
+    def jobs_of(self, owner: str) -> list[Job]:
+        with self._lock:
+            return [j for j in self._jobs.values() if j.owner == owner and j.state not in FINISHED]
+
+    # ---- the worker ------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                job = self._pending.popleft()
+                job.state, job.started = RUNNING, time.time()
+                self._running = job
+            try:
+                result = job.work(job)
+            except Interrupted:
+                with self._lock:
+                    job.error = "interrupted"
+                    self._finish(job, CANCELLED)
+            except Exception as exc:  # a failing job is reported to its owner; the queue goes on
+                traceback.print_exc()
+                with self._lock:
+                    job.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    self._finish(job, FAILED)
+            else:
+                with self._lock:
+                    job.result = result
+                    self._finish(job, DONE)
+            finally:
+                with self._lock:
+                    self._running = None
+
+    def _finish(self, job: Job, state: str) -> None:
+        job.state, job.finished = state, time.time()
+        job.work = None  # drop references held by the closure (images, requests)
+        job._done.set()
+
+    def _trim(self) -> None:
+        finished = [k for k, j in self._jobs.items() if j.state in FINISHED]
+        for key in finished[:max(0, len(finished) - HISTORY)]:
+            del self._jobs[key]

@@ -1,0 +1,184 @@
+"""``python app.py``: serve the web UI (A1111's flags).
+
+The page is served at once; the checkpoint loads in the background as the first queued job, and the page
+shows its status. Settings changed in the UI are kept in ``--ui-settings-file`` (default
+``<data-dir>/config.json``, as A1111's).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .paths import PROJECT_ROOT, Paths
+
+LISTEN_WARNING = """
+WARNING: --listen without --gradio-auth: anyone who can reach this machine on port {port} can use the UI,
+its GPU and its files of generated images. Add --gradio-auth user:password (or --gradio-auth-path FILE).
+"""
+
+API_WARNING = """
+WARNING: --listen with the API and no --api-auth: anyone who can reach this machine on port {port} can
+generate and read settings through /sdapi/v1. Add --api-auth user:password.
+"""
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("web UI (python app.py with no subcommand)")
+    g.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 (the LAN), not only 127.0.0.1")
+    g.add_argument("--port", type=int, help="port (default 7860; 7861 with --nowebui, as A1111)")
+    g.add_argument("--api", action="store_true", help="serve A1111's /sdapi/v1 API beside the UI (docs at /docs)")
+    g.add_argument("--nowebui", action="store_true", help="serve the API only, no UI")
+    g.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="HTTP Basic login for every API route")
+    g.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]",
+                   help="origins allowed to call the API from a browser (default: none)")
+    g.add_argument("--max-size", type=int, default=2048, help="largest width/height an API request may ask for")
+    g.add_argument("--max-batch-images", type=int, default=64, help="largest batch_size x n_iter per API request")
+    g.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]", help="require a login for the UI")
+    g.add_argument("--gradio-auth-path", type=Path, metavar="FILE",
+                   help="file of user:password entries (comma- or line-separated)")
+    g.add_argument("--ckpt", type=Path, help="checkpoint to load at start (default: the first one found)")
+    g.add_argument("--ckpt-dir", type=Path, help="folder of checkpoints (default: models/checkpoints)")
+    g.add_argument("--vae-dir", type=Path, help="folder of VAE files (default: models/vae)")
+    g.add_argument("--lora-dir", type=Path, help="folder of LoRA files (default: models/lora)")
+    g.add_argument("--embeddings-dir", type=Path, help="folder of textual-inversion embeddings (default: models/embeddings)")
+    g.add_argument("--outdir", type=Path, help="root of the output folders (default: outputs)")
+    g.add_argument("--data-dir", type=Path, help="base folder of models/, outputs/, cache/ (default: the project)")
+    g.add_argument("--ui-settings-file", type=Path, help="settings file (default: <data-dir>/config.json)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    g.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"))
+    g.add_argument("--no-half", action="store_true", help="keep every network in float32")
+    g.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
+    g.add_argument("--theme", choices=("light", "dark"), help="force the light or dark theme")
+
+
+def listen_warning(listen: bool, auth: list, port: int) -> str | None:
+    """The loud warning for a LAN-visible UI without a login."""
+    return LISTEN_WARNING.format(port=port) if listen and not auth else None
+
+
+def api_warning(listen: bool, api_auth: list, port: int) -> str | None:
+    """The same for the API."""
+    return API_WARNING.format(port=port) if listen and not api_auth else None
+
+
+def parse_auth(text: str | None, path: Path | None) -> list[tuple[str, str]]:
+    """``user:pass,user2:pass2`` (and the file's entries, one per line or comma-separated) -> pairs."""
+    entries = []
+    if text:
+        entries += text.split(",")
+    if path is not None:
+        try:
+            content = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read --gradio-auth-path {path}: {exc}") from None
+        entries += [part for line in content.splitlines() for part in line.split(",")]
+    pairs = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"auth entry {entry.split(':')[0]!r}...: expected user:password")
+        pairs.append((user, password))
+    return pairs
+
+
+def build_app(backend, args, ui_auth: list, api_auth: list):
+    """One FastAPI app: the API (with --api / --nowebui) and the Gradio UI mounted at / (unless --nowebui)."""
+    from fastapi import FastAPI
+
+    from .api.routes import Api, Limits
+    from .api.security import BasicAuth, BodyLimit
+
+    with_api = args.api or args.nowebui
+    limits = Limits(max_size=args.max_size, max_images=args.max_batch_images)
+    app = FastAPI(title="webui API (A1111 /sdapi/v1)", version=_version(),
+                  docs_url="/docs" if with_api else None, redoc_url=None,
+                  openapi_url="/openapi.json" if with_api else None)
+    if with_api:
+        flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                 if k not in ("gradio_auth", "api_auth")}
+        app.include_router(Api(backend, limits, flags).router())
+    if args.cors_allow_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in args.cors_allow_origins.split(",")],
+                           allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    # every API route, the docs, and whatever an extension mounts under /sdapi or /extensions-api
+    app.add_middleware(BasicAuth, users=api_auth, prefixes=("/sdapi/", "/docs", "/openapi.json", "/extensions-api/"))
+    if not args.nowebui:
+        import gradio as gr
+
+        from .ui import blocks
+        demo, launch_kwargs = blocks.build(backend, theme=args.theme)
+        demo.queue(default_concurrency_limit=None)
+        app = gr.mount_gradio_app(app, demo, path="/", auth=ui_auth or None, show_error=True, **launch_kwargs)
+    return app
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def run(args) -> int:
+    started = time.perf_counter()
+    try:
+        auth = parse_auth(args.gradio_auth, args.gradio_auth_path)
+        api_auth = parse_auth(args.api_auth, None)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.ckpt is not None and not args.ckpt.is_file():
+        print(f"error: checkpoint file {args.ckpt} not found", file=sys.stderr)
+        return 2
+    port = args.port or (7861 if args.nowebui else 7860)
+    root = args.data_dir or PROJECT_ROOT
+    paths = Paths(root=root, ckpt_dir=args.ckpt_dir, vae_dir=args.vae_dir, outdir=args.outdir,
+                  lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir)
+    for warning in (listen_warning(args.listen and not args.nowebui, auth, port),
+                    api_warning(args.listen and (args.api or args.nowebui), api_auth, port)):
+        if warning:
+            print(warning, file=sys.stderr)
+
+    import uvicorn
+
+    from .jobs.backend import Backend
+    from .options import Options
+
+    options = Options(args.ui_settings_file or root / "config.json", log=lambda m: print(m, file=sys.stderr))
+    backend = Backend(paths, options, device=args.device, precision=args.precision, no_half=args.no_half,
+                      no_half_vae=args.no_half_vae)
+    try:
+        backend.start(args.ckpt)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = build_app(backend, args, auth, api_auth)
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30))
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            print(f"error: could not serve on {host}:{port}", file=sys.stderr)
+            backend.stop()
+            return 1
+        time.sleep(0.05)
+    what = "API" if args.nowebui else "UI" + (" and API" if args.api else "")
+    print(f"Running on http://{host}:{port} ({what}; ready in {time.perf_counter() - started:.1f} s; "
+          f"{backend.status.describe()})", flush=True)
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        backend.stop()
+    return 0

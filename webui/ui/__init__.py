@@ -1,0 +1,1 @@
+"""Gradio front end: the page (blocks) and the UI-to-request mapping."""

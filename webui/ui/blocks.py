@@ -1,0 +1,481 @@
+"""The Gradio page: A1111's tabs, controls and words, over a ``Backend``.
+
+Every generation goes through the backend's one job queue. The Generate handler submits a job owned by
+the browser session (``gr.Request.session_hash``) and then streams that job's own progress, preview and
+results, so each browser sees only its own; Interrupt and Skip reach only the session's job. Gradio's
+own queue runs these handlers without a concurrency limit (they only wait on our queue).
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from ..engine import images as im
+from ..engine.sampling import registry
+from ..jobs import saving
+from ..jobs.backend import VAE_AUTOMATIC, VAE_NONE, Backend
+from ..jobs.queue import DONE, FAILED, QUEUED
+from ..options import OPTIONS
+from . import mapping
+
+POLL_SECONDS = 0.2
+SCHEDULER_LABELS = tuple(registry.SCHEDULERS.values())
+SAMPLER_NAMES = tuple(spec.name for spec in registry.SAMPLERS)
+
+CSS = """
+#txt2img_generate, #img2img_generate, #txt2img_interrupt, #img2img_interrupt { min-height: 70px; }
+.token-counter { text-align: right; font-size: 0.85em; opacity: 0.7; }
+.progress-text { font-variant-numeric: tabular-nums; }
+.progress-bar { height: 8px; background: var(--neutral-200); border-radius: 4px; overflow: hidden; }
+.progress-bar > div { height: 100%; background: var(--color-accent); }
+.job-error { color: var(--error-text-color, #c00); white-space: pre-wrap; }
+"""
+
+# Ctrl+Enter (or Cmd+Enter) clicks the Generate button of the visible tab; an optional forced theme
+HEAD = """
+<script>
+document.addEventListener('keydown', function (e) {
+  if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
+    for (const id of ['txt2img_generate', 'img2img_generate']) {
+      const b = document.getElementById(id);
+      if (b && b.offsetParent !== null) { e.preventDefault(); b.click(); return; }
+    }
+  }
+});
+</script>
+"""
+
+
+def theme_head(theme: str | None) -> str:
+    if theme not in ("light", "dark"):
+        return HEAD
+    return HEAD + f"""<script>
+(function () {{
+  const url = new URL(window.location);
+  if (url.searchParams.get('__theme') !== '{theme}') {{
+    url.searchParams.set('__theme', '{theme}');
+    window.location.replace(url.href);
+  }}
+}})();
+</script>"""
+
+
+def token_counter_text(backend: Backend, text: str) -> str:
+    """A1111's counter: tokens / the capacity of the chunks they need (75 per chunk)."""
+    count = backend.count_tokens(text or "")
+    return f"<div class='token-counter'>{count}/{75 * max(1, math.ceil(count / 75))}</div>"
+
+
+def _progress_html(backend: Backend, job) -> str:
+    if job.state == QUEUED:
+        ahead = backend.queue.position(job)
+        return f"<div class='progress-text'>In queue: {ahead} job{'s' if ahead != 1 else ''} ahead of yours</div>"
+    p = job.progress
+    if not p.total:
+        return "<div class='progress-text'>Starting ...</div>"
+    eta = job.eta
+    eta_text = f", ETA {eta:.1f} s" if eta is not None else ""
+    extra = f" {p.text}" if p.text else ""
+    return (f"<div class='progress-text'>Step {p.step}/{p.total}{eta_text}{extra}</div>"
+            f"<div class='progress-bar'><div style='width:{100 * p.fraction:.1f}%'></div></div>")
+
+
+def _info_html(text: str | None) -> str:
+    if not text:
+        return ""
+    return "<div class='infotext'>" + "<br>".join(_escape(line) for line in text.split("\n")) + "</div>"
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class _Files:
+    """PNG files (with their infotext) the gallery shows and the download button hands out."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="webui-gallery-"))
+
+    def write(self, image: Image.Image, text: str, job_id: str, index: int) -> str:
+        path = self.folder / f"{job_id}-{index}.png"
+        path.write_bytes(saving.png_with_infotext(image, text))
+        return str(path)
+
+
+def build(backend: Backend, *, theme: str | None = None) -> tuple[gr.Blocks, dict]:
+    """The page, and the keyword arguments ``launch`` needs with it (css, head, allowed paths)."""
+    files = _Files()
+    checkpoints = list(backend.checkpoints())
+    vae_choices = [VAE_AUTOMATIC, VAE_NONE, *backend.vaes()]
+
+    with gr.Blocks(title="Stable Diffusion web UI", analytics_enabled=False) as demo:
+        with gr.Row(elem_id="quicksettings"):
+            checkpoint = gr.Dropdown(checkpoints, value=backend.default_checkpoint_name(),
+                                     label="Stable Diffusion checkpoint", elem_id="sd_model_checkpoint", scale=3)
+            refresh = gr.Button("⟳", elem_id="refresh_checkpoints", scale=0, min_width=50)
+            vae = gr.Dropdown(vae_choices, value=backend.options["sd_vae"] if backend.options["sd_vae"] in vae_choices
+                              else VAE_AUTOMATIC, label="SD VAE", elem_id="sd_vae", scale=2)
+            status = gr.Markdown(backend.status.describe(), elem_id="model_status")
+
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                t2i = _generation_tab("txt2img", backend)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                i2i = _generation_tab("img2img", backend)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                with gr.Row():
+                    png_image = gr.Image(type="filepath", label="Source", elem_id="pnginfo_image", image_mode=None,
+                                         sources=["upload", "clipboard"])
+                    with gr.Column():
+                        png_info = gr.HTML(elem_id="pnginfo_html")
+                        png_text = gr.Textbox(visible=False, elem_id="pnginfo_generation_info")
+                        with gr.Row():
+                            png_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+                            png_to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings_inputs = _settings_tab(backend)
+                settings_apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+                settings_result = gr.Markdown(elem_id="settings_result")
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                gr.Markdown(_extensions_text(backend), elem_id="extensions_list")
+
+        timer = gr.Timer(1.0)
+
+        # ---- quick settings ----
+        def on_checkpoint(name, vae_choice):
+            if not name:
+                return backend.status.describe()
+            try:
+                backend.load(name, vae_choice)
+                backend.options.update({"sd_model_checkpoint": name, "sd_vae": vae_choice or VAE_AUTOMATIC})
+            except ValueError as exc:
+                return f"**Error:** {_escape(str(exc))}"
+            return backend.status.describe()
+
+        def on_refresh(current):
+            names = list(backend.checkpoints())
+            vaes = [VAE_AUTOMATIC, VAE_NONE, *backend.vaes()]
+            return gr.update(choices=names, value=current if current in names else None), gr.update(choices=vaes)
+
+        checkpoint.input(on_checkpoint, [checkpoint, vae], [status], concurrency_limit=None)
+        vae.input(on_checkpoint, [checkpoint, vae], [status], concurrency_limit=None)
+        refresh.click(on_refresh, [checkpoint], [checkpoint, vae], concurrency_limit=None)
+        timer.tick(lambda: backend.status.describe(), None, [status], show_progress="hidden",
+                   concurrency_limit=None)
+
+        for tab in (t2i, i2i):
+            _wire_generation(tab, backend, files, checkpoint, vae)
+        _wire_results(t2i, i2i, tabs)
+        _wire_results(i2i, i2i, tabs)
+
+        # ---- PNG Info ----
+        def on_png(path):
+            if not path:
+                return "", ""
+            text = saving.read_infotext(path)
+            if text is None:
+                return "<p>No generation parameters found in this image.</p>", ""
+            return _info_html(text), text
+
+        png_image.change(on_png, [png_image], [png_info, png_text], concurrency_limit=None)
+        for button, tab, target in ((png_to_txt2img, t2i, "txt2img"), (png_to_img2img, i2i, "img2img")):
+            outputs = [tab.fields[name] for name in tab.field_names] + [checkpoint, tabs]
+            button.click(_send_fields_fn(backend, tab, target), [png_text], outputs, concurrency_limit=None)
+
+        # ---- Settings ----
+        def apply_settings(*values):
+            changes = dict(zip(settings_inputs, values))
+            try:
+                backend.options.update(changes)
+            except ValueError as exc:
+                return f"**Not saved:** {_escape(str(exc))}"
+            where = f" to `{backend.options.path}`" if backend.options.path else ""
+            return f"Settings saved{where}."
+
+        settings_apply.click(apply_settings, list(settings_inputs.values()), [settings_result],
+                             concurrency_limit=None)
+
+    launch_kwargs = dict(css=CSS, head=theme_head(theme), allowed_paths=[str(backend.paths.outputs)])
+    return demo, launch_kwargs
+
+
+class _Tab:
+    """The components of one generation tab (txt2img or img2img), by field name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.fields: dict[str, gr.components.Component] = {}
+        self.field_names: tuple[str, ...] = mapping.TXT2IMG_FIELDS if kind == "txt2img" else mapping.IMG2IMG_FIELDS
+
+
+def _generation_tab(kind: str, backend: Backend) -> _Tab:
+    tab = _Tab(kind)
+    f = tab.fields
+    with gr.Row():
+        with gr.Column(scale=6):
+            f["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{kind}_prompt",
+                                     placeholder="Prompt (press Ctrl+Enter to generate)")
+            tab.prompt_tokens = gr.HTML(token_counter_text(backend, ""), elem_id=f"{kind}_token_counter")
+            f["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{kind}_neg_prompt",
+                                              placeholder="Negative prompt (press Ctrl+Enter to generate)")
+            tab.negative_tokens = gr.HTML(token_counter_text(backend, ""), elem_id=f"{kind}_negative_token_counter")
+        with gr.Column(scale=1, min_width=160):
+            tab.generate = gr.Button("Generate", variant="primary", elem_id=f"{kind}_generate")
+            with gr.Row():
+                tab.interrupt = gr.Button("Interrupt", visible=False, elem_id=f"{kind}_interrupt", min_width=60)
+                tab.skip = gr.Button("Skip", visible=False, elem_id=f"{kind}_skip", min_width=60)
+    with gr.Row():
+        with gr.Column(scale=1):
+            if kind == "img2img":
+                with gr.Tabs(elem_id="mode_img2img") as tab.modes:
+                    with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as mode_plain:
+                        tab.init_image = gr.Image(type="pil", label="Image for img2img", elem_id="img2img_image",
+                                                  sources=["upload", "clipboard"], image_mode="RGBA", height=360)
+                    with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as mode_inpaint:
+                        tab.sketch = gr.ImageEditor(type="pil", label="Image for inpainting with mask",
+                                                    elem_id="img2img_inpaint_editor", sources=["upload", "clipboard"],
+                                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                                    transforms=(), layers=False, height=360, image_mode="RGBA")
+                    with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as mode_upload:
+                        tab.upload_image = gr.Image(type="pil", label="Image", elem_id="img2img_inpaint_base",
+                                                    sources=["upload", "clipboard"], image_mode="RGBA", height=260)
+                        tab.upload_mask = gr.Image(type="pil", label="Mask (white = repaint)",
+                                                   elem_id="img2img_inpaint_mask", sources=["upload", "clipboard"],
+                                                   image_mode="RGBA", height=260)
+                tab.mode = gr.State("img2img")
+                mode_plain.select(lambda: "img2img", None, [tab.mode], concurrency_limit=None)
+                mode_inpaint.select(lambda: "inpaint", None, [tab.mode], concurrency_limit=None)
+                mode_upload.select(lambda: "inpaint_upload", None, [tab.mode], concurrency_limit=None)
+                f["resize_mode"] = gr.Radio(list(im.RESIZE_MODES), value=im.RESIZE_MODES[0], label="Resize mode",
+                                            elem_id="img2img_resize_mode")
+                with gr.Accordion("Inpaint options", open=True, elem_id="img2img_inpaint_options"):
+                    f["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+                    f["inpainting_mask_invert"] = gr.Radio(list(mapping.MASK_MODES), value=mapping.MASK_MODES[0],
+                                                           label="Mask mode", elem_id="img2img_mask_mode")
+                    f["inpainting_fill"] = gr.Radio(list(im.MASKED_CONTENT), value="original", label="Masked content",
+                                                    elem_id="img2img_inpainting_fill")
+                    f["inpaint_full_res"] = gr.Radio(list(mapping.INPAINT_AREAS), value=mapping.INPAINT_AREAS[0],
+                                                     label="Inpaint area", elem_id="img2img_inpaint_full_res")
+                    f["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
+                                                              label="Only masked padding, pixels",
+                                                              elem_id="img2img_inpaint_full_res_padding")
+            with gr.Row():
+                f["sampler_name"] = gr.Dropdown(list(SAMPLER_NAMES), value="Euler", label="Sampling method",
+                                                elem_id=f"{kind}_sampling")
+                f["scheduler"] = gr.Dropdown(list(SCHEDULER_LABELS), value="Automatic", label="Schedule type",
+                                             elem_id=f"{kind}_scheduler")
+                f["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{kind}_steps")
+            size = backend.native_size or backend.native_size_of(backend.default_checkpoint_name())
+            with gr.Row():
+                with gr.Column(scale=4):
+                    f["width"] = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{kind}_width")
+                    f["height"] = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{kind}_height")
+                tab.swap = gr.Button("⇅", elem_id=f"{kind}_res_switch_btn", scale=0, min_width=40)
+                with gr.Column(scale=1):
+                    f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{kind}_batch_count")
+                    f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{kind}_batch_size")
+            f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{kind}_cfg_scale")
+            if kind == "img2img":
+                f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
+                                                    elem_id="img2img_denoising_strength")
+            with gr.Row():
+                f["seed"] = gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{kind}_seed", scale=4)
+                tab.random_seed = gr.Button("⚄", elem_id=f"{kind}_random_seed", scale=0, min_width=40)
+                tab.reuse_seed = gr.Button("♻", elem_id=f"{kind}_reuse_seed", scale=0, min_width=40)
+        with gr.Column(scale=1):
+            tab.progress = gr.HTML(elem_id=f"{kind}_progress")
+            tab.preview = gr.Image(label="Preview", visible=False, elem_id=f"{kind}_preview", interactive=False,
+                                   height=256)
+            tab.gallery = gr.Gallery(label="Output", elem_id=f"{kind}_gallery", columns=4, height=420,
+                                     object_fit="contain", interactive=False, buttons=["download", "fullscreen"])
+            with gr.Row():
+                tab.send_img2img = gr.Button("Send to img2img", elem_id=f"{kind}_send_to_img2img")
+                tab.send_inpaint = gr.Button("Send to inpaint", elem_id=f"{kind}_send_to_inpaint")
+            tab.info = gr.HTML(elem_id=f"html_info_{kind}")
+            tab.error = gr.HTML(elem_id=f"{kind}_error")
+    tab.seeds = gr.State([])
+    tab.texts = gr.State([])
+    tab.selected = gr.State(0)
+    return tab
+
+
+def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae) -> None:
+    names = tab.field_names
+    inputs = [tab.fields[n] for n in names] + [checkpoint, vae]
+    if tab.kind == "img2img":
+        inputs += [tab.mode, tab.init_image, tab.sketch, tab.upload_image, tab.upload_mask]
+    outputs = [tab.gallery, tab.info, tab.progress, tab.preview, tab.generate, tab.interrupt, tab.skip,
+               tab.seeds, tab.texts, tab.selected, tab.error]
+
+    def finish(**updates):
+        base = {tab.generate: gr.update(visible=True), tab.interrupt: gr.update(visible=False),
+                tab.skip: gr.update(visible=False), tab.preview: gr.update(visible=False)}
+        base.update(updates)
+        return base
+
+    def generate(request: gr.Request, *values):
+        values = list(values)
+        fields = dict(zip(names, values[:len(names)]))
+        ckpt, vae_choice = values[len(names):len(names) + 2]
+        try:
+            req = mapping.request_from_fields(fields)
+            if tab.kind == "img2img":
+                _attach_images(req, *values[len(names) + 2:])
+            job = backend.submit(req, kind=tab.kind, owner=request.session_hash if request else None,
+                                 checkpoint=ckpt or None, vae=vae_choice or None)
+        except (ValueError, KeyError) as exc:
+            yield finish(**{tab.error: f"<div class='job-error'>{_escape(str(exc))}</div>", tab.progress: ""})
+            return
+        yield {tab.generate: gr.update(visible=False), tab.interrupt: gr.update(visible=True),
+               tab.skip: gr.update(visible=True), tab.error: "", tab.progress: _progress_html(backend, job)}
+        shown = -1
+        while not job.wait(POLL_SECONDS):
+            update = {tab.progress: _progress_html(backend, job)}
+            p = job.progress
+            if p.preview is not None and p.preview_step != shown:
+                shown = p.preview_step
+                update[tab.preview] = gr.update(value=p.preview, visible=True)
+            yield update
+        if job.state != DONE:
+            message = job.error if job.state == FAILED else "Cancelled."
+            yield finish(**{tab.error: f"<div class='job-error'>{_escape(message or 'failed')}</div>",
+                            tab.progress: ""})
+            return
+        out = job.result
+        gallery = [(str(path), None) for path in out.paths[:len(out.images)]] if out.paths else \
+            [(files.write(img, text, job.id, i), None) for i, (img, text) in enumerate(zip(out.images, out.infotexts))]
+        note = " (interrupted)" if out.interrupted else ""
+        seconds = (job.finished or time.time()) - (job.started or job.created)
+        yield finish(**{tab.gallery: gallery, tab.info: _info_html(out.infotexts[0] if out.infotexts else "")
+                        + f"<p class='time-taken'>Time taken: {seconds:.2f} s{note}</p>",
+                        tab.progress: "", tab.seeds: out.seeds, tab.texts: out.infotexts, tab.selected: 0})
+
+    tab.generate.click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+
+    def session_jobs(request: gr.Request | None):
+        owner = request.session_hash if request else None
+        return [job for job in (backend.queue.jobs_of(owner) if owner else []) if job.kind == tab.kind]
+
+    def interrupt(request: gr.Request):
+        for job in session_jobs(request):
+            backend.queue.interrupt(job.id)
+
+    def skip(request: gr.Request):
+        for job in session_jobs(request):
+            backend.queue.skip(job.id)
+
+    tab.interrupt.click(interrupt, None, None, concurrency_limit=None)
+    tab.skip.click(skip, None, None, concurrency_limit=None)
+
+    for key, counter in (("prompt", tab.prompt_tokens), ("negative_prompt", tab.negative_tokens)):
+        tab.fields[key].change(lambda text: token_counter_text(backend, text), [tab.fields[key]], [counter],
+                               concurrency_limit=None, show_progress="hidden")
+    tab.swap.click(lambda w, h: (h, w), [tab.fields["width"], tab.fields["height"]],
+                   [tab.fields["width"], tab.fields["height"]], concurrency_limit=None)
+    tab.random_seed.click(lambda: -1, None, [tab.fields["seed"]], concurrency_limit=None)
+    tab.reuse_seed.click(lambda seeds, i, current: seeds[i] if seeds and i < len(seeds) else current,
+                         [tab.seeds, tab.selected, tab.fields["seed"]], [tab.fields["seed"]], concurrency_limit=None)
+
+    def on_select(texts, evt: gr.SelectData):
+        index = evt.index if isinstance(evt.index, int) else 0
+        return index, _info_html(texts[index] if index < len(texts) else "")
+
+    tab.gallery.select(on_select, [tab.texts], [tab.selected, tab.info], concurrency_limit=None)
+
+
+def _attach_images(req, mode, init_image, sketch, upload_image, upload_mask) -> None:
+    if mode == "inpaint":
+        if not sketch or sketch.get("background") is None:
+            raise ValueError("inpaint: upload an image and paint the area to change")
+        image = sketch["background"]
+        req.init_image = image
+        req.mask = mapping.mask_from_layers(sketch.get("layers") or [], image.size)
+        if req.mask is None:
+            raise ValueError("inpaint: paint a mask over the area to change (the brush)")
+    elif mode == "inpaint_upload":
+        if upload_image is None or upload_mask is None:
+            raise ValueError("inpaint upload: both the image and the mask are needed")
+        req.init_image, req.mask = upload_image, mapping.uploaded_mask(upload_mask)
+    else:
+        if init_image is None:
+            raise ValueError("img2img: upload an image first")
+        req.init_image = init_image
+    req.validate()
+
+
+def _wire_results(source: _Tab, i2i: _Tab, tabs) -> None:
+    """"Send to img2img" / "Send to inpaint": the selected image (and its prompt) to the img2img tab."""
+
+    def selected_image(gallery, index):
+        if not gallery:
+            raise gr.Error("Generate an image first")
+        item = gallery[min(index or 0, len(gallery) - 1)]
+        path = item[0] if isinstance(item, (tuple, list)) else item
+        with Image.open(path) as img:
+            return img.convert("RGB")
+
+    def to_img2img(gallery, index, prompt, negative):
+        image = selected_image(gallery, index)
+        return image, prompt, negative, gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img")
+
+    def to_inpaint(gallery, index, prompt, negative):
+        image = selected_image(gallery, index)
+        editor = {"background": image, "layers": [], "composite": image}
+        return editor, prompt, negative, gr.Tabs(selected="img2img"), gr.Tabs(selected="inpaint")
+
+    common = [source.gallery, source.selected, source.fields["prompt"], source.fields["negative_prompt"]]
+    source.send_img2img.click(to_img2img, common, [i2i.init_image, i2i.fields["prompt"],
+                                                   i2i.fields["negative_prompt"], tabs, i2i.modes],
+                              concurrency_limit=None).then(lambda: "img2img", None, [i2i.mode])
+    source.send_inpaint.click(to_inpaint, common, [i2i.sketch, i2i.fields["prompt"],
+                                                   i2i.fields["negative_prompt"], tabs, i2i.modes],
+                              concurrency_limit=None).then(lambda: "inpaint", None, [i2i.mode])
+
+
+def _send_fields_fn(backend: Backend, tab: _Tab, target: str):
+    def send(text):
+        values = mapping.fields_from_infotext(text) if text else {}
+        updates = [gr.update(value=values[n]) if n in values else gr.update() for n in tab.field_names]
+        wanted = values.get("checkpoint")
+        match = None
+        if wanted:
+            for name in backend.checkpoints():
+                stem = Path(name).name.rsplit(".", 1)[0]
+                if wanted in (name, stem):
+                    match = name
+                    break
+        return [*updates, gr.update(value=match) if match else gr.update(), gr.Tabs(selected=target)]
+    return send
+
+
+def _settings_tab(backend: Backend) -> dict[str, gr.components.Component]:
+    inputs = {}
+    values = backend.options.as_dict()
+    for key, option in OPTIONS.items():
+        if key in ("sd_model_checkpoint", "sd_vae"):
+            continue            # set from the pickers at the top
+        value = values[key]
+        if isinstance(option.default, bool):
+            inputs[key] = gr.Checkbox(value=value, label=option.label, elem_id=f"setting_{key}")
+        elif option.choices:
+            inputs[key] = gr.Radio(list(option.choices), value=value, label=option.label, elem_id=f"setting_{key}")
+        elif isinstance(option.default, int):
+            inputs[key] = gr.Slider(option.minimum, option.maximum, value=value, step=1, label=option.label,
+                                    elem_id=f"setting_{key}")
+        else:
+            inputs[key] = gr.Textbox(value=value, label=option.label, elem_id=f"setting_{key}")
+    return inputs
+
+
+def _extensions_text(backend: Backend) -> str:
+    folder = backend.paths.root / "extensions"
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+    if not found:
+        return f"No extensions installed (folder `{folder}`)."
+    return "Installed extensions:\n\n" + "\n".join(f"- `{name}`" for name in found)

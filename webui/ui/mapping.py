@@ -1,0 +1,110 @@
+"""From the UI's controls to an engine request and back, by field name (no Gradio here).
+
+The UI hands a ``{field: value}`` dict (the names are ``GenerationRequest``'s, which are A1111's API
+names); radio buttons that show words (masked content, inpaint area, mask mode, resize mode) are turned
+into the engine's numbers here. ``fields_from_infotext`` does the reverse for PNG Info's "send to".
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+from PIL import Image
+
+from ..engine import images as im
+from ..engine.pipeline import GenerationRequest
+from ..jobs import infotext
+
+INPAINT_AREAS = ("Whole picture", "Only masked")
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+TXT2IMG_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed",
+                  "width", "height", "batch_size", "n_iter")
+IMG2IMG_FIELDS = TXT2IMG_FIELDS + ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
+                                   "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert")
+_INTS = {"steps", "seed", "width", "height", "batch_size", "n_iter", "mask_blur", "inpaint_full_res_padding"}
+_FLOATS = {"cfg_scale", "denoising_strength"}
+
+
+def _choice(value, options: tuple[str, ...], name: str) -> int:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        index = int(value)
+    elif value in options:
+        index = options.index(value)
+    else:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(options)}")
+    if not 0 <= index < len(options):
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(options)}")
+    return index
+
+
+def _number(name: str, value):
+    if value is None or value == "":
+        raise ValueError(f"{name} is empty")
+    if name in _INTS:
+        number = float(value)
+        if number != int(number):
+            raise ValueError(f"{name} must be a whole number (got {value!r})")
+        return int(number)
+    return float(value)
+
+
+def request_from_fields(values: dict) -> GenerationRequest:
+    """A request from UI values keyed by field name; unknown names are a programming error."""
+    known = {f.name for f in fields(GenerationRequest)}
+    unknown = set(values) - known
+    if unknown:
+        raise KeyError(f"not request fields: {', '.join(sorted(unknown))}")
+    converted = {}
+    for name, value in values.items():
+        if name in _INTS or name in _FLOATS:
+            value = _number(name, value)
+        elif name == "resize_mode":
+            value = _choice(value, im.RESIZE_MODES, "resize mode")
+        elif name == "inpainting_fill":
+            value = _choice(value, im.MASKED_CONTENT, "masked content")
+        elif name == "inpaint_full_res":
+            value = bool(value) if isinstance(value, bool) else _choice(value, INPAINT_AREAS, "inpaint area") == 1
+        elif name == "inpainting_mask_invert":
+            value = bool(value) if isinstance(value, bool) else _choice(value, MASK_MODES, "mask mode") == 1
+        elif name in ("prompt", "negative_prompt"):
+            value = value or ""
+        converted[name] = value
+    request = GenerationRequest(**converted)
+    request.validate()
+    return request
+
+
+def mask_from_layers(layers: list[Image.Image | None], size: tuple[int, int]) -> Image.Image | None:
+    """The brush strokes of an image editor (RGBA layers) -> an L mask, white where painted; None if empty."""
+    mask = np.zeros((size[1], size[0]), dtype=bool)
+    for layer in layers or []:
+        if layer is None:
+            continue
+        layer = layer.convert("RGBA")
+        if layer.size != size:
+            layer = layer.resize(size, Image.Resampling.NEAREST)
+        mask |= np.asarray(layer)[..., 3] > 0
+    if not mask.any():
+        return None
+    return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+
+
+def uploaded_mask(mask: Image.Image) -> Image.Image:
+    """An uploaded mask picture -> L (white = repaint); transparent pixels count as black."""
+    if mask.mode in ("RGBA", "LA"):
+        rgba = mask.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        mask = Image.alpha_composite(background, rgba)
+    return mask.convert("L")
+
+
+def fields_from_infotext(text: str) -> dict:
+    """Infotext -> the UI fields it names (prompt, negative, steps, sampler, schedule type, CFG, seed, size,
+    denoising strength) plus ``"checkpoint"`` (the model's name) when present; absent keys stay absent."""
+    info = infotext.parse_typed(text)
+    out: dict = {"prompt": info.prompt, "negative_prompt": info.negative_prompt}
+    pairs = {"steps": info.steps, "sampler_name": info.sampler, "scheduler": info.scheduler,
+             "cfg_scale": info.cfg_scale, "seed": info.seed, "width": info.width, "height": info.height,
+             "denoising_strength": info.denoising_strength, "checkpoint": info.model}
+    out.update({k: v for k, v in pairs.items() if v is not None})
+    return out
