@@ -116,12 +116,15 @@ def test_lists(api):
 
 
 def test_options_switch_the_model(api, server):
-    api.util_set_model("tiny.safetensors", find_closest=False)
-    assert api.get_options()["sd_model_checkpoint"] == "tiny.safetensors"
+    titles = api.util_get_model_names()
+    tiny = next(t for t in titles if t.startswith("tiny.safetensors ["))
+    api.util_set_model(tiny, find_closest=False)                  # posts options {"sd_model_checkpoint": title}
+    assert api.util_get_current_model() == tiny
     result = api.txt2img(prompt="x", seed=1, width=64, height=64, steps=2)
     assert result.info["sd_model_name"] == "tiny"
-    api.util_set_model("webui-demo-64px.safetensors", find_closest=False)
-    assert api.get_options()["sd_model_checkpoint"] == "webui-demo-64px.safetensors"
+    demo = next(t for t in titles if t.startswith("webui-demo-64px.safetensors ["))
+    api.util_set_model(demo, find_closest=False)
+    assert api.util_get_current_model() == demo
 
 
 def test_progress_while_running_and_interrupt(api, server):

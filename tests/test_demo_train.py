@@ -248,3 +248,13 @@ def test_cli_train_demo_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and (tmp_path / "work" / tr.STATE_FILE).is_file()
     assert json.loads(read_metadata(out)["webui.training"])["seed"] == 3
+
+
+def test_edge_weights_mark_the_pixels_around_colour_edges():
+    image = torch.full((1, 3, 8, 8), -1.0)
+    image[:, :, 2:5, 2:5] = 1.0                       # a 3x3 square
+    w = tr.edge_weights(image, 4.0)[0, 0]
+    assert w.shape == (8, 8) and w[2, 2] == 5.0 and w[3, 3] == 1.0  # on the edge; the square's interior
+    assert w[0, 0] == 1.0 and w[7, 7] == 1.0          # far from it
+    assert w[1, 1] == 5.0 and w[5, 5] == 5.0          # one pixel outside
+    assert torch.all(tr.edge_weights(image, 0.0) == 1.0)

@@ -118,7 +118,6 @@ def gallery_images(page, kind: str) -> list[Image.Image]:
 def generate(page, kind: str, prompt: str, seed: int, timeout: float = 60_000) -> str:
     page.fill(f"#{kind}_prompt textarea", prompt)
     set_number(page, f"{kind}_seed", seed)
-    page.locator(f"#html_info_{kind}").evaluate("e => e.innerHTML = ''")
     page.keyboard.press("Control+Enter")
     page.wait_for_function(f"document.querySelector('#html_info_{kind}').innerText.includes('Seed: {seed}')",
                            timeout=timeout)
@@ -160,7 +159,7 @@ def test_txt2img_generates_saves_and_png_info_round_trips(server, browser, artif
     # PNG Info: drop the saved file, send its parameters to txt2img after changing the fields
     page.fill("#txt2img_prompt textarea", "something else")
     set_number(page, "txt2img_seed", 5)
-    page.click("#tab_pnginfo-button, button:has-text('PNG Info')")
+    page.click("#tab_pnginfo-button")
     page.set_input_files("#pnginfo_image input[type=file]", str(saved[-1]))
     page.wait_for_function("document.querySelector('#pnginfo_html').innerText.includes('Seed: 1234')")
     page.screenshot(path=str(artifacts / "pnginfo.png"), full_page=True)
@@ -180,7 +179,7 @@ def _upload_scene(tmp_path: Path, scene: ds.Scene) -> Path:
 
 def test_img2img_and_inpaint_run_in_the_browser(server, browser, artifacts, tmp_path):
     page = open_page(browser, server)
-    page.click("button:has-text('img2img') >> nth=0")
+    page.click("#tab_img2img-button")
     scene = ds.Scene("white", (ds.Obj("square", "blue", "large", "top left"),))
     init = _upload_scene(tmp_path, scene)
     page.set_input_files("#img2img_image input[type=file]", str(init))
@@ -194,7 +193,7 @@ def test_img2img_and_inpaint_run_in_the_browser(server, browser, artifacts, tmp_
     page.screenshot(path=str(artifacts / "img2img.png"), full_page=True)
 
     # inpaint upload: image + mask; only the masked half may change
-    page.click("#img2img_inpaint_upload_tab-button, button:has-text('Inpaint upload')")
+    page.click("#img2img_inpaint_upload_tab-button")
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (32, 0, 64, 64))
     mask_path = tmp_path / "mask.png"
@@ -211,20 +210,22 @@ def test_img2img_and_inpaint_run_in_the_browser(server, browser, artifacts, tmp_
     right = np.abs(after[:, 40:] - before[:, 40:]).mean()
     assert left < 6 and right > left, (left, right)
 
-    # inpaint with the brush: paint over the object's area on the canvas
-    page.click("#img2img_inpaint_tab-button, button:has-text('Inpaint') >> nth=0")
-    page.set_input_files("#img2img_inpaint_editor input[type=file]", str(init))
+    # inpaint with the brush: send the result to the Inpaint tab, paint a stroke, generate
+    page.click("#img2img_send_to_inpaint")
+    page.wait_for_function("document.querySelector('#img2img_inpaint_editor canvas') !== null")
+    time.sleep(3)  # the editor loads the image after the tab switch
+    page.click("#img2img_inpaint_editor button[aria-label='Brush']")
     canvas = page.locator("#img2img_inpaint_editor canvas").first
-    canvas.wait_for()
     box = canvas.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.15, box["y"] + box["height"] * 0.15)
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 30, y)
     page.mouse.down()
-    for f in np.linspace(0.15, 0.4, 8):
-        page.mouse.move(box["x"] + box["width"] * f, box["y"] + box["height"] * 0.3)
+    for dx in range(-30, 31, 5):
+        page.mouse.move(x + dx, y)
     page.mouse.up()
     page.screenshot(path=str(artifacts / "inpaint_mask.png"), full_page=True)
     text = generate(page, "img2img", "a large green circle on a white background, top left", seed=44)
-    assert "Mask blur" in text
+    assert "Mask blur: 4" in text
     page.screenshot(path=str(artifacts / "inpaint_result.png"), full_page=True)
     page.close()
 

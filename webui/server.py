@@ -153,11 +153,6 @@ def run(args) -> int:
     options = Options(args.ui_settings_file or root / "config.json", log=lambda m: print(m, file=sys.stderr))
     backend = Backend(paths, options, device=args.device, precision=args.precision, no_half=args.no_half,
                       no_half_vae=args.no_half_vae)
-    try:
-        backend.start(args.ckpt)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     app = build_app(backend, args, auth, api_auth)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30))
@@ -169,6 +164,12 @@ def run(args) -> int:
             backend.stop()
             return 1
         time.sleep(0.05)
+    try:   # the model loads in the background once the page is served
+        backend.start(args.ckpt)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        server.should_exit = True
+        return 2
     what = "API" if args.nowebui else "UI" + (" and API" if args.api else "")
     print(f"Running on http://{host}:{port} ({what}; ready in {time.perf_counter() - started:.1f} s; "
           f"{backend.status.describe()})", flush=True)

@@ -307,10 +307,10 @@ class Api:
         @r.get("/options")
         def get_options():
             values = backend.options.as_dict()
-            name = backend.status.name
-            if name:
-                values["sd_model_checkpoint"] = name
-            values["sd_checkpoint_hash"] = backend.model_info.hash if backend.model_info else None
+            info, name = backend.model_info, backend.status.name
+            if name:   # A1111 reports the title, "name [short hash]"
+                values["sd_model_checkpoint"] = f"{name} [{info.hash}]" if info and info.hash else name
+            values["sd_checkpoint_hash"] = info.hash if info else None
             return values
 
         @r.post("/options")

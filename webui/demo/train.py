@@ -10,9 +10,9 @@ What shapes cannot tell (head counts) and the native resolution travel in the sa
 Three stages; the first and last have a step count either given or planned from a time budget:
 
 1. **VAE**: L1 + MSE reconstruction of freshly rendered scenes from a sampled latent, with a light KL.
-   At the end the latent statistics are folded into ``quant_conv`` / ``post_quant_conv`` (an exact
-   reparametrisation) so that latents times SD1's fixed scale 0.18215 have zero mean and standard
-   deviation ``latent_std`` (0.5: below 1 so that SD1's noisiest steps hide the layout; see the field).
+   The loss weighs pixels near colour edges more (``vae_edge_weight``). At the end the latent statistics
+   are folded into ``quant_conv`` / ``post_quant_conv`` (an exact reparametrisation) so that latents
+   times SD1's fixed scale 0.18215 have zero mean and standard deviation ``latent_std`` (1, as SD's).
 2. **Text encoder**: it learns, with throw-away linear heads on its padding states, to classify what each
    caption says (position, colour, shape, size, background, or "not said"); ``text_steps`` steps.
 3. **UNet**, on latents of the frozen VAE and contexts of the (by default frozen) text encoder: eps
@@ -115,6 +115,9 @@ class TrainConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    # extra weight of the reconstruction error near colour edges (where shapes differ: a small triangle
+    # and a small circle share most of their pixels); 0 = plain L1 + MSE
+    vae_edge_weight: float = 4.0
     # stage 2: the text encoder alone learns to tell every attribute of a caption apart (linear heads on the
     # mean of its last `text_states` token states, which are the padding's: causal attention lets each see
     # the whole caption); fixed step count, not part of the time budget
@@ -150,12 +153,10 @@ class TrainConfig:
     text_autocast: str = "none"
     unet_autocast: str = "none"
     stats_images: int = 512             # scenes whose latents set the latent normalisation
-    # std of the scaled latents (encode(x) * 0.18215) after normalisation. Below 1 on purpose: at SD1's last
-    # timestep (sqrt(alphas_cumprod) = 0.068) a unit-variance latent of these high-contrast scenes still
-    # shows the object through the noise, so the model would learn to read the layout off x_t instead of
-    # off the caption, and place objects at random when sampling from pure noise (input scaling, as in
-    # Chen 2023, "On the importance of noise scheduling for diffusion models")
-    latent_std: float = 0.5
+    # std of the scaled latents (encode(x) * 0.18215) after normalisation: 1, as SD's. Below 1 hides the
+    # layout better at SD1's noisiest steps (Chen 2023, "On the importance of noise scheduling"), but
+    # shifts what a denoising strength means: at 0.5, img2img at strength 0.3 redrew the whole picture
+    latent_std: float = 1.0
     threads: int = 0                    # 0 = torch's default
     save_every_steps: int = 500
     log_every_steps: int = 100          # a log line and a point of the loss curve (kept in the metadata)
@@ -468,6 +469,16 @@ def _global_step(state: dict) -> int:
     return sum(state["planned"].get(name, 0) for name in done) + state["step"]
 
 
+def edge_weights(images: torch.Tensor, edge_weight: float) -> torch.Tensor:
+    """(B, 1, H, W): 1 + ``edge_weight`` within a pixel of a colour edge of ``images`` ([-1, 1]), else 1."""
+    if not edge_weight:
+        return torch.ones_like(images[:, :1])
+    high = F.max_pool2d(images, 3, stride=1, padding=1)
+    low = -F.max_pool2d(-images, 3, stride=1, padding=1)
+    edges = ((high - low).amax(dim=1, keepdim=True) > 0.1).float()
+    return 1.0 + edge_weight * edges
+
+
 def _train_vae(config: TrainConfig, models: Models, state: dict, stage: _Stage) -> bool:
     vae = models.vae.train()
     opt = torch.optim.AdamW(_param_groups([(vae, config.vae_lr)], config.weight_decay), betas=(0.9, 0.99))
@@ -486,7 +497,9 @@ def _train_vae(config: TrainConfig, models: Models, state: dict, stage: _Stage) 
             mean, logvar = vae_moments(vae, images)
             z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
             recon = vae.decode(z).float()
-        l1, mse = (recon - images).abs().mean(), F.mse_loss(recon, images)
+        weight = edge_weights(images, config.vae_edge_weight)
+        l1 = ((recon - images).abs() * weight).sum() / (weight.sum() * 3)
+        mse = ((recon - images).square() * weight).sum() / (weight.sum() * 3)
         kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
         loss = l1 + mse + config.vae_kl_weight * kl
         opt.zero_grad(set_to_none=True)

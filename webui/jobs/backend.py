@@ -205,6 +205,8 @@ class Backend:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of a prompt (the CLIP tokenizer; no model needed)."""
+        if not text.strip():
+            return 0
         with self._lock:
             if getattr(self, "_tokenizer", None) is None:
                 from ..engine.text import TextEncoder, load_tokenizer

@@ -312,7 +312,7 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
     outputs = [tab.gallery, tab.info, tab.progress, tab.preview, tab.generate, tab.interrupt, tab.skip,
                tab.seeds, tab.texts, tab.selected, tab.error]
 
-    def finish(**updates):
+    def finish(updates: dict) -> dict:
         base = {tab.generate: gr.update(visible=True), tab.interrupt: gr.update(visible=False),
                 tab.skip: gr.update(visible=False), tab.preview: gr.update(visible=False)}
         base.update(updates)
@@ -329,7 +329,7 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
             job = backend.submit(req, kind=tab.kind, owner=request.session_hash if request else None,
                                  checkpoint=ckpt or None, vae=vae_choice or None)
         except (ValueError, KeyError) as exc:
-            yield finish(**{tab.error: f"<div class='job-error'>{_escape(str(exc))}</div>", tab.progress: ""})
+            yield finish({tab.error: f"<div class='job-error'>{_escape(str(exc))}</div>", tab.progress: ""})
             return
         yield {tab.generate: gr.update(visible=False), tab.interrupt: gr.update(visible=True),
                tab.skip: gr.update(visible=True), tab.error: "", tab.progress: _progress_html(backend, job)}
@@ -343,7 +343,7 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
             yield update
         if job.state != DONE:
             message = job.error if job.state == FAILED else "Cancelled."
-            yield finish(**{tab.error: f"<div class='job-error'>{_escape(message or 'failed')}</div>",
+            yield finish({tab.error: f"<div class='job-error'>{_escape(message or 'failed')}</div>",
                             tab.progress: ""})
             return
         out = job.result
@@ -351,7 +351,7 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
             [(files.write(img, text, job.id, i), None) for i, (img, text) in enumerate(zip(out.images, out.infotexts))]
         note = " (interrupted)" if out.interrupted else ""
         seconds = (job.finished or time.time()) - (job.started or job.created)
-        yield finish(**{tab.gallery: gallery, tab.info: _info_html(out.infotexts[0] if out.infotexts else "")
+        yield finish({tab.gallery: gallery, tab.info: _info_html(out.infotexts[0] if out.infotexts else "")
                         + f"<p class='time-taken'>Time taken: {seconds:.2f} s{note}</p>",
                         tab.progress: "", tab.seeds: out.seeds, tab.texts: out.infotexts, tab.selected: 0})
 
@@ -420,21 +420,22 @@ def _wire_results(source: _Tab, i2i: _Tab, tabs) -> None:
             return img.convert("RGB")
 
     def to_img2img(gallery, index, prompt, negative):
-        image = selected_image(gallery, index)
-        return image, prompt, negative, gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img")
+        return selected_image(gallery, index), prompt, negative
 
     def to_inpaint(gallery, index, prompt, negative):
         image = selected_image(gallery, index)
-        editor = {"background": image, "layers": [], "composite": image}
-        return editor, prompt, negative, gr.Tabs(selected="img2img"), gr.Tabs(selected="inpaint")
+        return {"background": image, "layers": [], "composite": image}, prompt, negative
+
+    def show(mode: str):
+        # the tab is switched first: an image editor that is not on screen does not take a new value
+        return lambda: (gr.Tabs(selected="img2img"), gr.Tabs(selected=mode), mode)
 
     common = [source.gallery, source.selected, source.fields["prompt"], source.fields["negative_prompt"]]
-    source.send_img2img.click(to_img2img, common, [i2i.init_image, i2i.fields["prompt"],
-                                                   i2i.fields["negative_prompt"], tabs, i2i.modes],
-                              concurrency_limit=None).then(lambda: "img2img", None, [i2i.mode])
-    source.send_inpaint.click(to_inpaint, common, [i2i.sketch, i2i.fields["prompt"],
-                                                   i2i.fields["negative_prompt"], tabs, i2i.modes],
-                              concurrency_limit=None).then(lambda: "inpaint", None, [i2i.mode])
+    texts = [i2i.fields["prompt"], i2i.fields["negative_prompt"]]
+    source.send_img2img.click(show("img2img"), None, [tabs, i2i.modes, i2i.mode], concurrency_limit=None).then(
+        to_img2img, common, [i2i.init_image, *texts], concurrency_limit=None)
+    source.send_inpaint.click(show("inpaint"), None, [tabs, i2i.modes, i2i.mode], concurrency_limit=None).then(
+        to_inpaint, common, [i2i.sketch, *texts], concurrency_limit=None)
 
 
 def _send_fields_fn(backend: Backend, tab: _Tab, target: str):
