@@ -294,3 +294,38 @@ def test_bad_inputs_harm_nothing(server):
     assert (data / "secret.txt").read_text() == "outside the model folders"
     r = server["session"].post(server["base"] + "/sdapi/v1/txt2img", json=GOOD, timeout=120)
     assert r.status_code == 200 and server["proc"].poll() is None
+
+
+def test_cors_is_closed_by_default(server):
+    r = requests.options(server["base"] + "/sdapi/v1/txt2img",
+                         headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
+
+
+def test_api_beside_the_ui_on_one_port_with_cors_allowed(tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--api", "--cors-allow-origins", "http://good.example",
+                             "--data-dir", str(tmp_path), "--port", str(port)], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while "Running on" not in (tmp_path / "server.log").read_text():
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.2)
+        assert "UI and API" in (tmp_path / "server.log").read_text()
+        page = requests.get(base + "/", timeout=30)
+        assert page.status_code == 200 and "gradio" in page.text.lower()
+        assert requests.get(base + "/sdapi/v1/samplers", timeout=30).json()[0]["name"] == "DPM++ 2M"
+        assert requests.get(base + "/docs", timeout=30).status_code == 200
+        good = requests.options(base + "/sdapi/v1/txt2img", headers={
+            "Origin": "http://good.example", "Access-Control-Request-Method": "POST"}, timeout=30)
+        evil = requests.options(base + "/sdapi/v1/txt2img", headers={
+            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}, timeout=30)
+        assert good.headers.get("access-control-allow-origin") == "http://good.example"
+        assert evil.headers.get("access-control-allow-origin") != "http://evil.example"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()

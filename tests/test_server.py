@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from webui.cli import build_parser
-from webui.server import listen_warning, parse_auth
+from webui.server import api_warning, listen_warning, parse_auth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +47,11 @@ def test_missing_auth_file_is_a_clear_error(tmp_path):
 def test_listen_without_auth_warns():
     assert "WARNING" in listen_warning(True, [], 7860) and "7860" in listen_warning(True, [], 7860)
     assert listen_warning(True, [("a", "b")], 7860) is None and listen_warning(False, [], 7860) is None
+
+
+def test_listen_with_the_api_and_no_api_auth_warns():
+    assert "--api-auth" in api_warning(True, [], 7861)
+    assert api_warning(True, [("a", "b")], 7861) is None and api_warning(False, [], 7861) is None
 
 
 def test_bad_flags_stop_the_app_before_serving(tmp_path):
