@@ -127,6 +127,17 @@ def test_options_switch_the_model(api, server):
     assert api.util_get_current_model() == demo
 
 
+def test_unload_and_reload_checkpoint(server):
+    base, s = server["base"], server["session"]
+    assert s.post(f"{base}/sdapi/v1/unload-checkpoint").status_code == 200
+    assert s.get(f"{base}/sdapi/v1/options").json()["sd_checkpoint_hash"] is None
+    r = s.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 2})
+    assert r.status_code == 500 and "no checkpoint is loaded" in r.text
+    assert s.post(f"{base}/sdapi/v1/reload-checkpoint").status_code == 200
+    assert s.get(f"{base}/sdapi/v1/options").json()["sd_checkpoint_hash"] is not None
+    assert s.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 2}).ok
+
+
 def test_progress_while_running_and_interrupt(api, server):
     results = {}
     worker = threading.Thread(target=lambda: results.update(r=api.txt2img(
