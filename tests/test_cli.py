@@ -249,12 +249,12 @@ def test_clear_errors_without_traceback(error_runs, case):
     assert not out.exists() and proc.stdout == ""
 
 
-def test_no_subcommand_prints_help_and_fails():
-    proc = app()
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    text = proc.stdout + proc.stderr
-    assert "usage:" in text and "txt2img" in text and "img2img" in text
+def test_help_lists_the_subcommands_and_the_web_ui_flags():
+    proc = app("--help")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    text = proc.stdout
+    for word in ("usage:", "txt2img", "img2img", "train-demo", "--listen", "--gradio-auth", "--api-auth", "--nowebui"):
+        assert word in text, word
 
 
 def test_default_checkpoint_prefers_the_users_own_files(tmp_path):
