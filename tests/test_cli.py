@@ -214,7 +214,6 @@ ERRORS = {
                               "img2img", ["init image", "init.png"]),
     "missing-init-image": (lambda t, f: ["--ckpt", f["ckpt"], "--init-image", t / "gone.png"], "img2img",
                            ["init image", "gone.png"]),
-    "empty-ckpt-dir": (lambda t, f: ["--ckpt-dir", f["ckpt_dir"]], "txt2img", ["no checkpoint", "checkpoints"]),
     "missing-vae": (lambda t, f: ["--ckpt", f["ckpt"], "--vae", t / "novae.safetensors"], "txt2img",
                     ["novae.safetensors", "not found"]),
 }
@@ -255,6 +254,18 @@ def test_help_lists_the_subcommands_and_the_web_ui_flags():
     text = proc.stdout
     for word in ("usage:", "txt2img", "img2img", "train-demo", "--listen", "--gradio-auth", "--api-auth", "--nowebui"):
         assert word in text, word
+
+
+def test_an_empty_checkpoint_folder_uses_the_shipped_demo_model(tmp_path):
+    from webui.jobs import infotext, saving
+    from webui.paths import DEMO_CHECKPOINT
+    if not DEMO_CHECKPOINT.is_file():
+        pytest.skip("no demo checkpoint in this checkout")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "demo.png"
+    ok(app("txt2img", "--ckpt-dir", tmp_path / "empty", "--prompt", "a large red circle", "--steps", 2, "-o", out))
+    info = infotext.parse_typed(saving.read_infotext(out))
+    assert info.model == "webui-demo-64px" and (info.width, info.height) == (64, 64)
 
 
 def test_default_checkpoint_prefers_the_users_own_files(tmp_path):
