@@ -11,31 +11,22 @@ import base64
 import io
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
+from tests.app_server import run_app
 from tests.tiny_models import write_tiny_checkpoint
 from webui.demo import dataset as ds
 from webui.jobs import infotext
 from webui.paths import DEMO_CHECKPOINT
 
 webuiapi = pytest.importorskip("webuiapi")
-ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "alice", "s3cret"
 pytestmark = pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="the demo checkpoint is not shipped")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,30 +36,13 @@ def server(tmp_path_factory):
     ckpts.mkdir(parents=True)
     write_tiny_checkpoint(ckpts / "tiny.safetensors")
     (data / "secret.txt").write_text("outside the model folders")
-    port = _free_port()
-    log = open(data / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--nowebui", "--api-auth", f"{USER}:{PASSWORD}",
-                             "--data-dir", str(data), "--port", str(port), "--ckpt", str(DEMO_CHECKPOINT)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while "Running on" not in (data / "server.log").read_text():
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("server did not start: " + (data / "server.log").read_text())
-            time.sleep(0.2)
+    with run_app("--nowebui", "--api-auth", f"{USER}:{PASSWORD}", "--data-dir", data, "--ckpt", DEMO_CHECKPOINT,
+                 log_dir=data) as app:
         session = requests.Session()
         session.auth = (USER, PASSWORD)
-        while session.get(f"{base}/sdapi/v1/options").json().get("sd_checkpoint_hash") is None:
+        while session.get(f"{app.base}/sdapi/v1/options").json().get("sd_checkpoint_hash") is None:
             time.sleep(0.2)   # the model loads in the background
-        yield {"base": base, "port": port, "data": data, "session": session, "proc": proc}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        yield {"base": app.base, "port": app.port, "data": data, "session": session, "proc": app.proc}
 
 
 @pytest.fixture
@@ -161,7 +135,7 @@ def test_progress_while_running_and_interrupt(api, server):
 
 
 def test_four_clients_three_jobs_each(server):
-    base, session = server["base"], server["session"]
+    base = server["base"]
     outcomes, progress_seen, errors = {}, {}, []
 
     def client(c: int):
@@ -314,18 +288,10 @@ def test_cors_is_closed_by_default(server):
 
 
 def test_api_beside_the_ui_on_one_port_with_cors_allowed(tmp_path):
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--api", "--cors-allow-origins", "http://good.example",
-                             "--data-dir", str(tmp_path), "--port", str(port)], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while "Running on" not in (tmp_path / "server.log").read_text():
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.2)
-        assert "UI and API" in (tmp_path / "server.log").read_text()
+    with run_app("--api", "--cors-allow-origins", "http://good.example", "--data-dir", tmp_path,
+                 log_dir=tmp_path) as app:
+        base = app.base
+        assert "UI and API" in app.log.read_text()
         page = requests.get(base + "/", timeout=30)
         assert page.status_code == 200 and "gradio" in page.text.lower()
         assert requests.get(base + "/sdapi/v1/samplers", timeout=30).json()[0]["name"] == "DPM++ 2M"
@@ -336,7 +302,3 @@ def test_api_beside_the_ui_on_one_port_with_cors_allowed(tmp_path):
             "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}, timeout=30)
         assert good.headers.get("access-control-allow-origin") == "http://good.example"
         assert evil.headers.get("access-control-allow-origin") != "http://evil.example"
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()

@@ -88,13 +88,20 @@ def test_job_ids_are_unique_and_can_be_forced(queue):
 def test_stop_cancels_waiting_jobs():
     q = JobQueue()
     q.start()
-    gate = threading.Event()
-    running = q.submit(lambda job: gate.wait(5), kind="load")
+    started = threading.Event()
+
+    def until_interrupted(job):
+        started.set()
+        while True:
+            job.control.check()
+            time.sleep(0.005)
+
+    running = q.submit(until_interrupted, kind="load")
     waiting = q.submit(lambda job: None, kind="txt2img")
-    time.sleep(0.05)
-    gate.set()
+    assert started.wait(10)
     q.stop()
-    assert waiting.state in (CANCELLED, DONE) and running.wait(5)
+    assert waiting.state == CANCELLED                      # never ran
+    assert running.wait(5) and running.state == CANCELLED  # interrupted by stop()
     with pytest.raises(RuntimeError, match="shutting down"):
         q.submit(lambda job: None, kind="txt2img")
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,24 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.app_server import run_app
 from webui.demo import dataset as ds
 from webui.jobs import infotext, saving
 from webui.paths import DEMO_CHECKPOINT
 
 playwright = pytest.importorskip("playwright.sync_api")
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
     pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="the demo checkpoint is not in the repository"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,31 +40,8 @@ def artifacts(tmp_path_factory) -> Path:
 def server(tmp_path_factory):
     """``python app.py`` on a free port, data in a temporary folder (no checkpoints: the demo model is used)."""
     data = tmp_path_factory.mktemp("data")
-    port = _free_port()
-    log = open(data / "server.log", "w")
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("server exited: " + (data / "server.log").read_text())
-            if "Running on" in (data / "server.log").read_text():
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("server did not start: " + (data / "server.log").read_text())
-        ready = time.perf_counter() - started
-        yield {"url": url, "data": data, "log": data / "server.log", "ready_s": ready}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with run_app("--data-dir", data, log_dir=data) as app:
+        yield {"url": app.base + "/", "data": data, "log": app.log, "ready_s": app.ready_s}
 
 
 @pytest.fixture(scope="module")

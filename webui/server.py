@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import __version__
 from .paths import PROJECT_ROOT, Paths
 
 LISTEN_WARNING = """
@@ -96,7 +97,7 @@ def build_app(backend, args, ui_auth: list, api_auth: list):
 
     with_api = args.api or args.nowebui
     limits = Limits(max_size=args.max_size, max_images=args.max_batch_images)
-    app = FastAPI(title="webui API (A1111 /sdapi/v1)", version=_version(),
+    app = FastAPI(title="webui API (A1111 /sdapi/v1)", version=__version__,
                   docs_url="/docs" if with_api else None, redoc_url=None,
                   openapi_url="/openapi.json" if with_api else None)
     if with_api:
@@ -118,11 +119,6 @@ def build_app(backend, args, ui_auth: list, api_auth: list):
         demo.queue(default_concurrency_limit=None)
         app = gr.mount_gradio_app(app, demo, path="/", auth=ui_auth or None, show_error=True, **launch_kwargs)
     return app
-
-
-def _version() -> str:
-    from . import __version__
-    return __version__
 
 
 def run(args) -> int:

@@ -11,7 +11,6 @@ import binascii
 import datetime
 import io
 import json
-import os
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Body, HTTPException
@@ -21,8 +20,8 @@ from .. import __version__
 from ..engine.pipeline import GenerationRequest
 from ..engine.sampling import registry
 from ..jobs import infotext, saving
-from ..jobs.backend import VAE_AUTOMATIC, VAE_NONE, Backend
-from ..jobs.queue import DONE, FAILED, RUNNING
+from ..jobs.backend import Backend
+from ..jobs.queue import DONE, FAILED, RUNNING, DuplicateJobId
 from ..options import OPTIONS
 from . import schemas
 
@@ -83,21 +82,16 @@ class Api:
 
     # ---- request -> job ------------------------------------------------------------------------
     def _checkpoint_name(self, title: str) -> str:
-        """A1111 titles ("name.safetensors [hash]", "name") -> a listed checkpoint name."""
-        names = list(self.backend.checkpoints())
-        bare = title.split(" [", 1)[0].strip()
-        for name in names:
-            if bare in (name, name.rsplit(".", 1)[0], os.path.basename(name), os.path.basename(name).rsplit(".", 1)[0]):
-                return name
-        raise _error(422, f"unknown checkpoint {title!r}; available: {', '.join(names) or 'none'}")
+        try:
+            return self.backend.find_checkpoint(title)
+        except ValueError as exc:
+            raise _error(422, str(exc)) from None
 
     def _vae_name(self, choice: str) -> str:
-        if choice in (VAE_AUTOMATIC, VAE_NONE):
-            return choice
-        names = list(self.backend.vaes())
-        if choice not in names:
-            raise _error(422, f"unknown VAE {choice!r}; available: {', '.join([VAE_AUTOMATIC, VAE_NONE, *names])}")
-        return choice
+        try:
+            return self.backend.check_vae(choice)
+        except ValueError as exc:
+            raise _error(422, str(exc)) from None
 
     def _request(self, body: schemas.Txt2ImgRequest, img2img: bool) -> tuple[GenerationRequest, dict]:
         lim = self.limits
@@ -178,8 +172,10 @@ class Api:
         try:
             job = self.backend.submit(request, kind=kind, owner="api", save=bool(body.save_images),
                                       job_id=body.force_task_id, **target)
+        except DuplicateJobId as exc:
+            raise _error(409, str(exc)) from None
         except ValueError as exc:
-            raise _error(409 if "already exists" in str(exc) else 422, str(exc)) from None
+            raise _error(422, str(exc)) from None
         job.wait()
         if job.state == FAILED:
             raise _error(500, f"generation failed: {job.error}")

@@ -26,12 +26,18 @@ ARCH_METADATA_KEY = "webui.arch"
 NATIVE_SIZE_KEY = "webui.native_size"  # safetensors metadata: the side a custom model was trained at
 
 
-def native_size(family: Family, metadata: Mapping[str, str] | None) -> int:
-    """The image side a model is meant to be used at: ``webui.native_size`` from the file's metadata
-    when it holds a sensible value (a multiple of 8 in 64..4096), else the family's."""
+def metadata_native_size(metadata: Mapping[str, str] | None) -> int | None:
+    """``webui.native_size`` from a file's metadata when it holds a sensible value (a multiple of 8 in
+    64..4096), else None."""
     value = (metadata or {}).get(NATIVE_SIZE_KEY, "").strip()
     size = int(value) if value.isdigit() else 0
-    return size if size % 8 == 0 and 64 <= size <= 4096 else family.native_size
+    return size if size % 8 == 0 and 64 <= size <= 4096 else None
+
+
+def native_size(family: Family, metadata: Mapping[str, str] | None) -> int:
+    """The image side a model is meant to be used at: the metadata's (``metadata_native_size``), else the
+    family's."""
+    return metadata_native_size(metadata) or family.native_size
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ class Backend:
         self._loaded: tuple[str | None, Path | None, str | None] = (None, None, None)  # name, file, VAE choice
         self._vae_approx_dir = vae_approx_dir or paths.root / "models" / "vae_approx"
         self._taesd = None
+        self._tokenizer = None   # a TextEncoder without a model: token counts for the UI
 
     # ---- lists ---------------------------------------------------------------------------------
     def checkpoints(self) -> dict[str, Path]:
@@ -89,6 +90,24 @@ class Backend:
             raise ValueError(f"unknown checkpoint {name!r}; available: {', '.join(found) or 'none'}")
         return found[name]
 
+    def find_checkpoint(self, title: str) -> str:
+        """A listed name from what A1111 and infotext call a model: the name, ``name [hash]``, or the file
+        name with or without its extension (``Model: v1-5-pruned-emaonly``). ValueError lists the names."""
+        bare = title.split(" [", 1)[0].strip()
+        found = list(self.checkpoints())
+        for name in found:
+            base = name.rsplit("/", 1)[-1]
+            if bare in (name, name.rsplit(".", 1)[0], base, base.rsplit(".", 1)[0]):
+                return name
+        raise ValueError(f"unknown checkpoint {title!r}; available: {', '.join(found) or 'none'}")
+
+    def check_vae(self, choice: str) -> str:
+        """``choice`` if it is Automatic, None or a listed VAE; else ValueError listing them."""
+        found = self.vaes()
+        if choice not in (VAE_AUTOMATIC, VAE_NONE) and choice not in found:
+            raise ValueError(f"unknown VAE {choice!r}; available: {', '.join([VAE_AUTOMATIC, VAE_NONE, *found])}")
+        return choice
+
     def vae_path(self, choice: str | None, checkpoint: Path) -> Path | None:
         """``Automatic``: a VAE named like the checkpoint (``<stem>.vae.*`` beside it or ``<stem>.*`` in the
         VAE folder), else the checkpoint's own; ``None``: the checkpoint's own; else a listed VAE file."""
@@ -101,10 +120,7 @@ class Backend:
                     if (folder / (name + ext)).is_file():
                         return folder / (name + ext)
             return None
-        found = self.vaes()
-        if choice not in found:
-            raise ValueError(f"unknown VAE {choice!r}; available: {', '.join([VAE_AUTOMATIC, VAE_NONE, *found])}")
-        return found[choice]
+        return self.vaes()[self.check_vae(choice)]
 
     def default_checkpoint_name(self) -> str | None:
         wanted = self.options["sd_model_checkpoint"]
@@ -176,15 +192,14 @@ class Backend:
 
     def native_size_of(self, name: str | None) -> int:
         """The size the UI starts with for a listed checkpoint: its ``webui.native_size`` metadata, else 512."""
-        from ..engine.families import NATIVE_SIZE_KEY
+        from ..engine.families import metadata_native_size
         from ..engine.files import CheckpointError, read_metadata
 
         try:
-            value = read_metadata(self.checkpoint_path(name)).get(NATIVE_SIZE_KEY, "") if name else ""
+            metadata = read_metadata(self.checkpoint_path(name)) if name else {}
         except (ValueError, CheckpointError, OSError):
-            value = ""
-        size = int(value) if value.strip().isdigit() else 0
-        return size if size % 8 == 0 and 64 <= size <= 4096 else 512
+            metadata = {}
+        return metadata_native_size(metadata) or 512
 
     @property
     def model_info(self):
@@ -208,7 +223,7 @@ class Backend:
         if not text.strip():
             return 0
         with self._lock:
-            if getattr(self, "_tokenizer", None) is None:
+            if self._tokenizer is None:
                 from ..engine.text import TextEncoder, load_tokenizer
                 self._tokenizer = TextEncoder(None, load_tokenizer())
         return self._tokenizer.count_tokens(text)
@@ -222,8 +237,8 @@ class Backend:
         from ..engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)        # unknown names fail now, not queued
         target = self._resolve_checkpoint(checkpoint) if checkpoint else None
-        if vae is not None and vae not in (VAE_AUTOMATIC, VAE_NONE) and vae not in self.vaes():
-            self.vae_path(vae, Path("x"))                               # raises with the list
+        if vae is not None:
+            self.check_vae(vae)
         return self.queue.submit(lambda job: self._generate(job, request, kind, target, vae, save),
                                  kind=kind, owner=owner, job_id=job_id)
 

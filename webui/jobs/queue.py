@@ -24,6 +24,10 @@ FINISHED = (DONE, FAILED, CANCELLED)
 HISTORY = 256  # finished jobs kept for status queries
 
 
+class DuplicateJobId(ValueError):
+    """``submit`` was given a ``job_id`` the queue already holds."""
+
+
 @dataclass
 class JobProgress:
     step: int = 0                  # steps done over the whole job
@@ -108,7 +112,7 @@ class JobQueue:
                 raise RuntimeError("the job queue is shutting down")
             job_id = job_id or f"{next(self._counter)}-{uuid.uuid4().hex[:12]}"
             if job_id in self._jobs:
-                raise ValueError(f"a job with id {job_id!r} already exists")
+                raise DuplicateJobId(f"a job with id {job_id!r} already exists")
             job = Job(job_id, kind, owner, work)
             self._jobs[job_id] = job
             self._pending.append(job)

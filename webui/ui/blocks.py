@@ -7,6 +7,7 @@ own queue runs these handlers without a concurrency limit (they only wait on our
 """
 from __future__ import annotations
 
+import html
 import math
 import tempfile
 import time
@@ -92,7 +93,7 @@ def _info_html(text: str | None) -> str:
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html.escape(text, quote=False)
 
 
 class _Files:
@@ -442,14 +443,10 @@ def _send_fields_fn(backend: Backend, tab: _Tab, target: str):
     def send(text):
         values = mapping.fields_from_infotext(text) if text else {}
         updates = [gr.update(value=values[n]) if n in values else gr.update() for n in tab.field_names]
-        wanted = values.get("checkpoint")
-        match = None
-        if wanted:
-            for name in backend.checkpoints():
-                stem = Path(name).name.rsplit(".", 1)[0]
-                if wanted in (name, stem):
-                    match = name
-                    break
+        try:
+            match = backend.find_checkpoint(values["checkpoint"]) if values.get("checkpoint") else None
+        except ValueError:
+            match = None      # a model this box does not have: keep the current one
         return [*updates, gr.update(value=match) if match else gr.update(), gr.Tabs(selected=target)]
     return send
 
