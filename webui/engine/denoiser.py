@@ -39,21 +39,52 @@ class ModelDenoiser:
 
 
 def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_cond=None,
-                 check: Callable[[], None] | None = None) -> Denoiser:
-    """Classifier-free guidance: ``uncond + (cond - uncond) * scale``, cond and uncond in one batch.
+                 check: Callable[[], None] | None = None, empty: torch.Tensor | None = None) -> Denoiser:
+    """Classifier-free guidance over scheduled, composable conditioning, as A1111's ``CFGDenoiser``.
 
-    With ``cfg_scale == 1`` the unconditional half is not computed (the result is the same).
-    ``check`` runs before every model call (interrupt / skip).
+    ``cond``: a ``MultiCond`` (``at(call) -> ([parts, T, D], weights)``); ``uncond``: a ``CondSchedule``
+    (``at(call) -> [T, D]``). ``call`` counts model calls from 0 (A1111's ``step``). Each image's parts and
+    then the uncond rows go through the model; the result is
+    ``uncond + sum_j (cond_j - uncond) * weight_j * scale``. Cond and uncond of different lengths run as
+    two batches, or as one when ``empty`` (the empty prompt's [77, D]) is given to pad the shorter
+    (A1111's "pad prompt/negative prompt" setting). With ``cfg_scale == 1`` and one part of weight 1 the
+    uncond half is not computed. ``check`` runs before every model call (interrupt / skip).
     """
+    calls = 0
+
     def denoise(x, sigma):
+        nonlocal calls
         if check is not None:
             check()
-        if cfg_scale == 1.0:
-            return model(x, sigma, cond, image_cond)
-        both = model(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, uncond]),
-                     None if image_cond is None else torch.cat([image_cond, image_cond]))
-        c, u = both.chunk(2)
-        return u + (c - u) * cfg_scale
+        step, calls = calls, calls + 1
+        conds, weights = cond.at(step)
+        batch, parts = x.shape[0], conds.shape[0]
+        if cfg_scale == 1.0 and weights == [1.0]:
+            return model(x, sigma, conds.expand(batch, -1, -1), image_cond)
+        u = uncond.at(step)
+        c_len, u_len = conds.shape[1], u.shape[0]
+        if empty is not None and c_len != u_len:
+            repeats = (max(c_len, u_len) - min(c_len, u_len)) // empty.shape[0]
+            if u_len < c_len:
+                u = torch.cat([u, empty.repeat(repeats, 1)])
+            else:
+                conds = torch.cat([conds, empty.repeat(repeats, 1).expand(parts, -1, -1)], dim=1)
+        x_c, sigma_c = x.repeat_interleave(parts, 0), sigma.repeat_interleave(parts, 0)
+        ic_c = None if image_cond is None else image_cond.repeat_interleave(parts, 0)
+        c_rows = conds.repeat(batch, 1, 1)
+        u_rows = u.expand(batch, -1, -1)
+        if c_rows.shape[1] == u_rows.shape[1]:
+            out = model(torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), torch.cat([c_rows, u_rows]),
+                        None if image_cond is None else torch.cat([ic_c, image_cond]))
+            out_c, out_u = out[:batch * parts], out[batch * parts:]
+        else:
+            out_c = model(x_c, sigma_c, c_rows, ic_c)
+            out_u = model(x, sigma, u_rows, image_cond)
+        out_c = out_c.view(batch, parts, *out_c.shape[1:])
+        denoised = out_u.clone()
+        for j, weight in enumerate(weights):
+            denoised += (out_c[:, j] - out_u) * (weight * cfg_scale)
+        return denoised
     return denoise
 
 

@@ -215,7 +215,24 @@ class MappedStateDict(dict):
             self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
+def read_pickle(path: str | os.PathLike):
+    """The object in a ``.pt/.ckpt/.bin`` file, loaded with ``weights_only=True`` (tensors, plain containers,
+    numbers and strings; anything else is refused by name without being run)."""
+    return _load_pickle(path, _checked_file(path))
+
+
 def _read_pickle(path, file: Path) -> dict[str, torch.Tensor]:
+    obj = _load_pickle(path, file)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors "
+                              "(optionally under 'state_dict')")
+    return {key: value.detach() if isinstance(value, torch.nn.Parameter) else value
+            for key, value in obj.items() if isinstance(key, str) and isinstance(value, torch.Tensor)}
+
+
+def _load_pickle(path, file: Path):
     with open(file, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's zip format; older files are plain pickles
     with torch.serialization.safe_globals(list(_SAFE_STUBS)):
@@ -236,14 +253,7 @@ def _read_pickle(path, file: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: not a valid torch checkpoint ({detail})") from None
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors "
-                              "(optionally under 'state_dict')")
-    return {key: value.detach() if isinstance(value, torch.nn.Parameter) else value
-            for key, value in obj.items() if isinstance(key, str) and isinstance(value, torch.Tensor)}
+    return obj
 
 
 def _refusal(path, names) -> str:

@@ -17,6 +17,7 @@ import contextlib
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -31,7 +32,13 @@ from .sampling import registry
 from .sampling.noise import BrownianTreeNoiseSampler
 from .sampling.schedules import DiscreteSchedule, sd_alphas_cumprod
 from .seeds import ImageRNG, image_seeds, resolve_seed
+from .prompts.chunks import EMPHASIS_MODES
+from .prompts.composable import ExtraNetworkTag, extra_network_tags
+from .prompts.conditioning import PromptEncoder, PromptOptions
+from .prompts.embeddings import EmbeddingDatabase
 from .text import TextEncoder, load_tokenizer
+
+ExtraNetworkHandler = Callable[[list[ExtraNetworkTag]], dict]
 
 
 @dataclass
@@ -49,6 +56,11 @@ class GenerationRequest:
     batch_size: int = 1
     n_iter: int = 1
     clip_skip: int = 1
+    # prompt-language settings (A1111 option names); None: the default
+    emphasis: str | None = None                 # "Original", "No norm", "Ignore", "None"
+    comma_padding_backtrack: int | None = None  # 0..74 tokens
+    use_old_scheduling: bool | None = None
+    pad_cond_uncond: bool | None = None
     # img2img / inpainting
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75
@@ -80,6 +92,10 @@ class GenerationRequest:
             problems.append(f"masked content must be 0-3 ({', '.join(im.MASKED_CONTENT)})")
         if self.mask is not None and self.init_image is None:
             problems.append("a mask needs an init image")
+        if self.emphasis is not None and self.emphasis not in EMPHASIS_MODES:
+            problems.append(f"emphasis must be one of {', '.join(EMPHASIS_MODES)} (got {self.emphasis!r})")
+        if self.comma_padding_backtrack is not None and not 0 <= self.comma_padding_backtrack <= 74:
+            problems.append(f"comma padding backtrack must be within 0..74 (got {self.comma_padding_backtrack})")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -100,6 +116,7 @@ class GenerationResult:
     scheduler: str                  # A1111 label ("Karras", "Automatic" resolved to the real one)
     extra: dict = field(default_factory=dict)   # A1111 infotext extras (Denoising strength, Mask blur...)
     interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)   # told to the user (an unknown <kind:...> tag)
 
 
 @dataclass
@@ -124,6 +141,9 @@ class Engine:
         self.vae_path: Path | None = None
         self._tokenizer = None
         self._text_encoder: TextEncoder | None = None
+        self.embeddings_dir: Path | None = None
+        self.hash_cache: Path | None = None
+        self._embeddings: EmbeddingDatabase | None = None
         self.schedule = DiscreteSchedule(sd_alphas_cumprod()).to(self.device)
 
     # ---- model residency -------------------------------------------------------------------
@@ -148,6 +168,7 @@ class Engine:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer()
         self._text_encoder = TextEncoder(model.text_model, self._tokenizer)
+        self._embeddings = None
         if vae_path is not None:
             self.set_vae(vae_path)
         return model
@@ -163,6 +184,7 @@ class Engine:
     def unload(self) -> None:
         self.model = None
         self._text_encoder = None
+        self._embeddings = None
         self.vae_path = None
         gc.collect()
         if self.device.type == "cuda":
@@ -174,14 +196,30 @@ class Engine:
         return self.model
 
     @property
+    def embeddings(self) -> EmbeddingDatabase:
+        """Textual-inversion embeddings of ``embeddings_dir`` for the loaded model, reread when files change."""
+        self._require_model()
+        if self._embeddings is None or self._embeddings.folder != self.embeddings_dir:
+            self._embeddings = EmbeddingDatabase(self.embeddings_dir, self._text_encoder.width,
+                                                 lambda text: self._text_encoder.tokenize([text])[0])
+        self._embeddings.refresh()
+        return self._embeddings
+
+    def prompt_encoder(self, request: GenerationRequest) -> PromptEncoder:
+        defaults = PromptOptions()
+        options = PromptOptions(
+            clip_skip=request.clip_skip,
+            emphasis=request.emphasis if request.emphasis is not None else defaults.emphasis,
+            comma_padding_backtrack=(request.comma_padding_backtrack if request.comma_padding_backtrack is not None
+                                     else defaults.comma_padding_backtrack),
+            use_old_scheduling=bool(request.use_old_scheduling))
+        return PromptEncoder(self._text_encoder, self.embeddings, options, self.hash_cache)
+
+    @property
     def is_inpainting_model(self) -> bool:
         return self._require_model().family.unet_in_channels == 9
 
     # ---- building blocks -------------------------------------------------------------------
-    @torch.inference_mode()
-    def encode_prompts(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
-        return self._text_encoder.encode(prompts, clip_skip=clip_skip).float()
-
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> scaled latents (the distribution's mean, as A1111)."""
@@ -209,7 +247,10 @@ class Engine:
     # ---- generation ------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
-                 control: JobControl | None = None) -> GenerationResult:
+                 control: JobControl | None = None,
+                 networks: Mapping[str, ExtraNetworkHandler] | None = None) -> GenerationResult:
+        """``networks``: handlers of extra-network tags by kind (``lora``); each gets its tags and returns
+        infotext parameters. Tags of a kind nobody handles are removed and reported in ``warnings``."""
         request.validate()
         model = self._require_model()
         spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
@@ -232,17 +273,26 @@ class Engine:
             if request.mask is not None:
                 extra.update(self._inpaint_infotext(request, masked=prepared.image_mask is not None))
 
-        cond = self.encode_prompts([request.prompt], request.clip_skip).expand(batch, -1, -1)
-        uncond = self.encode_prompts([request.negative_prompt], request.clip_skip).expand(batch, -1, -1)
+        prompt, tags = extra_network_tags(request.prompt)
+        warnings = _run_extra_networks(tags, networks or {}, extra)
+        encoder = self.prompt_encoder(request)
+        schedule_steps = steps * 2 if spec.second_order else steps     # A1111 counts model calls
+        uncond = encoder.schedule(request.negative_prompt, schedule_steps)
+        cond = encoder.multicond(prompt, schedule_steps)
+        empty = encoder.encode([""])[0] if request.pad_cond_uncond else None
+        extra.update(encoder.infotext())
         image_cond = self._image_conditioning(request, prepared, batch) if self.is_inpainting_model else None
         latent_shape = (4, request.height // 8, request.width // 8)
 
-        denoiser = cfg_denoiser(ModelDenoiser(model.unet, self.schedule, model.family.prediction), cond, uncond,
-                                request.cfg_scale, image_cond=image_cond,
-                                check=None if control is None else control.check)
-        if prepared is not None and prepared.keep_mask is not None:
-            blend = masked_model_input if spec.vp_latent else masked_denoiser
-            denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
+        model_denoiser = ModelDenoiser(model.unet, self.schedule, model.family.prediction)
+
+        def make_denoiser():    # a fresh one per batch: its call count (the schedule's step) starts at 0
+            denoiser = cfg_denoiser(model_denoiser, cond, uncond, request.cfg_scale, image_cond=image_cond,
+                                    check=None if control is None else control.check, empty=empty)
+            if prepared is not None and prepared.keep_mask is not None:
+                blend = masked_model_input if spec.vp_latent else masked_denoiser
+                denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
+            return denoiser
 
         results: list[GeneratedImage] = []
         interrupted = False
@@ -253,7 +303,7 @@ class Engine:
             rng = ImageRNG(seeds, latent_shape, self.device)
             x = _start_latent(spec, rng.next(), sigmas, prepared, noise_sigma)
             noise_sampler = self._noise_sampler(spec, rng, x, full_sigmas, seeds)
-            samples, interrupted = _sample(spec, denoiser, x, sigmas, noise_sampler,
+            samples, interrupted = _sample(spec, make_denoiser(), x, sigmas, noise_sampler,
                                            _progress_reporter(progress, iteration, request.n_iter, len(sigmas) - 1))
             if prepared is not None and prepared.keep_mask is not None:
                 samples = samples * (1.0 - prepared.keep_mask) + prepared.init_latent * prepared.keep_mask
@@ -265,7 +315,7 @@ class Engine:
             if interrupted:
                 break
         return GenerationResult(results, seed, spec.name, registry.scheduler_label(spec, scheduler_key),
-                                extra, interrupted)
+                                extra, interrupted, warnings)
 
     def _noise_sampler(self, spec, rng: ImageRNG, x, sigmas, seeds):
         """``sigmas``: the full schedule; A1111 spans the Brownian tree over it in img2img too."""
@@ -360,6 +410,23 @@ class Engine:
         latent = self.encode_images(source * (1.0 - mask))
         mask = torch.nn.functional.interpolate(mask, size=latent.shape[-2:]).expand(latent.shape[0], -1, -1, -1)
         return torch.cat([mask, latent], dim=1)
+
+
+def _run_extra_networks(tags: list[ExtraNetworkTag], networks: Mapping[str, ExtraNetworkHandler],
+                        extra: dict) -> list[str]:
+    by_kind: dict[str, list[ExtraNetworkTag]] = {}
+    for tag in tags:
+        by_kind.setdefault(tag.kind, []).append(tag)
+    warnings = []
+    for kind, found in by_kind.items():
+        handler = networks.get(kind)
+        if handler is None:
+            known = ", ".join(sorted(networks)) or "none"
+            warnings.append(f"{' '.join(t.text for t in found)}: no extension handles <{kind}:...> tags "
+                            f"(known kinds: {known}); removed from the prompt")
+            continue
+        extra.update(handler(found) or {})
+    return warnings
 
 
 def _start_latent(spec, noise, sigmas, prepared: _Img2ImgInputs | None, noise_sigma):

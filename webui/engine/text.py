@@ -101,6 +101,7 @@ class TextEncoder:
         self.model, self.tokenizer = model, tokenizer
         self.bos_id, self.eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id  # SD1: EOS
+        self.comma_id = tokenizer.get_vocab().get(",</w>")
 
     def tokenize(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt, without BOS/EOS and untruncated."""
@@ -117,17 +118,48 @@ class TextEncoder:
         ids = [self.bos_id, *ids[:CHUNK_TOKENS], self.eos_id]
         return ids + [self.pad_id] * (CONTEXT_LENGTH - len(ids))
 
-    def encode_ids(self, ids: list[list[int]], clip_skip: int = 1) -> torch.Tensor:
-        """Encode rows of 77 ids -> [B, 77, hidden] (last layer, or hidden_states[-clip_skip], after final LN)."""
+    @property
+    def width(self) -> int:
+        return self.model.config.hidden_size
+
+    def encode_ids(self, ids: list[list[int]], clip_skip: int = 1, fixes=None) -> torch.Tensor:
+        """Encode rows of 77 ids -> [B, 77, hidden] (last layer, or hidden_states[-clip_skip], after final LN).
+
+        ``fixes``: per row, ``[(offset, embedding), ...]``: the token-embedding vectors from ``offset + 1``
+        (after BOS) are replaced by the embedding's vectors (textual inversion), through a forward hook on
+        this model's own token-embedding module for this call only.
+        """
         layers = self.model.config.num_hidden_layers
         if not 1 <= clip_skip <= layers:
             raise ValueError(f"clip_skip must be in 1..{layers}, got {clip_skip}")
         input_ids = torch.tensor(ids, dtype=torch.long).to(next(self.model.parameters()).device)
-        if clip_skip == 1:
-            return self.model(input_ids=input_ids).last_hidden_state
-        out = self.model(input_ids=input_ids, output_hidden_states=True)
-        return getattr(self.model, "text_model", self.model).final_layer_norm(out.hidden_states[-clip_skip])
+        text_model = getattr(self.model, "text_model", self.model)
+        hook = None
+        if fixes and any(fixes):
+            hook = text_model.embeddings.token_embedding.register_forward_hook(_insert_vectors(fixes))
+        try:
+            if clip_skip == 1:
+                return self.model(input_ids=input_ids).last_hidden_state
+            out = self.model(input_ids=input_ids, output_hidden_states=True)
+            return text_model.final_layer_norm(out.hidden_states[-clip_skip])
+        finally:
+            if hook is not None:
+                hook.remove()
 
     def encode(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
         """[B, 77, hidden] conditioning for SD1 (prompts longer than 75 tokens are truncated)."""
         return self.encode_ids([self.pad_ids(t) for t in self.tokenize(prompts)], clip_skip)
+
+
+def _insert_vectors(fixes):
+    """A forward hook for the token embedding: writes each row's embedding vectors at their offsets."""
+    def hook(module, args, output):
+        rows = []
+        for row_fixes, row in zip(fixes, output):
+            for offset, embedding in row_fixes:
+                vectors = embedding.vectors.to(row.device, row.dtype)
+                n = min(row.shape[0] - offset - 1, vectors.shape[0])
+                row = torch.cat([row[:offset + 1], vectors[:n], row[offset + 1 + n:]])
+            rows.append(row)
+        return torch.stack(rows)
+    return hook

@@ -1,0 +1,155 @@
+"""Textual-inversion embeddings: files in ``models/embeddings/`` used when their name is in a prompt.
+
+Formats (as A1111 reads them): A1111/original textual inversion (``string_to_param: {"*": [n, D]}``,
+with ``step``, ``sd_checkpoint``, ``sd_checkpoint_name``), diffusers concepts (``{"<token>": [D]}``,
+one vector) and kohya / safetensors ``{"emb_params": [n, D]}`` (any single tensor). ``.safetensors`` are
+read from the header-checked memory map, ``.pt/.bin`` only with ``weights_only=True``: nothing in an
+embedding file is ever run. An embedding is named after its file (``bad-hands-5.pt`` -> ``bad-hands-5``)
+and matched in a prompt by the tokens of that name. Embeddings whose width differs from the loaded text
+encoder's are listed as skipped (an SD 2.x embedding next to an SD 1.x model).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import files
+from ..hashing import file_sha256
+
+EXTENSIONS = (".pt", ".bin", ".safetensors")
+
+
+class EmbeddingError(ValueError):
+    pass
+
+
+@dataclass
+class Embedding:
+    name: str
+    vectors: torch.Tensor                 # (n, D) float32, CPU
+    path: Path
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    _sha256: str | None = field(default=None, repr=False)
+
+    @property
+    def count(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.vectors.shape[-1]
+
+    def short_hash(self, cache_file: Path | None = None) -> str:
+        """The first 12 hex digits of the file's SHA-256 (A1111's ``TI hashes`` value)."""
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.path, cache_file)
+        return self._sha256[:12]
+
+
+def _tensor_of(data, path: Path) -> tuple[torch.Tensor, dict]:
+    if not isinstance(data, dict) or not data:
+        raise EmbeddingError(f"{path}: not an embedding (expected a dict of tensors)")
+    if "string_to_param" in data:
+        params = data["string_to_param"]
+        if not isinstance(params, dict) or len(params) != 1:
+            raise EmbeddingError(f"{path}: 'string_to_param' must hold exactly one tensor")
+        tensor = next(iter(params.values()))
+        extra = {k: data.get(k) for k in ("step", "sd_checkpoint", "sd_checkpoint_name")}
+    elif "clip_g" in data and "clip_l" in data:
+        raise EmbeddingError(f"{path}: an SDXL embedding (clip_g/clip_l); SDXL models are not supported yet")
+    else:
+        tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) != 1 or len(data) != 1:
+            raise EmbeddingError(f"{path}: holds {len(data)} entries ({', '.join(map(str, list(data)[:4]))}); "
+                                 "an embedding file holds one tensor")
+        tensor, extra = tensors[0], {}
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (1, 2) or not tensor.is_floating_point():
+        raise EmbeddingError(f"{path}: the embedding is not a 1-D or 2-D float tensor")
+    return tensor.detach().reshape(-1, tensor.shape[-1]).to(torch.float32).clone(), extra
+
+
+def load_embedding(path: str | os.PathLike) -> Embedding:
+    """Read one embedding file (CheckpointError / EmbeddingError name the file and the problem)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        data = dict(files.read_state_dict(path))
+    else:
+        data = files.read_pickle(path)
+    vectors, extra = _tensor_of(data, path)
+    step = extra.get("step")
+    return Embedding(path.stem, vectors, path, step=step if isinstance(step, int) else None,
+                     sd_checkpoint=_str_or_none(extra.get("sd_checkpoint")),
+                     sd_checkpoint_name=_str_or_none(extra.get("sd_checkpoint_name")))
+
+
+def _str_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class EmbeddingDatabase:
+    """The embeddings of one folder, for a text encoder of width ``width``.
+
+    ``refresh()`` rereads the folder when its files changed (cheap: one directory walk of stats).
+    ``loaded``: name -> Embedding usable with this model; ``skipped``: name -> Embedding of another width;
+    ``errors``: file -> message for files that could not be read. ``find(tokens, i)`` -> the embedding whose
+    name's tokens start at ``tokens[i]`` (longest first) and how many prompt tokens it covers.
+    """
+
+    def __init__(self, folder: Path | None, width: int, tokenize, log=None):
+        self.folder, self.width, self._tokenize, self._log = folder, width, tokenize, log
+        self.loaded: dict[str, Embedding] = {}
+        self.skipped: dict[str, Embedding] = {}
+        self.errors: dict[str, str] = {}
+        self._signature = None
+        self._by_first_token: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
+
+    def _scan(self) -> list[tuple[Path, int, int]]:
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        found = []
+        for root, dirs, names in os.walk(self.folder, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                path = Path(root) / name
+                if path.suffix.lower() in EXTENSIONS and not name.startswith("."):
+                    stat = path.stat()
+                    found.append((path, stat.st_size, stat.st_mtime_ns))
+        return found
+
+    def refresh(self, force: bool = False) -> None:
+        scanned = self._scan()
+        if not force and scanned == self._signature:
+            return
+        self._signature = scanned
+        self.loaded, self.skipped, self.errors, self._by_first_token = {}, {}, {}, {}
+        for path, _, _ in scanned:
+            try:
+                embedding = load_embedding(path)
+            except (EmbeddingError, files.CheckpointError, OSError) as exc:
+                self.errors[str(path)] = str(exc)
+                if self._log:
+                    self._log(f"embedding {path.name} skipped: {exc}")
+                continue
+            if embedding.name in self.loaded or embedding.name in self.skipped:
+                self.errors[str(path)] = f"{path}: another embedding is already named {embedding.name!r}"
+                continue
+            if embedding.width != self.width:
+                self.skipped[embedding.name] = embedding
+                continue
+            self.loaded[embedding.name] = embedding
+            ids = tuple(self._tokenize(embedding.name))
+            if ids:
+                entries = self._by_first_token.setdefault(ids[0], [])
+                entries.append((ids, embedding))
+                entries.sort(key=lambda entry: -len(entry[0]))
+
+    def find(self, tokens: list[int], i: int) -> tuple[Embedding | None, int]:
+        for ids, embedding in self._by_first_token.get(tokens[i], ()):
+            if tuple(tokens[i:i + len(ids)]) == ids:
+                return embedding, len(ids)
+        return None, 0
