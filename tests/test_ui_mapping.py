@@ -72,7 +72,9 @@ def test_infotext_fills_every_field_it_names():
     fields = mapping.fields_from_infotext(text)
     assert fields == {"prompt": "a red circle, top left", "negative_prompt": "blue", "steps": 31,
                       "sampler_name": "DPM++ 2M", "scheduler": "Karras", "cfg_scale": 5.5, "seed": 99,
-                      "width": 96, "height": 64, "denoising_strength": 0.4, "checkpoint": "webui-demo-64px"}
+                      "width": 96, "height": 64, "denoising_strength": 0.4, "checkpoint": "webui-demo-64px",
+                      "clip_skip": 1}   # A1111: a text without "Clip skip" means 1
+    assert mapping.fields_from_infotext(text.replace("Seed: 99", "Seed: 99, Clip skip: 2"))["clip_skip"] == 2
     # the legacy combined name is split as A1111 does
     legacy = mapping.fields_from_infotext("cat\nSteps: 20, Sampler: DPM++ 2M Karras, Seed: 1")
     assert (legacy["sampler_name"], legacy["scheduler"]) == ("DPM++ 2M", "Karras")

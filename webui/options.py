@@ -30,6 +30,11 @@ OPTIONS: Mapping[str, Option] = {
     "sd_model_checkpoint": Option("", "Stable Diffusion checkpoint"),
     "sd_vae": Option("Automatic", "SD VAE"),
     "CLIP_stop_at_last_layers": Option(1, "Clip skip", minimum=1, maximum=12),
+    "emphasis": Option("Original", "Emphasis mode", choices=("Original", "No norm", "Ignore", "None")),
+    "comma_padding_backtrack": Option(20, "Prompt word wrap length limit (tokens)", minimum=0, maximum=74),
+    "pad_cond_uncond": Option(False, "Pad prompt/negative prompt to the same length"),
+    "use_old_scheduling": Option(False, "Use old prompt editing timelines"),
+    "include_styles_into_token_counters": Option(True, "Count tokens of enabled styles"),
     "samples_save": Option(True, "Always save all generated images"),
     "grid_save": Option(True, "Always save all generated image grids"),
     "samples_format": Option("png", "File format for images", choices=("png", "jpg", "webp")),
@@ -39,7 +44,8 @@ OPTIONS: Mapping[str, Option] = {
 }
 
 
-def _coerce(key: str, value: Any) -> Any:
+def coerce_option(key: str, value: Any) -> Any:
+    """``value`` checked and converted for option ``key`` (ValueError names the key and what it takes)."""
     option = OPTIONS[key]
     kind = type(option.default)
     if kind is bool:
@@ -83,7 +89,7 @@ class Options:
                 log(f"warning: settings file {path}: unknown setting {key!r} ignored")
                 continue
             try:
-                self._values[key] = _coerce(key, value)
+                self._values[key] = coerce_option(key, value)
             except ValueError as exc:
                 log(f"warning: settings file {path}: {exc}; using the default")
 
@@ -99,7 +105,7 @@ class Options:
         unknown = [k for k in changes if k not in OPTIONS]
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
-        coerced = {key: _coerce(key, value) for key, value in changes.items()}
+        coerced = {key: coerce_option(key, value) for key, value in changes.items()}
         with self._lock:
             self._values.update(coerced)
             if self.path is not None:

@@ -19,6 +19,7 @@ class Paths:
     outdir: Path | None = None
     lora_dir: Path | None = None
     embeddings_dir: Path | None = None
+    styles_file: Path | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -39,6 +40,10 @@ class Paths:
     @property
     def embeddings(self) -> Path:
         return self.embeddings_dir or self.root / "models" / "embeddings"
+
+    @property
+    def styles(self) -> Path:
+        return self.styles_file or self.root / "styles.csv"
 
     @property
     def hash_cache(self) -> Path:

@@ -22,7 +22,7 @@ from ..engine.sampling import registry
 from ..jobs import infotext, saving
 from ..jobs.backend import Backend
 from ..jobs.queue import DONE, FAILED, RUNNING, DuplicateJobId
-from ..options import OPTIONS
+from ..options import OPTIONS, coerce_option
 from . import schemas
 
 
@@ -135,12 +135,18 @@ class Api:
         unknown = [k for k in overrides if k not in OPTIONS]
         if unknown:
             raise _error(422, f"unknown override_settings: {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
-        clip_skip = int(overrides.get("CLIP_stop_at_last_layers", self.backend.options["CLIP_stop_at_last_layers"]))
+        try:
+            prompt_settings = {key: coerce_option(key, overrides[key])
+                               for key in ("CLIP_stop_at_last_layers", "emphasis", "comma_padding_backtrack",
+                                           "use_old_scheduling", "pad_cond_uncond") if key in overrides}
+        except ValueError as exc:
+            raise _error(422, f"override_settings: {exc}") from None
+        clip_skip = prompt_settings.pop("CLIP_stop_at_last_layers", self.backend.options["CLIP_stop_at_last_layers"])
         request = GenerationRequest(
             prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=sampler,
             scheduler=body.scheduler or "automatic", steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed,
             width=body.width, height=body.height, batch_size=body.batch_size, n_iter=body.n_iter,
-            clip_skip=clip_skip)
+            clip_skip=clip_skip, **prompt_settings)
         if img2img:
             assert isinstance(body, schemas.Img2ImgRequest)
             if not body.init_images:
@@ -171,7 +177,7 @@ class Api:
         kind = "img2img" if img2img else "txt2img"
         try:
             job = self.backend.submit(request, kind=kind, owner="api", save=bool(body.save_images),
-                                      job_id=body.force_task_id, **target)
+                                      job_id=body.force_task_id, styles=list(body.styles or []), **target)
         except DuplicateJobId as exc:
             raise _error(409, str(exc)) from None
         except ValueError as exc:
@@ -194,9 +200,8 @@ class Api:
         first = infotext.parse_typed(out.infotexts[0]) if out.infotexts else None
         model = self.backend.model_info
         return {
-            "prompt": request.prompt, "all_prompts": [request.prompt] * len(out.images),
-            "negative_prompt": request.negative_prompt,
-            "all_negative_prompts": [request.negative_prompt] * len(out.images),
+            "prompt": request.prompt, "all_prompts": out.prompts,
+            "negative_prompt": request.negative_prompt, "all_negative_prompts": out.negative_prompts,
             "seed": out.seeds[0] if out.seeds else request.seed, "all_seeds": out.seeds,
             "subseed": -1, "all_subseeds": [-1] * len(out.images), "subseed_strength": 0,
             "width": request.width, "height": request.height,
@@ -210,7 +215,7 @@ class Api:
             "index_of_first_image": 0, "infotexts": out.infotexts, "styles": body.styles or [],
             "job_timestamp": datetime.datetime.now().strftime("%Y%m%d%H%M%S"), "clip_skip": request.clip_skip,
             "is_using_inpainting_conditioning": False, "version": __version__, "task_id": job_id,
-            "interrupted": out.interrupted,
+            "interrupted": out.interrupted, "warnings": out.warnings,
         }
 
     # ---- progress ----------------------------------------------------------------------------
@@ -362,7 +367,12 @@ class Api:
 
         @r.get("/embeddings")
         def embeddings():
-            return {"loaded": {}, "skipped": {}}
+            return backend.embeddings()
+
+        @r.post("/refresh-embeddings")
+        def refresh_embeddings():
+            backend.embeddings()          # rereads the folder when its files changed
+            return None
 
         @r.get("/loras")
         def loras():
@@ -370,7 +380,8 @@ class Api:
 
         @r.get("/prompt-styles")
         def prompt_styles():
-            return []
+            return [{"name": st.name, "prompt": st.prompt, "negative_prompt": st.negative_prompt}
+                    for st in backend.styles.styles.values()]
 
         @r.get("/upscalers")
         def upscalers():

@@ -19,6 +19,7 @@ from PIL import Image
 from ..options import Options
 from ..paths import (CHECKPOINT_EXTENSIONS, DEMO_CHECKPOINT, VAE_EXTENSIONS, Paths, default_checkpoint,
                      list_files)
+from ..engine.prompts.styles import StyleDatabase
 from . import saving
 from .queue import Job, JobQueue
 
@@ -49,6 +50,9 @@ class GenerationOutput:
     paths: list[Path] = field(default_factory=list)   # files written (images, then the grid)
     interrupted: bool = False
     model: str | None = None
+    prompts: list[str] = field(default_factory=list)            # as used (styles applied), per image
+    negative_prompts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)           # for the user (unknown <kind:...> tags)
 
 
 def _relative_names(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
@@ -72,6 +76,9 @@ class Backend:
         self._vae_approx_dir = vae_approx_dir or paths.root / "models" / "vae_approx"
         self._taesd = None
         self._tokenizer = None   # a TextEncoder without a model: token counts for the UI
+        self._count_embeddings = None   # an EmbeddingDatabase for token counts and the embeddings list
+        self.styles = StyleDatabase(paths.styles)
+        self.extra_networks: dict = {}  # kind -> handler(tags) -> infotext params (extensions register)
 
     # ---- lists ---------------------------------------------------------------------------------
     def checkpoints(self) -> dict[str, Path]:
@@ -172,6 +179,8 @@ class Backend:
             return
         if self._engine is None:
             self._engine = Engine(**self._engine_args)
+            self._engine.embeddings_dir = self.paths.embeddings
+            self._engine.hash_cache = self.paths.hash_cache
         previous = self.status
         self.status = ModelStatus("loading", name)
         try:
@@ -218,21 +227,92 @@ class Backend:
         engine = self._engine
         return engine.model.native_size if engine is not None and engine.model is not None else None
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens of a prompt (the CLIP tokenizer; no model needed)."""
-        if not text.strip():
-            return 0
+    def _text_encoder(self):
+        """The loaded model's text encoder, else a tokenizer-only one (token counts need no weights)."""
+        engine = self._engine
+        if engine is not None and engine.model is not None and engine._text_encoder is not None:
+            return engine._text_encoder
+        if self._tokenizer is None:
+            from ..engine.text import TextEncoder, load_tokenizer
+            self._tokenizer = TextEncoder(None, load_tokenizer())
+        return self._tokenizer
+
+    def embedding_database(self):
+        """Embeddings of the embeddings folder for the loaded model's text width (None without a model)."""
+        from ..engine.prompts.embeddings import EmbeddingDatabase
+
+        encoder = self._text_encoder()
+        if encoder.model is None:
+            return None
+        db = self._count_embeddings
+        if db is None or db.width != encoder.width or db.folder != self.paths.embeddings:
+            db = self._count_embeddings = EmbeddingDatabase(self.paths.embeddings, encoder.width,
+                                                            lambda t: encoder.tokenize([t])[0])
+        db.refresh()
+        return db
+
+    def embeddings(self) -> dict:
+        """A1111's ``/sdapi/v1/embeddings`` shape: ``{"loaded": {name: info}, "skipped": {name: info}}``."""
         with self._lock:
-            if self._tokenizer is None:
-                from ..engine.text import TextEncoder, load_tokenizer
-                self._tokenizer = TextEncoder(None, load_tokenizer())
-        return self._tokenizer.count_tokens(text)
+            db = self.embedding_database()
+            if db is None:        # no model yet: the files, all unchecked against a text encoder
+                from ..engine.prompts.embeddings import EmbeddingDatabase
+                db = EmbeddingDatabase(self.paths.embeddings, -1, lambda t: [])
+                db.refresh()
+
+        def info(e):
+            return {"step": e.step, "sd_checkpoint": e.sd_checkpoint, "sd_checkpoint_name": e.sd_checkpoint_name,
+                    "shape": e.width, "vectors": e.count}
+        return {"loaded": {n: info(e) for n, e in db.loaded.items()},
+                "skipped": {n: info(e) for n, e in db.skipped.items()}}
+
+    def prompt_options(self, overrides: dict | None = None):
+        from ..engine.prompts.conditioning import PromptOptions
+        values = {**{k: self.options[k] for k in ("emphasis", "comma_padding_backtrack", "use_old_scheduling")},
+                  **{k: v for k, v in (overrides or {}).items()
+                     if k in ("emphasis", "comma_padding_backtrack", "use_old_scheduling")}}
+        return PromptOptions(clip_skip=1, **values)
+
+    def count_tokens(self, text: str, steps: int = 20, styles: list[str] | None = None,
+                     negative: bool = False) -> tuple[int, int]:
+        """A1111's token counter: ``(tokens, tokens allowed before one more chunk)`` for the longest text the
+        prompt schedules to, after styles (setting ``include_styles_into_token_counters``), without
+        ``<kind:...>`` tags, with ``AND`` parts counted apart and embeddings counted by their vectors."""
+        from ..engine.prompts import composable, schedule
+        from ..engine.prompts.chunks import CHUNK
+        from ..engine.prompts.conditioning import make_chunker
+
+        if styles and self.options["include_styles_into_token_counters"]:
+            try:
+                styled = self.styles.apply(text if not negative else "", text if negative else "", styles)
+                text = styled[1] if negative else styled[0]
+            except ValueError:
+                pass
+        text, _ = composable.extra_network_tags(text)
+        flat = [text] if negative else [t for t, _ in composable.subprompts(text)]
+        texts = [t for prompt in flat for _, t in schedule.schedule(prompt, max(int(steps), 1))]
+        with self._lock:
+            encoder = self._text_encoder()
+            chunker = make_chunker(encoder, self.embedding_database(), self.prompt_options())
+            count = max(chunker.split(t).token_count for t in texts)
+        return count, max(-(-max(count, 1) // CHUNK) * CHUNK, CHUNK)
 
     # ---- generation --------------------------------------------------------------------------------
     def submit(self, request, *, kind: str = "txt2img", owner: str | None = None, checkpoint: str | None = None,
-               vae: str | None = None, save: bool | None = None, job_id: str | None = None) -> Job:
+               vae: str | None = None, save: bool | None = None, job_id: str | None = None,
+               styles: list[str] | None = None) -> Job:
         """Queue a generation. ``checkpoint`` / ``vae``: names as listed (None: keep the resident one).
-        ``save``: None follows the ``samples_save`` option. The job's result is a ``GenerationOutput``."""
+        ``save``: None follows the ``samples_save`` option. ``styles``: names in ``styles.csv``, applied to a
+        copy of the request. Prompt-language fields left None take the settings. The job's result is a
+        ``GenerationOutput``."""
+        import dataclasses
+        changes = {key: self.options[key] for key in ("emphasis", "comma_padding_backtrack",
+                                                       "use_old_scheduling", "pad_cond_uncond")
+                   if getattr(request, key) is None}
+        if styles:
+            changes["prompt"], changes["negative_prompt"] = self.styles.apply(request.prompt,
+                                                                              request.negative_prompt, styles)
+        request = dataclasses.replace(request, **changes)
         request.validate()
         from ..engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)        # unknown names fail now, not queued
@@ -253,10 +333,16 @@ class Backend:
         engine = self._engine
         if engine is None or engine.model is None:
             raise RuntimeError("no checkpoint is loaded" + (f": {self.status.message}" if self.status.message else ""))
-        result = engine.generate(request, progress=self._progress_callback(job), control=job.control)
+        result = engine.generate(request, progress=self._progress_callback(job), control=job.control,
+                                 networks=dict(self.extra_networks))
+        for warning in result.warnings:
+            self.log(f"warning: {warning}")
         texts = infotexts(request, result, self._model_info)
         output = GenerationOutput([g.image for g in result.images], texts, [g.seed for g in result.images],
-                                  interrupted=result.interrupted, model=self._loaded[0])
+                                  interrupted=result.interrupted, model=self._loaded[0],
+                                  prompts=[g.prompt for g in result.images],
+                                  negative_prompts=[g.negative_prompt for g in result.images],
+                                  warnings=list(result.warnings))
         if self.options["samples_save"] if save is None else save:
             output.paths = self._save(output, kind)
         return output

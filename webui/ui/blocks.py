@@ -31,6 +31,7 @@ SAMPLER_NAMES = tuple(spec.name for spec in registry.SAMPLERS)
 CSS = """
 #txt2img_generate, #img2img_generate, #txt2img_interrupt, #img2img_interrupt { min-height: 70px; }
 .token-counter { text-align: right; font-size: 0.85em; opacity: 0.7; }
+.job-warning { color: #b7791f; }
 .progress-text { font-variant-numeric: tabular-nums; }
 .progress-bar { height: 8px; background: var(--neutral-200); border-radius: 4px; overflow: hidden; }
 .progress-bar > div { height: 100%; background: var(--color-accent); }
@@ -66,10 +67,16 @@ def theme_head(theme: str | None) -> str:
 </script>"""
 
 
-def token_counter_text(backend: Backend, text: str) -> str:
-    """A1111's counter: tokens / the capacity of the chunks they need (75 per chunk)."""
-    count = backend.count_tokens(text or "")
-    return f"<div class='token-counter'>{count}/{75 * max(1, math.ceil(count / 75))}</div>"
+def token_counter_text(backend: Backend, text: str, steps=20, styles=None, negative: bool = False) -> str:
+    """A1111's counter: tokens / the capacity of the chunks they need (75 per chunk), with the emphasis
+    syntax, embeddings, styles and the longest scheduled text taken into account."""
+    try:
+        count, capacity = backend.count_tokens(text or "", int(steps or 20), list(styles or []), negative=negative)
+    except (ValueError, TypeError) as exc:
+        return f"<div class='token-counter'>? ({_escape(str(exc))})</div>"
+    chunks = max(1, math.ceil(count / 75))
+    title = f"{chunks} chunk{'s' if chunks > 1 else ''} of 75 tokens"
+    return f"<div class='token-counter' title='{title}'>{count}/{capacity}</div>"
 
 
 def _progress_html(backend: Backend, job) -> str:
@@ -230,6 +237,11 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
             with gr.Row():
                 tab.interrupt = gr.Button("Interrupt", visible=False, elem_id=f"{kind}_interrupt", min_width=60)
                 tab.skip = gr.Button("Skip", visible=False, elem_id=f"{kind}_skip", min_width=60)
+            with gr.Row():
+                tab.styles = gr.Dropdown(list(backend.styles.styles), value=[], multiselect=True, label="Styles",
+                                         elem_id=f"{kind}_styles", scale=4)
+                tab.styles_refresh = gr.Button("⟳", elem_id=f"{kind}_styles_refresh", scale=0, min_width=40)
+                tab.styles_apply = gr.Button("✎", elem_id=f"{kind}_style_apply", scale=0, min_width=40)
     with gr.Row():
         with gr.Column(scale=1):
             if kind == "img2img":
@@ -280,7 +292,11 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
                 with gr.Column(scale=1):
                     f["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{kind}_batch_count")
                     f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{kind}_batch_size")
-            f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{kind}_cfg_scale")
+            with gr.Row():
+                f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale",
+                                           elem_id=f"{kind}_cfg_scale", scale=3)
+                f["clip_skip"] = gr.Slider(1, 12, value=backend.options["CLIP_stop_at_last_layers"], step=1,
+                                           label="Clip skip", elem_id=f"{kind}_clip_skip", scale=1)
             if kind == "img2img":
                 f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                                     elem_id="img2img_denoising_strength")
@@ -307,7 +323,7 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
 
 def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae) -> None:
     names = tab.field_names
-    inputs = [tab.fields[n] for n in names] + [checkpoint, vae]
+    inputs = [tab.fields[n] for n in names] + [checkpoint, vae, tab.styles]
     if tab.kind == "img2img":
         inputs += [tab.mode, tab.init_image, tab.sketch, tab.upload_image, tab.upload_mask]
     outputs = [tab.gallery, tab.info, tab.progress, tab.preview, tab.generate, tab.interrupt, tab.skip,
@@ -322,13 +338,13 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
     def generate(request: gr.Request, *values):
         values = list(values)
         fields = dict(zip(names, values[:len(names)]))
-        ckpt, vae_choice = values[len(names):len(names) + 2]
+        ckpt, vae_choice, styles = values[len(names):len(names) + 3]
         try:
             req = mapping.request_from_fields(fields)
             if tab.kind == "img2img":
-                _attach_images(req, *values[len(names) + 2:])
+                _attach_images(req, *values[len(names) + 3:])
             job = backend.submit(req, kind=tab.kind, owner=request.session_hash if request else None,
-                                 checkpoint=ckpt or None, vae=vae_choice or None)
+                                 checkpoint=ckpt or None, vae=vae_choice or None, styles=list(styles or []))
         except (ValueError, KeyError) as exc:
             yield finish({tab.error: f"<div class='job-error'>{_escape(str(exc))}</div>", tab.progress: ""})
             return
@@ -351,9 +367,10 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
         gallery = [(str(path), None) for path in out.paths[:len(out.images)]] if out.paths else \
             [(files.write(img, text, job.id, i), None) for i, (img, text) in enumerate(zip(out.images, out.infotexts))]
         note = " (interrupted)" if out.interrupted else ""
+        warnings = "".join(f"<p class='job-warning'>{_escape(w)}</p>" for w in out.warnings)
         seconds = (job.finished or time.time()) - (job.started or job.created)
         yield finish({tab.gallery: gallery, tab.info: _info_html(out.infotexts[0] if out.infotexts else "")
-                        + f"<p class='time-taken'>Time taken: {seconds:.2f} s{note}</p>",
+                        + f"<p class='time-taken'>Time taken: {seconds:.2f} s{note}</p>" + warnings,
                         tab.progress: "", tab.seeds: out.seeds, tab.texts: out.infotexts, tab.selected: 0})
 
     tab.generate.click(generate, inputs, outputs, concurrency_limit=None, show_progress="hidden")
@@ -374,8 +391,25 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
     tab.skip.click(skip, None, None, concurrency_limit=None)
 
     for key, counter in (("prompt", tab.prompt_tokens), ("negative_prompt", tab.negative_tokens)):
-        tab.fields[key].change(lambda text: token_counter_text(backend, text), [tab.fields[key]], [counter],
-                               concurrency_limit=None, show_progress="hidden")
+        def count(text, steps, styles, negative=key == "negative_prompt"):
+            return token_counter_text(backend, text, steps, styles, negative=negative)
+        for trigger in (tab.fields[key], tab.styles):
+            trigger.change(count, [tab.fields[key], tab.fields["steps"], tab.styles], [counter],
+                           concurrency_limit=None, show_progress="hidden")
+
+    def apply_styles(prompt, negative, styles):
+        try:
+            prompt, negative = backend.styles.apply(prompt or "", negative or "", list(styles or []))
+        except ValueError as exc:
+            return gr.update(), gr.update(), gr.update(), f"<div class='job-error'>{_escape(str(exc))}</div>"
+        return prompt, negative, [], ""
+
+    tab.styles_apply.click(apply_styles, [tab.fields["prompt"], tab.fields["negative_prompt"], tab.styles],
+                           [tab.fields["prompt"], tab.fields["negative_prompt"], tab.styles, tab.error],
+                           concurrency_limit=None)
+    tab.styles_refresh.click(lambda current: gr.update(choices=list(backend.styles.styles),
+                                                       value=[s for s in current or [] if s in backend.styles.styles]),
+                             [tab.styles], [tab.styles], concurrency_limit=None)
     tab.swap.click(lambda w, h: (h, w), [tab.fields["width"], tab.fields["height"]],
                    [tab.fields["width"], tab.fields["height"]], concurrency_limit=None)
     tab.random_seed.click(lambda: -1, None, [tab.fields["seed"]], concurrency_limit=None)
