@@ -18,9 +18,13 @@ import pytest
 import requests
 from PIL import Image
 
+import safetensors.torch
+import torch
+
 from tests.app_server import run_app
 from tests.tiny_models import write_tiny_checkpoint
 from webui.demo import dataset as ds
+from webui.engine.files import read_state_dict
 from webui.jobs import infotext
 from webui.paths import DEMO_CHECKPOINT
 
@@ -36,6 +40,13 @@ def server(tmp_path_factory):
     ckpts.mkdir(parents=True)
     write_tiny_checkpoint(ckpts / "tiny.safetensors")
     (data / "secret.txt").write_text("outside the model folders")
+    (data / "styles.csv").write_text('name,prompt,negative_prompt\nTop left,"{prompt}, top left",blurry\n')
+    embeddings = data / "models" / "embeddings"
+    embeddings.mkdir(parents=True)
+    width = read_state_dict(DEMO_CHECKPOINT)[
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"].shape[1]
+    safetensors.torch.save_file({"emb_params": torch.randn(2, width)}, str(embeddings / "demo-emb.safetensors"))
+    torch.save({"string_to_param": {"*": torch.randn(1, width + 8)}}, embeddings / "wide-emb.pt")
     with run_app("--nowebui", "--api-auth", f"{USER}:{PASSWORD}", "--data-dir", data, "--ckpt", DEMO_CHECKPOINT,
                  log_dir=data) as app:
         session = requests.Session()
@@ -87,6 +98,28 @@ def test_lists(api):
     names = [s["name"] for s in api.get_samplers()]
     assert {"Euler", "Euler a", "DPM++ 2M", "DDIM", "UniPC"} <= set(names)
     assert {"karras", "exponential"} <= {s["name"] for s in api.get_schedulers()}
+
+
+def test_prompt_language_over_the_api(server):
+    base, session = server["base"], server["session"]
+    embeddings = session.get(f"{base}/sdapi/v1/embeddings").json()
+    assert embeddings["loaded"]["demo-emb"]["vectors"] == 2 and list(embeddings["skipped"]) == ["wide-emb"]
+    assert session.post(f"{base}/sdapi/v1/refresh-embeddings").status_code == 200
+    assert session.get(f"{base}/sdapi/v1/prompt-styles").json() == [
+        {"name": "Top left", "prompt": "{prompt}, top left", "negative_prompt": "blurry"}]
+    body = {"prompt": "a red circle (demo-emb:1.1) <lora:nothing:1>", "styles": ["Top left"], "steps": 4,
+            "width": 64, "height": 64, "seed": 3,
+            "override_settings": {"emphasis": "No norm", "CLIP_stop_at_last_layers": 2}}
+    info = json.loads(session.post(f"{base}/sdapi/v1/txt2img", json=body).json()["info"])
+    assert info["prompt"] == body["prompt"]
+    assert info["all_prompts"] == [body["prompt"] + ", top left"] and info["all_negative_prompts"] == ["blurry"]
+    text = info["infotexts"][0]
+    assert "Emphasis: No norm" in text and "Clip skip: 2" in text and 'TI hashes: "demo-emb: ' in text
+    assert info["clip_skip"] == 2 and "<lora:nothing:1>" in info["warnings"][0]
+    for bad, message in (({"styles": ["Nope"]}, "Top left"), ({"override_settings": {"emphasis": "Loud"}}, "emphasis")):
+        response = session.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64,
+                                                                  "height": 64, **bad})
+        assert response.status_code == 422 and message in response.text
 
 
 def test_options_switch_the_model(api, server):

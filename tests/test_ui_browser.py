@@ -40,6 +40,7 @@ def artifacts(tmp_path_factory) -> Path:
 def server(tmp_path_factory):
     """``python app.py`` on a free port, data in a temporary folder (no checkpoints: the demo model is used)."""
     data = tmp_path_factory.mktemp("data")
+    (data / "styles.csv").write_text('name,prompt,negative_prompt\nOn white,"{prompt} on a white background",\n')
     with run_app("--data-dir", data, log_dir=data) as app:
         yield {"url": app.base + "/", "data": data, "log": app.log, "ready_s": app.ready_s}
 
@@ -104,6 +105,27 @@ def test_page_loads_fast_and_shows_the_model(server, browser, artifacts):
     page.fill("#txt2img_prompt textarea", "a large red circle on a white background, top left")
     page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '11/75'")
     page.screenshot(path=str(artifacts / "start.png"), full_page=True)
+    page.close()
+
+
+def test_styles_token_counter_and_clip_skip(server, browser, artifacts):
+    page = open_page(browser, server)
+    counter = "document.querySelector('#txt2img_token_counter').innerText.trim()"
+    page.fill("#txt2img_prompt textarea", ", ".join(["cat"] * 40))        # 79 tokens: two chunks
+    page.wait_for_function(f"{counter} === '79/150'")
+    page.fill("#txt2img_prompt textarea", "(a large red circle:1.2) [top left]")
+    page.wait_for_function(f"{counter} === '6/75'")                       # emphasis syntax is not counted
+    page.click("#txt2img_styles input")
+    page.click("ul[role=listbox] li:has-text('On white')")
+    page.wait_for_function(f"{counter} === '10/75'")                      # the style's words count
+    page.keyboard.press("Escape")
+    set_number(page, "txt2img_clip_skip", 2)
+    text = generate(page, "txt2img", "(a large red circle:1.2) [top left]", seed=21)
+    assert text.startswith("(a large red circle:1.2) [top left] on a white background")
+    assert "Clip skip: 2" in text
+    page.screenshot(path=str(artifacts / "styles.png"), full_page=True)
+    page.click("#txt2img_style_apply")
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.endsWith('white background')")
     page.close()
 
 

@@ -30,6 +30,11 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--n-iter", type=int, default=1, help="batch count")
     p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--emphasis", default="Original", choices=("Original", "No norm", "Ignore", "None"),
+                   help="how (word:1.2) / [word] weights apply (A1111's setting)")
+    p.add_argument("--style", action="append", default=[], metavar="NAME",
+                   help="a style from <data-dir>/styles.csv (repeatable, applied in order)")
+    p.add_argument("--embeddings-dir", type=Path, help="textual-inversion embeddings (default: <data-dir>/models/embeddings)")
     p.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"))
     p.add_argument("--no-half", action="store_true", help="keep every network in float32")
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
@@ -132,7 +137,8 @@ def _require_file(path: Path | None, what: str) -> None:
 
 
 def run_generation(args) -> int:
-    paths = Paths(root=args.data_dir or PROJECT_ROOT, ckpt_dir=args.ckpt_dir, outdir=args.outdir)
+    paths = Paths(root=args.data_dir or PROJECT_ROOT, ckpt_dir=args.ckpt_dir, outdir=args.outdir,
+                  embeddings_dir=args.embeddings_dir)
     ckpt = _pick_checkpoint(args, paths)
     _require_file(ckpt, "checkpoint file")     # before importing torch: a typo fails fast
     _require_file(args.vae, "VAE file")
@@ -151,7 +157,7 @@ def run_generation(args) -> int:
         prompt=args.prompt, negative_prompt=args.negative_prompt, sampler_name=args.sampler,
         scheduler=args.scheduler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
         width=args.width or 512, height=args.height or 512, batch_size=args.batch_size, n_iter=args.n_iter,
-        clip_skip=args.clip_skip)
+        clip_skip=args.clip_skip, emphasis=args.emphasis)
     if args.command == "img2img":
         request.init_image, request.mask = images["init_image"], images["mask"]
         request.denoising_strength = args.denoising_strength
@@ -162,11 +168,16 @@ def run_generation(args) -> int:
         request.inpaint_full_res_padding = args.inpaint_full_res_padding
         request.inpainting_mask_invert = args.inpainting_mask_invert
     try:
+        if args.style:
+            from .engine.prompts.styles import StyleDatabase
+            request.prompt, request.negative_prompt = StyleDatabase(paths.styles).apply(
+                request.prompt, request.negative_prompt, args.style)
         request.validate()
         from .engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)
         engine = Engine(args.device, args.precision, no_half=args.no_half, no_half_vae=args.no_half_vae)
         loaded = engine.load(ckpt, vae_path=args.vae)
+        engine.embeddings_dir, engine.hash_cache = paths.embeddings, paths.hash_cache
         request.width = args.width or loaded.native_size   # validated above with 512 in their place
         request.height = args.height or loaded.native_size
     except (ValueError, CheckpointError) as exc:
@@ -175,6 +186,8 @@ def run_generation(args) -> int:
     model = ModelInfo.of(ckpt, args.vae, paths.hash_cache)
     with StepBar(disable=args.quiet) as bar:
         result = engine.generate(request, progress=bar.update)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.output is not None:
         out, grid_dir = args.output, None          # a folder given with -o holds the grid too
     else:
