@@ -17,7 +17,7 @@ import torch
 
 from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.denoiser import cfg_denoiser
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.pipeline import Engine, GenerationRequest, JobHooks
 from webui.engine.prompts import composable, emphasis, schedule
 from webui.engine.prompts.chunks import PromptChunker
 from webui.engine.prompts.conditioning import CondSchedule, MultiCond, PromptEncoder, PromptOptions, apply_emphasis
@@ -385,7 +385,7 @@ def test_each_distinct_prompt_is_encoded_once_per_job(engine):
 
 
 def test_composable_weights_combine_as_a1111():
-    def fake_model(x, sigma, context, image_cond=None):
+    def fake_model(x, sigma, context, image_cond=None, info=None):
         return x * 0 + context.mean(dim=(1, 2)).view(-1, 1, 1, 1)   # one number per row: its cond's mean
     a, b, u = torch.full((77, 4), 1.0), torch.full((77, 4), 3.0), torch.full((77, 4), -2.0)
     cond = MultiCond([(CondSchedule([(10, a)]), 1.0), (CondSchedule([(10, b)]), 0.5)])
@@ -418,14 +418,14 @@ def test_and_parts_of_different_lengths_repeat_their_last_vector():
 def test_extra_network_tags_reach_their_handler_and_unknown_kinds_are_reported(engine):
     received = []
 
-    def handler(tags):
+    def handler(tags, ctx):
         received.extend(tags)
-        return {"Test net": ", ".join(t.args[0] for t in tags)}
+        ctx.infotext["Test net"] = ", ".join(t.args[0] for t in tags)
     request = GenerationRequest(prompt="a cat <test:one:0.5> <test:two> <hypernet:x:1>", width=64, height=64,
                                 steps=2, seed=1)
     seen, handle = record_contexts(engine)
     try:
-        result = engine.generate(request, networks={"test": handler})
+        result = engine.generate(request, hooks=JobHooks(networks={"test": handler}))
     finally:
         handle.remove()
     assert [(t.kind, t.args) for t in received] == [("test", ("one", "0.5")), ("test", ("two",))]

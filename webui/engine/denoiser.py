@@ -6,25 +6,48 @@ denoiser). Latents stay float32; only the UNet's inputs are cast to its dtype.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .patches import CallInfo
 from .sampling.schedules import DiscreteSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class ModelDenoiser:
-    """Wraps a UNet: ``model(x, sigma, context, image_cond) -> x0`` (eps or v prediction)."""
+@dataclass
+class SamplingState:
+    """Where the sampler is, for hooks: A1111's ``state.sampling_step`` (the last finished step, 0 at first)
+    and the number of steps of the run."""
+    sampling_step: int = 0
+    total_steps: int = 0
 
-    def __init__(self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction: str = "eps"):
+
+class ModelDenoiser:
+    """Wraps a UNet: ``model(x, sigma, context, image_cond, info) -> x0`` (eps or v prediction).
+
+    ``patches`` (a job's ``JobPatches``): residual providers and block wrappers reach the UNet through
+    ``UNetExtras``; UNet wrappers are called as ``w(apply, x, t, context, extras)``."""
+
+    def __init__(self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction: str = "eps", patches=None):
         if prediction not in ("eps", "v"):
             raise ValueError(f"unknown prediction type {prediction!r}")
-        self.unet, self.schedule, self.prediction = unet, schedule, prediction
+        self.unet, self.schedule, self.prediction, self.patches = unet, schedule, prediction, patches
         self.dtype = next(unet.parameters()).dtype
 
-    def __call__(self, x, sigma, context, image_cond=None):
+    def _unet(self, model_in, t, context, info):
+        def apply(x, t, context, extras):
+            return self.unet(x.to(self.dtype), t, context.to(self.dtype), extras=extras)
+        patches = self.patches
+        if patches is None:
+            return apply(model_in, t, context, None)
+        for wrapper in reversed(patches.unet_wrappers):
+            apply = _wrap_unet(wrapper, apply)
+        return apply(model_in, t, context, patches.unet_extras(model_in, t, context, info))
+
+    def __call__(self, x, sigma, context, image_cond=None, info=None):
         sigma = sigma.to(x.dtype)
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
         c_in = 1.0 / (s**2 + 1.0).sqrt()
@@ -32,14 +55,24 @@ class ModelDenoiser:
         if image_cond is not None:
             model_in = torch.cat([model_in, image_cond.to(x.dtype)], dim=1)
         t = self.schedule.sigma_to_t(sigma)
-        out = self.unet(model_in.to(self.dtype), t, context.to(self.dtype)).to(x.dtype)
+        out = self._unet(model_in, t, context, info).to(x.dtype)
         if self.prediction == "v":
             return x * (1.0 / (s**2 + 1.0)) - out * s * c_in
         return x - out * s
 
 
+def _wrap_unet(wrapper, inner):
+    return lambda x, t, context, extras: wrapper(inner, x, t, context, extras)
+
+
+def _wrap_model(wrapper, inner):
+    return lambda x, sigma, context, image_cond, info: wrapper(
+        lambda x, sigma, context: inner(x, sigma, context, image_cond, info), x, sigma, context, info)
+
+
 def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_cond=None,
-                 check: Callable[[], None] | None = None, empty: torch.Tensor | None = None) -> Denoiser:
+                 check: Callable[[], None] | None = None, empty: torch.Tensor | None = None,
+                 patches=None, state: SamplingState | None = None) -> Denoiser:
     """Classifier-free guidance over scheduled, composable conditioning, as A1111's ``CFGDenoiser``.
 
     ``cond``: a ``MultiCond`` (``at(call) -> ([parts, T, D], weights)``); ``uncond``: a ``CondSchedule``
@@ -49,10 +82,28 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
     two batches, or as one when ``empty`` (the empty prompt's [77, D]) is given to pad the shorter
     (A1111's "pad prompt/negative prompt" setting). With ``cfg_scale == 1`` and one part of weight 1 the
     uncond half is not computed. ``check`` runs before every model call (interrupt / skip).
+    ``patches``: a job's ``JobPatches`` (model wrappers around each model call, functions after CFG);
+    ``state``: the sampler's position, for the ``CallInfo`` hooks receive.
     """
     calls = 0
+    state = state or SamplingState()
+    call_model = model
+    for wrapper in reversed(patches.model_wrappers if patches is not None else []):
+        call_model = _wrap_model(wrapper, call_model)
+
+    def run(x, sigma, context, image_cond, step, uncond_rows):
+        info = CallInfo(step, state.sampling_step, state.total_steps, uncond_rows)
+        return call_model(x, sigma, context, image_cond, info)
 
     def denoise(x, sigma):
+        out = combine(x, sigma)
+        if patches is not None and patches.after_cfg:
+            info = CallInfo(calls - 1, state.sampling_step, state.total_steps, [])
+            for after in patches.after_cfg:
+                out = after(out, x, sigma, info)
+        return out
+
+    def combine(x, sigma):
         nonlocal calls
         if check is not None:
             check()
@@ -60,7 +111,7 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
         conds, weights = cond.at(step)
         batch, parts = x.shape[0], conds.shape[0]
         if cfg_scale == 1.0 and weights == [1.0]:
-            return model(x, sigma, conds.expand(batch, -1, -1), image_cond)
+            return run(x, sigma, conds.expand(batch, -1, -1), image_cond, step, [False] * batch)
         u = uncond.at(step)
         c_len, u_len = conds.shape[1], u.shape[0]
         if empty is not None and c_len != u_len:
@@ -74,12 +125,13 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
         c_rows = conds.repeat(batch, 1, 1)
         u_rows = u.expand(batch, -1, -1)
         if c_rows.shape[1] == u_rows.shape[1]:
-            out = model(torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), torch.cat([c_rows, u_rows]),
-                        None if image_cond is None else torch.cat([ic_c, image_cond]))
+            out = run(torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), torch.cat([c_rows, u_rows]),
+                      None if image_cond is None else torch.cat([ic_c, image_cond]), step,
+                      [False] * (batch * parts) + [True] * batch)
             out_c, out_u = out[:batch * parts], out[batch * parts:]
         else:
-            out_c = model(x_c, sigma_c, c_rows, ic_c)
-            out_u = model(x, sigma, u_rows, image_cond)
+            out_c = run(x_c, sigma_c, c_rows, ic_c, step, [False] * (batch * parts))
+            out_u = run(x, sigma, u_rows, image_cond, step, [True] * batch)
         out_c = out_c.view(batch, parts, *out_c.shape[1:])
         denoised = out_u.clone()
         for j, weight in enumerate(weights):

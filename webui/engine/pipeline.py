@@ -17,7 +17,7 @@ import contextlib
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ from PIL import Image, ImageOps
 from . import images as im
 from .checkpoint import StableDiffusionModel, load_checkpoint, load_vae, read_checkpoint
 from .control import Interrupted, JobControl, Progress, ProgressCallback, Skipped
-from .denoiser import ModelDenoiser, cfg_denoiser, masked_denoiser, masked_model_input
+from .denoiser import ModelDenoiser, SamplingState, cfg_denoiser, masked_denoiser, masked_model_input
+from .patches import JobPatches, ModelPatcher
 from .devices import CpuAllocator, resolve_device, resolve_precision
 from .sampling import registry
 from .sampling.noise import BrownianTreeNoiseSampler
@@ -38,7 +39,35 @@ from .prompts.conditioning import PromptEncoder, PromptOptions
 from .prompts.embeddings import EmbeddingDatabase
 from .text import TextEncoder, load_tokenizer
 
-ExtraNetworkHandler = Callable[[list[ExtraNetworkTag]], dict]
+
+
+@dataclass
+class JobContext:
+    """What extensions see of one job, and what they may change (``patches``, ``infotext``, ``warnings``).
+
+    ``script_args``: per-extension arguments by extension title (from its UI section or the API's
+    ``alwayson_scripts``); ``steps``: sampler steps of this run; ``size``: (width, height) in pixels."""
+    request: "GenerationRequest"
+    model: StableDiffusionModel
+    device: torch.device
+    patches: JobPatches
+    infotext: dict
+    warnings: list[str]
+    script_args: Mapping[str, Any]
+    steps: int
+    size: tuple[int, int]
+    batch_size: int
+
+
+ExtraNetworkHandler = Callable[[list[ExtraNetworkTag], JobContext], None]
+
+
+@dataclass
+class JobHooks:
+    """Extension callbacks for one job: ``prepare(ctx)`` each, then the tag handlers by kind."""
+    prepare: Sequence[Callable[[JobContext], None]] = ()
+    networks: Mapping[str, ExtraNetworkHandler] = field(default_factory=dict)
+    script_args: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +173,7 @@ class Engine:
         self.embeddings_dir: Path | None = None
         self.hash_cache: Path | None = None
         self._embeddings: EmbeddingDatabase | None = None
+        self._patcher = ModelPatcher()
         self.schedule = DiscreteSchedule(sd_alphas_cumprod()).to(self.device)
 
     # ---- model residency -------------------------------------------------------------------
@@ -154,6 +184,8 @@ class Engine:
         leaves the engine as it was; a failure later in loading restores the previous model.
         """
         state_dict = read_checkpoint(path)      # memory-mapped (safetensors, zip .ckpt): read once, here
+        if self.model is not None:
+            self._patcher.restore(self.model)   # a patched resident model goes back as it was first
         previous = (self.model.path, self.vae_path) if self.model is not None else None
         self.unload()
         try:
@@ -181,7 +213,13 @@ class Engine:
         model.vae = load_vae(vae_path or model.path, device=self.device, dtype=self.precision.vae)
         self.vae_path = None if vae_path is None else Path(vae_path)
 
+    def restore_weights(self) -> None:
+        """Undo weight patches still merged from the last job (they stay while jobs ask for the same)."""
+        if self.model is not None:
+            self._patcher.restore(self.model)
+
     def unload(self) -> None:
+        self._patcher.forget()
         self.model = None
         self._text_encoder = None
         self._embeddings = None
@@ -247,10 +285,10 @@ class Engine:
     # ---- generation ------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
-                 control: JobControl | None = None,
-                 networks: Mapping[str, ExtraNetworkHandler] | None = None) -> GenerationResult:
-        """``networks``: handlers of extra-network tags by kind (``lora``); each gets its tags and returns
-        infotext parameters. Tags of a kind nobody handles are removed and reported in ``warnings``."""
+                 control: JobControl | None = None, hooks: JobHooks | None = None) -> GenerationResult:
+        """``hooks``: extensions' per-job callbacks and extra-network tag handlers (``lora``). They fill the
+        job's ``JobPatches``, applied to the resident model for this job only. Tags of a kind nobody
+        handles are removed and reported in ``warnings``."""
         request.validate()
         model = self._require_model()
         spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
@@ -273,22 +311,36 @@ class Engine:
             if request.mask is not None:
                 extra.update(self._inpaint_infotext(request, masked=prepared.image_mask is not None))
 
+        hooks = hooks or JobHooks()
         prompt, tags = extra_network_tags(request.prompt)
-        warnings = _run_extra_networks(tags, networks or {}, extra)
+        ctx = JobContext(request, model, self.device, JobPatches(), extra, [], hooks.script_args, len(sigmas) - 1,
+                         (request.width, request.height), batch)
+        for prepare in hooks.prepare:
+            prepare(ctx)
+        _run_extra_networks(tags, hooks.networks, ctx)
+        with self._patcher.applied(model, ctx.patches):
+            results, interrupted = self._sample_job(request, ctx, prompt, spec, sigmas, full_sigmas, all_seeds,
+                                                    prepared, noise_sigma, progress, control)
+        return GenerationResult(results, seed, spec.name, registry.scheduler_label(spec, scheduler_key),
+                                extra, interrupted, ctx.warnings)
+
+    def _sample_job(self, request, ctx: JobContext, prompt, spec, sigmas, full_sigmas, all_seeds, prepared,
+                    noise_sigma, progress, control) -> tuple[list[GeneratedImage], bool]:
+        model, batch, patches = ctx.model, request.batch_size, ctx.patches
         encoder = self.prompt_encoder(request)
-        schedule_steps = steps * 2 if spec.second_order else steps     # A1111 counts model calls
+        schedule_steps = request.steps * 2 if spec.second_order else request.steps   # A1111 counts model calls
         uncond = encoder.schedule(request.negative_prompt, schedule_steps)
         cond = encoder.multicond(prompt, schedule_steps)
         empty = encoder.encode([""])[0] if request.pad_cond_uncond else None
-        extra.update(encoder.infotext())
+        ctx.infotext.update(encoder.infotext())
         image_cond = self._image_conditioning(request, prepared, batch) if self.is_inpainting_model else None
         latent_shape = (4, request.height // 8, request.width // 8)
+        model_denoiser = ModelDenoiser(model.unet, self.schedule, model.family.prediction, patches)
 
-        model_denoiser = ModelDenoiser(model.unet, self.schedule, model.family.prediction)
-
-        def make_denoiser():    # a fresh one per batch: its call count (the schedule's step) starts at 0
+        def make_denoiser(state):   # a fresh one per batch: its call count (the schedule's step) starts at 0
             denoiser = cfg_denoiser(model_denoiser, cond, uncond, request.cfg_scale, image_cond=image_cond,
-                                    check=None if control is None else control.check, empty=empty)
+                                    check=None if control is None else control.check, empty=empty,
+                                    patches=patches, state=state)
             if prepared is not None and prepared.keep_mask is not None:
                 blend = masked_model_input if spec.vp_latent else masked_denoiser
                 denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
@@ -303,8 +355,10 @@ class Engine:
             rng = ImageRNG(seeds, latent_shape, self.device)
             x = _start_latent(spec, rng.next(), sigmas, prepared, noise_sigma)
             noise_sampler = self._noise_sampler(spec, rng, x, full_sigmas, seeds)
-            samples, interrupted = _sample(spec, make_denoiser(), x, sigmas, noise_sampler,
-                                           _progress_reporter(progress, iteration, request.n_iter, len(sigmas) - 1))
+            state = SamplingState(0, len(sigmas) - 1)
+            reporter = _progress_reporter(progress, iteration, request.n_iter, len(sigmas) - 1, state,
+                                          patches.step_callbacks)
+            samples, interrupted = _sample(spec, make_denoiser(state), x, sigmas, noise_sampler, reporter)
             if prepared is not None and prepared.keep_mask is not None:
                 samples = samples * (1.0 - prepared.keep_mask) + prepared.init_latent * prepared.keep_mask
             for img, img_seed in zip(self.decode_latents(samples), seeds):
@@ -314,8 +368,7 @@ class Engine:
                 results.append(GeneratedImage(pil, img_seed, request.prompt, request.negative_prompt))
             if interrupted:
                 break
-        return GenerationResult(results, seed, spec.name, registry.scheduler_label(spec, scheduler_key),
-                                extra, interrupted, warnings)
+        return results, interrupted
 
     def _noise_sampler(self, spec, rng: ImageRNG, x, sigmas, seeds):
         """``sigmas``: the full schedule; A1111 spans the Brownian tree over it in img2img too."""
@@ -413,20 +466,18 @@ class Engine:
 
 
 def _run_extra_networks(tags: list[ExtraNetworkTag], networks: Mapping[str, ExtraNetworkHandler],
-                        extra: dict) -> list[str]:
+                        ctx: JobContext) -> None:
     by_kind: dict[str, list[ExtraNetworkTag]] = {}
     for tag in tags:
         by_kind.setdefault(tag.kind, []).append(tag)
-    warnings = []
     for kind, found in by_kind.items():
         handler = networks.get(kind)
         if handler is None:
             known = ", ".join(sorted(networks)) or "none"
-            warnings.append(f"{' '.join(t.text for t in found)}: no extension handles <{kind}:...> tags "
-                            f"(known kinds: {known}); removed from the prompt")
+            ctx.warnings.append(f"{' '.join(t.text for t in found)}: no extension handles <{kind}:...> tags "
+                                f"(known kinds: {known}); removed from the prompt")
             continue
-        extra.update(handler(found) or {})
-    return warnings
+        handler(found, ctx)
 
 
 def _start_latent(spec, noise, sigmas, prepared: _Img2ImgInputs | None, noise_sigma):
@@ -443,12 +494,20 @@ def _start_latent(spec, noise, sigmas, prepared: _Img2ImgInputs | None, noise_si
     return noise * sigmas[0]
 
 
-def _progress_reporter(progress: ProgressCallback | None, iteration: int, iterations: int, total: int):
-    """A k-diffusion callback that remembers the last x0 prediction and forwards progress."""
+def _progress_reporter(progress: ProgressCallback | None, iteration: int, iterations: int, total: int,
+                       state: SamplingState | None = None, step_callbacks=()):
+    """A k-diffusion callback that remembers the last x0 prediction, keeps ``state`` (A1111's
+    ``sampling_step``) and forwards progress to the job and the extensions' step callbacks."""
     def callback(d):
         callback.last_denoised = d["denoised"]
-        if progress is not None:
-            progress(Progress(d["i"] + 1, total, iteration, iterations, d["x"], d["denoised"]))
+        if state is not None:
+            state.sampling_step = d["i"]
+        if progress is not None or step_callbacks:
+            report = Progress(d["i"] + 1, total, iteration, iterations, d["x"], d["denoised"])
+            for step_callback in step_callbacks:
+                step_callback(report)
+            if progress is not None:
+                progress(report)
     callback.last_denoised = None
     return callback
 

@@ -9,7 +9,8 @@ SD 2.x (linear proj, 64 channels per head) and SDXL (per-level transformer depth
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -219,6 +220,29 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+BlockWrapper = Callable[..., torch.Tensor]   # wrapper(apply, h, emb, context) -> h; apply(h, emb, context) -> h
+
+
+@dataclass
+class UNetExtras:
+    """Per-call additions to one UNet forward (from the extension hook: ControlNet and the like).
+
+    ``input_residuals``: one tensor (or None) per input block, added to its skip connection before the
+    output block that takes it (ControlNet's 12 for SD 1.x); ``middle_residual``: added after the middle
+    block; ``output_residuals``: one per output block, added to its result; ``block_wrappers``: by block
+    name (``"input_blocks.4"``, ``"middle_block"``, ``"output_blocks.2"``), each called as
+    ``wrapper(apply, h, emb, context)`` around that block, the first in the list outermost.
+    """
+    input_residuals: Sequence[torch.Tensor | None] | None = None
+    middle_residual: torch.Tensor | None = None
+    output_residuals: Sequence[torch.Tensor | None] | None = None
+    block_wrappers: Mapping[str, Sequence[BlockWrapper]] = field(default_factory=dict)
+
+
+def _add(h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    return h if residual is None else h + residual.to(h.dtype)
+
+
 class UNetModel(nn.Module):
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -274,8 +298,9 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the model output (eps or v) for latents ``x`` at ``timesteps`` given ``context``."""
+                y: torch.Tensor | None = None, extras: UNetExtras | None = None) -> torch.Tensor:
+        """Predict the model output (eps or v) for latents ``x`` at ``timesteps`` given ``context``;
+        ``extras``: residuals and block wrappers for this call (see ``UNetExtras``)."""
         dtype = self.time_embed[0].weight.dtype
         timesteps = torch.as_tensor(timesteps, device=x.device)
         if timesteps.ndim == 0:
@@ -288,15 +313,40 @@ class UNetModel(nn.Module):
 
         h = x.to(dtype)
         context = context.to(dtype)
+        if extras is None:
+            extras = UNetExtras()
+        run = _block_runner(extras.block_wrappers, emb, context)
         skips = []
-        for block in self.input_blocks:
-            h = block(h, emb, context)
+        for i, block in enumerate(self.input_blocks):
+            h = run(f"input_blocks.{i}", block, h)
             skips.append(h)
-        h = self.middle_block(h, emb, context)
-        for block in self.output_blocks:
+        if extras.input_residuals is not None:
+            if len(extras.input_residuals) != len(skips):
+                raise ValueError(f"{len(extras.input_residuals)} input residuals for {len(skips)} input blocks")
+            skips = [_add(s, r) for s, r in zip(skips, extras.input_residuals)]
+        h = _add(run("middle_block", self.middle_block, h), extras.middle_residual)
+        outputs = extras.output_residuals
+        for i, block in enumerate(self.output_blocks):
             skip = skips.pop()
             h = torch.cat([h, skip], dim=1)
             # the next skip's size lets odd latent sizes upsample back to the matching resolution
             size = tuple(skips[-1].shape[-2:]) if skips else None
-            h = block(h, emb, context, size)
+            h = run(f"output_blocks.{i}", block, h, size)
+            if outputs is not None:
+                h = _add(h, outputs[i])
         return self.out(h).to(x.dtype)
+
+
+def _block_runner(wrappers: Mapping[str, Sequence[BlockWrapper]], emb, context):
+    """``run(name, block, h, size=None)``: the block, inside the wrappers registered for ``name``."""
+    def run(name, block, h, size=None):
+        def apply(h, emb, context):
+            return block(h, emb, context, size)
+        for wrapper in reversed(wrappers.get(name, ())):
+            apply = _wrapped(wrapper, apply)
+        return apply(h, emb, context)
+    return run
+
+
+def _wrapped(wrapper: BlockWrapper, inner):
+    return lambda h, emb, context: wrapper(inner, h, emb, context)

@@ -333,8 +333,9 @@ class Backend:
         engine = self._engine
         if engine is None or engine.model is None:
             raise RuntimeError("no checkpoint is loaded" + (f": {self.status.message}" if self.status.message else ""))
+        from ..engine.pipeline import JobHooks
         result = engine.generate(request, progress=self._progress_callback(job), control=job.control,
-                                 networks=dict(self.extra_networks))
+                                 hooks=JobHooks(networks=dict(self.extra_networks)))
         for warning in result.warnings:
             self.log(f"warning: {warning}")
         texts = infotexts(request, result, self._model_info)
