@@ -35,6 +35,7 @@ OPTIONS: Mapping[str, Option] = {
     "pad_cond_uncond": Option(False, "Pad prompt/negative prompt to the same length"),
     "use_old_scheduling": Option(False, "Use old prompt editing timelines"),
     "include_styles_into_token_counters": Option(True, "Count tokens of enabled styles"),
+    "disabled_extensions": Option([], "Disabled extensions"),
     "samples_save": Option(True, "Always save all generated images"),
     "grid_save": Option(True, "Always save all generated image grids"),
     "samples_format": Option("png", "File format for images", choices=("png", "jpg", "webp")),
@@ -57,6 +58,10 @@ def coerce_option(key: str, value: Any) -> Any:
         value = int(value)
     elif kind is str and not isinstance(value, str):
         raise ValueError(f"option {key!r} takes a string, not {value!r}")
+    elif kind is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"option {key!r} takes a list of strings, not {value!r}")
+        value = list(value)
     if option.choices is not None and value not in option.choices:
         raise ValueError(f"option {key!r} must be one of {', '.join(map(str, option.choices))} (got {value!r})")
     if option.minimum is not None and not option.minimum <= value <= option.maximum:
@@ -70,7 +75,8 @@ class Options:
     def __init__(self, path: Path | None = None, log=print):
         self.path = path
         self._lock = threading.Lock()
-        self._values = {key: option.default for key, option in OPTIONS.items()}
+        self._values = {key: list(o.default) if isinstance(o.default, list) else o.default
+                        for key, o in OPTIONS.items()}
         if path is not None and path.exists():
             self._load(path, log)
 
@@ -98,7 +104,7 @@ class Options:
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
-            return dict(self._values)
+            return {k: list(v) if isinstance(v, list) else v for k, v in self._values.items()}
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Validate every change first (nothing changes when one is wrong), then apply and save."""

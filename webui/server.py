@@ -48,6 +48,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--outdir", type=Path, help="root of the output folders (default: outputs)")
     g.add_argument("--data-dir", type=Path, help="base folder of models/, outputs/, cache/ (default: the project)")
     g.add_argument("--ui-settings-file", type=Path, help="settings file (default: <data-dir>/config.json)")
+    g.add_argument("--extensions-dir", type=Path, help="folder of extensions (default: the project's extensions/)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     g.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"))
     g.add_argument("--no-half", action="store_true", help="keep every network in float32")
@@ -88,6 +89,45 @@ def parse_auth(text: str | None, path: Path | None) -> list[tuple[str, str]]:
     return pairs
 
 
+def extension_routers(extensions) -> list:
+    """One router per extension with routes, at ``/extensions-api/<name>``; a route that raises answers 500
+    with the message, and the extension's error list records it."""
+    from fastapi import APIRouter
+
+    routers = []
+    for ext in extensions.active():
+        if not ext.hooks.routes:
+            continue
+        router = APIRouter(prefix=f"/extensions-api/{ext.name}", tags=[f"extension: {ext.name}"])
+        for path, fn, methods in ext.hooks.routes:
+            router.add_api_route(path, _route_guard(extensions, ext, fn), methods=list(methods))
+        routers.append(router)
+    return routers
+
+
+def _route_guard(extensions, ext, fn):
+    import functools
+
+    from fastapi import HTTPException
+
+    @functools.wraps(fn)
+    def route(*args, **kwargs):
+        if not ext.enabled:
+            raise HTTPException(404, f"extension {ext.name} is disabled")
+        try:
+            return fn(*args, **kwargs)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            extensions.guard(ext, _raise, f"route {fn.__name__}")(exc)
+            raise HTTPException(500, f"extension {ext.name}: {type(exc).__name__}: {exc}") from None
+    return route
+
+
+def _raise(exc):
+    raise exc
+
+
 def build_app(backend, args, ui_auth: list, api_auth: list):
     """One FastAPI app: the API (with --api / --nowebui) and the Gradio UI mounted at / (unless --nowebui)."""
     from fastapi import FastAPI
@@ -104,6 +144,9 @@ def build_app(backend, args, ui_auth: list, api_auth: list):
         flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k not in ("gradio_auth", "api_auth")}
         app.include_router(Api(backend, limits, flags).router())
+        if backend.extensions is not None:
+            for router in extension_routers(backend.extensions):
+                app.include_router(router)
     if args.cors_allow_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in args.cors_allow_origins.split(",")],
@@ -146,9 +189,14 @@ def run(args) -> int:
     from .jobs.backend import Backend
     from .options import Options
 
+    from .hooks.registry import ExtensionManager
+
     options = Options(args.ui_settings_file or root / "config.json", log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)   # noqa: E731
+    extensions = ExtensionManager(args.extensions_dir or PROJECT_ROOT / "extensions", paths, options, log)
+    extensions.load()
     backend = Backend(paths, options, device=args.device, precision=args.precision, no_half=args.no_half,
-                      no_half_vae=args.no_half_vae)
+                      no_half_vae=args.no_half_vae, extensions=extensions)
     app = build_app(backend, args, auth, api_auth)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30))
@@ -160,6 +208,7 @@ def run(args) -> int:
             backend.stop()
             return 1
         time.sleep(0.05)
+    extensions.app_started(app)
     try:   # the model loads in the background once the page is served
         backend.start(args.ckpt)
     except ValueError as exc:

@@ -106,8 +106,6 @@ class Api:
             problems.append("subseed_strength (variation seeds) is not supported yet")
         if body.script_name:
             problems.append(f"no script named {body.script_name!r}; available: none")
-        if body.alwayson_scripts:
-            problems.append("no always-on scripts are installed; got " + ", ".join(map(repr, body.alwayson_scripts)))
         for name in ("width", "height"):
             value = getattr(body, name)
             if value % 8 or not 64 <= value <= lim.max_size:
@@ -166,6 +164,15 @@ class Api:
         except ValueError as exc:
             raise _error(422, str(exc)) from None
         target = {}
+        if body.alwayson_scripts:
+            extensions = self.backend.extensions
+            try:
+                if extensions is None:
+                    raise ValueError("no extensions are loaded; got alwayson_scripts "
+                                     + ", ".join(map(repr, body.alwayson_scripts)))
+                target["script_args"] = extensions.api_script_args(body.alwayson_scripts)
+            except ValueError as exc:
+                raise _error(422, str(exc)) from None
         if "sd_model_checkpoint" in overrides:
             target["checkpoint"] = self._checkpoint_name(str(overrides["sd_model_checkpoint"]))
         if "sd_vae" in overrides:
@@ -376,7 +383,15 @@ class Api:
 
         @r.get("/loras")
         def loras():
-            return []
+            lister = backend.extensions.lister("lora") if backend.extensions is not None else None
+            return lister() if lister is not None else []
+
+        @r.post("/refresh-loras")
+        def refresh_loras():
+            lister = backend.extensions.lister("lora") if backend.extensions is not None else None
+            if lister is not None:
+                lister()            # the list is read from the folder each time
+            return None
 
         @r.get("/prompt-styles")
         def prompt_styles():
@@ -397,7 +412,8 @@ class Api:
 
         @r.get("/scripts")
         def scripts():
-            return {"txt2img": [], "img2img": []}
+            titles = [e.title.lower() for e in backend.extensions.active()] if backend.extensions else []
+            return {"txt2img": titles, "img2img": list(titles)}
 
         @r.get("/script-info")
         def script_info():
@@ -405,7 +421,11 @@ class Api:
 
         @r.get("/extensions")
         def extensions():
-            return []
+            found = backend.extensions.extensions.values() if backend.extensions is not None else []
+            return [{"name": e.name, "remote": None, "branch": None, "commit_hash": None, "commit_date": None,
+                     "version": e.manifest.version if e.manifest else None, "enabled": e.enabled,
+                     "title": e.title, "description": e.manifest.description if e.manifest else "",
+                     "state": e.state, "errors": list(e.errors)} for e in found]
 
         @r.post("/refresh-checkpoints")
         def refresh_checkpoints():

@@ -64,7 +64,7 @@ class Backend:
 
     def __init__(self, paths: Paths, options: Options, *, device: str | None = None, precision: str = "auto",
                  no_half: bool = False, no_half_vae: bool = False, vae_approx_dir: Path | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, extensions=None):
         self.paths, self.options, self.log = paths, options, log
         self.queue = JobQueue()
         self.status = ModelStatus()
@@ -78,7 +78,7 @@ class Backend:
         self._tokenizer = None   # a TextEncoder without a model: token counts for the UI
         self._count_embeddings = None   # an EmbeddingDatabase for token counts and the embeddings list
         self.styles = StyleDatabase(paths.styles)
-        self.extra_networks: dict = {}  # kind -> handler(tags) -> infotext params (extensions register)
+        self.extensions = extensions    # a hooks.registry.ExtensionManager, or None
 
     # ---- lists ---------------------------------------------------------------------------------
     def checkpoints(self) -> dict[str, Path]:
@@ -197,6 +197,8 @@ class Backend:
         self._loaded = (name, path, vae_choice)
         self._taesd = None
         self.status = ModelStatus("ready", name)
+        if self.extensions is not None:
+            self.extensions.model_loaded(self._engine.model)
         self.log(f"model loaded: {name}" + (f" with VAE {vae_path.name}" if vae_path else ""))
 
     def native_size_of(self, name: str | None) -> int:
@@ -300,11 +302,12 @@ class Backend:
     # ---- generation --------------------------------------------------------------------------------
     def submit(self, request, *, kind: str = "txt2img", owner: str | None = None, checkpoint: str | None = None,
                vae: str | None = None, save: bool | None = None, job_id: str | None = None,
-               styles: list[str] | None = None) -> Job:
+               styles: list[str] | None = None, script_args: dict | None = None) -> Job:
         """Queue a generation. ``checkpoint`` / ``vae``: names as listed (None: keep the resident one).
         ``save``: None follows the ``samples_save`` option. ``styles``: names in ``styles.csv``, applied to a
-        copy of the request. Prompt-language fields left None take the settings. The job's result is a
-        ``GenerationOutput``."""
+        copy of the request. Prompt-language fields left None take the settings. ``script_args``:
+        extension title -> its arguments (UI section values or the API's alwayson_scripts). The job's
+        result is a ``GenerationOutput``."""
         import dataclasses
         changes = {key: self.options[key] for key in ("emphasis", "comma_padding_backtrack",
                                                        "use_old_scheduling", "pad_cond_uncond")
@@ -319,10 +322,11 @@ class Backend:
         target = self._resolve_checkpoint(checkpoint) if checkpoint else None
         if vae is not None:
             self.check_vae(vae)
-        return self.queue.submit(lambda job: self._generate(job, request, kind, target, vae, save),
+        return self.queue.submit(lambda job: self._generate(job, request, kind, target, vae, save, script_args),
                                  kind=kind, owner=owner, job_id=job_id)
 
-    def _generate(self, job: Job, request, kind: str, target, vae: str | None, save: bool | None) -> GenerationOutput:
+    def _generate(self, job: Job, request, kind: str, target, vae: str | None, save: bool | None,
+                  script_args: dict | None = None) -> GenerationOutput:
         from .generation import infotexts
 
         if target is not None or vae is not None:
@@ -334,11 +338,15 @@ class Backend:
         if engine is None or engine.model is None:
             raise RuntimeError("no checkpoint is loaded" + (f": {self.status.message}" if self.status.message else ""))
         from ..engine.pipeline import JobHooks
-        result = engine.generate(request, progress=self._progress_callback(job), control=job.control,
-                                 hooks=JobHooks(networks=dict(self.extra_networks)))
+        hooks = self.extensions.job_hooks(script_args) if self.extensions is not None else JobHooks()
+        result = engine.generate(request, progress=self._progress_callback(job), control=job.control, hooks=hooks)
+        before_save = None
+        if self.extensions is not None:
+            def before_save(image, params):
+                self.extensions.before_image_saved(image, params, result.warnings)
+        texts = infotexts(request, result, self._model_info, before_save)
         for warning in result.warnings:
             self.log(f"warning: {warning}")
-        texts = infotexts(request, result, self._model_info)
         output = GenerationOutput([g.image for g in result.images], texts, [g.seed for g in result.images],
                                   interrupted=result.interrupted, model=self._loaded[0],
                                   prompts=[g.prompt for g in result.images],

@@ -45,9 +45,18 @@ def infotext_params(request: GenerationRequest, result: GenerationResult, seed: 
     return params
 
 
-def infotexts(request: GenerationRequest, result: GenerationResult, model: ModelInfo) -> list[str]:
-    return [infotext.build(img.prompt, img.negative_prompt, infotext_params(request, result, img.seed, model))
-            for img in result.images]
+def infotexts(request: GenerationRequest, result: GenerationResult, model: ModelInfo,
+              before_save=None) -> list[str]:
+    """One infotext per image; ``before_save(image, params)`` may add keys first (extensions)."""
+    texts = []
+    for img in result.images:
+        params = infotext_params(request, result, img.seed, model)
+        if before_save is not None:
+            version = params.pop("Version", None)
+            before_save(img.image, params)
+            params["Version"] = version        # A1111 keeps Version last
+        texts.append(infotext.build(img.prompt, img.negative_prompt, params))
+    return texts
 
 
 def save_result(request: GenerationRequest, result: GenerationResult, model: ModelInfo, out: Path,

@@ -11,6 +11,7 @@ import html
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -150,7 +151,13 @@ def build(backend: Backend, *, theme: str | None = None) -> tuple[gr.Blocks, dic
                 settings_apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
                 settings_result = gr.Markdown(elem_id="settings_result")
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
-                gr.Markdown(_extensions_text(backend), elem_id="extensions_list")
+                ext_list = gr.Markdown(_extensions_text(backend), elem_id="extensions_list")
+                manager = backend.extensions
+                names = list(manager.extensions) if manager is not None else []
+                ext_enabled = gr.CheckboxGroup(names, value=[n for n in names if manager.extensions[n].enabled],
+                                               label="Enabled extensions", elem_id="extensions_enabled")
+                ext_apply = gr.Button("Apply", elem_id="extensions_apply")
+                ext_result = gr.Markdown(elem_id="extensions_result")
 
         timer = gr.Timer(1.0)
 
@@ -194,6 +201,17 @@ def build(backend: Backend, *, theme: str | None = None) -> tuple[gr.Blocks, dic
         for button, tab, target in ((png_to_txt2img, t2i, "txt2img"), (png_to_img2img, i2i, "img2img")):
             outputs = [tab.fields[name] for name in tab.field_names] + [checkpoint, tabs]
             button.click(_send_fields_fn(backend, tab, target), [png_text], outputs, concurrency_limit=None)
+
+        # ---- Extensions ----
+        def apply_extensions(enabled):
+            try:
+                backend.extensions.set_enabled(list(enabled or []))
+            except (ValueError, AttributeError) as exc:
+                return _extensions_text(backend), f"**Not changed:** {_escape(str(exc))}"
+            return _extensions_text(backend), ("Saved. Generation follows at once; extension sections in the "
+                                               "tabs and extension routes change at the next start.")
+
+        ext_apply.click(apply_extensions, [ext_enabled], [ext_list, ext_result], concurrency_limit=None)
 
         # ---- Settings ----
         def apply_settings(*values):
@@ -304,6 +322,7 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
                 f["seed"] = gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{kind}_seed", scale=4)
                 tab.random_seed = gr.Button("⚄", elem_id=f"{kind}_random_seed", scale=0, min_width=40)
                 tab.reuse_seed = gr.Button("♻", elem_id=f"{kind}_reuse_seed", scale=0, min_width=40)
+            tab.ext_inputs = _extension_sections(backend, tab)
         with gr.Column(scale=1):
             tab.progress = gr.HTML(elem_id=f"{kind}_progress")
             tab.preview = gr.Image(label="Preview", visible=False, elem_id=f"{kind}_preview", interactive=False,
@@ -321,9 +340,33 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
     return tab
 
 
+@dataclass
+class UISection:
+    """What an extension's UI builder gets: the tab kind and the prompt boxes (to insert text into)."""
+    kind: str
+    prompt: gr.components.Component
+    negative_prompt: gr.components.Component
+
+
+def _extension_sections(backend: Backend, tab: _Tab) -> list[tuple[str, str, gr.components.Component]]:
+    """Each active extension's section (an accordion); returns (title, value name, component) in order."""
+    manager = backend.extensions
+    found = []
+    for ext in manager.active() if manager is not None else []:
+        for build in ext.hooks.ui_builders:
+            with gr.Accordion(ext.title, open=False, elem_id=f"{tab.kind}_ext_{ext.name}"):
+                section = UISection(tab.kind, tab.fields["prompt"], tab.fields["negative_prompt"])
+                components = manager.guard(ext, build, "ui")(section) or {}
+                found += [(ext.title, name, c) for name, c in components.items()
+                          if isinstance(c, gr.components.Component)]
+    return found
+
+
 def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae) -> None:
     names = tab.field_names
     inputs = [tab.fields[n] for n in names] + [checkpoint, vae, tab.styles]
+    n_ext = len(tab.ext_inputs)
+    inputs += [c for _, _, c in tab.ext_inputs]
     if tab.kind == "img2img":
         inputs += [tab.mode, tab.init_image, tab.sketch, tab.upload_image, tab.upload_mask]
     outputs = [tab.gallery, tab.info, tab.progress, tab.preview, tab.generate, tab.interrupt, tab.skip,
@@ -339,12 +382,16 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
         values = list(values)
         fields = dict(zip(names, values[:len(names)]))
         ckpt, vae_choice, styles = values[len(names):len(names) + 3]
+        script_args: dict[str, dict] = {}
+        for (title, name, _), value in zip(tab.ext_inputs, values[len(names) + 3:len(names) + 3 + n_ext]):
+            script_args.setdefault(title, {})[name] = value
         try:
             req = mapping.request_from_fields(fields)
             if tab.kind == "img2img":
-                _attach_images(req, *values[len(names) + 3:])
+                _attach_images(req, *values[len(names) + 3 + n_ext:])
             job = backend.submit(req, kind=tab.kind, owner=request.session_hash if request else None,
-                                 checkpoint=ckpt or None, vae=vae_choice or None, styles=list(styles or []))
+                                 checkpoint=ckpt or None, vae=vae_choice or None, styles=list(styles or []),
+                                 script_args=script_args)
         except (ValueError, KeyError) as exc:
             yield finish({tab.error: f"<div class='job-error'>{_escape(str(exc))}</div>", tab.progress: ""})
             return
@@ -489,8 +536,8 @@ def _settings_tab(backend: Backend) -> dict[str, gr.components.Component]:
     inputs = {}
     values = backend.options.as_dict()
     for key, option in OPTIONS.items():
-        if key in ("sd_model_checkpoint", "sd_vae"):
-            continue            # set from the pickers at the top
+        if key in ("sd_model_checkpoint", "sd_vae") or isinstance(option.default, list):
+            continue            # set from the pickers at the top / the Extensions tab
         value = values[key]
         if isinstance(option.default, bool):
             inputs[key] = gr.Checkbox(value=value, label=option.label, elem_id=f"setting_{key}")
@@ -505,9 +552,14 @@ def _settings_tab(backend: Backend) -> dict[str, gr.components.Component]:
 
 
 def _extensions_text(backend: Backend) -> str:
-    folder = backend.paths.root / "extensions"
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if folder.is_dir() else []
-    if not found:
-        return f"No extensions installed (folder `{folder}`)."
-    return "Installed extensions:\n\n" + "\n".join(f"- `{name}`" for name in found)
+    manager = backend.extensions
+    if manager is None or not manager.extensions:
+        where = f" (folder `{manager.folder}`)" if manager is not None else ""
+        return f"No extensions installed{where}. See docs/extensions.md to write one."
+    rows = ["| extension | version | state | description |", "|---|---|---|---|"]
+    for ext in manager.extensions.values():
+        manifest = ext.manifest
+        state = ext.state + ("" if not ext.errors else " — " + _escape(ext.errors[-1]).replace("|", "\\|"))
+        rows.append(f"| **{_escape(ext.title)}** (`{ext.name}`) | {manifest.version if manifest else '?'} | {state} | "
+                    f"{_escape(manifest.description) if manifest else ''} |")
+    return "\n".join(rows)
