@@ -218,3 +218,88 @@ def test_hooks_see_each_call_and_step(engine):
     assert log["calls"] == [2, 2, 2] and log["steps"] == [1, 2, 3] and log["text"] == 2   # cond + uncond
     # A1111's sampling_step: the last finished step (0 during the first two calls)
     assert log["info"] == [(0, 0, 3, [False, True]), (1, 0, 3, [False, True]), (2, 1, 3, [False, True])]
+
+
+# ---------------------------------------------------------------------- through the server: API and browser
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import requests
+
+    from tests.app_server import run_app
+    from webui.paths import DEMO_CHECKPOINT
+
+    data = tmp_path_factory.mktemp("ext_server")
+    root = data / "extensions"
+    root.mkdir()
+    shutil.copytree(EXAMPLE, root / "soft_contrast")
+    write_extension(root, "import_error", "raise RuntimeError('broken on import')\n")
+    write_extension(root, "raises_in_job", """
+        def setup(hooks):
+            hooks.on_job(lambda ctx, args: 1 / 0)
+            hooks.route("/boom", lambda: 1 / 0)
+    """)
+    with run_app("--api", "--api-auth", "u:p", "--data-dir", data, "--extensions-dir", root, "--ckpt", DEMO_CHECKPOINT,
+                 log_dir=data) as app:
+        session = requests.Session()
+        session.auth = ("u", "p")
+        while session.get(f"{app.base}/sdapi/v1/options").json().get("sd_checkpoint_hash") is None:
+            import time
+            time.sleep(0.2)
+        yield {"base": app.base, "session": session, "log": app.log, "url": app.base + "/"}
+
+
+def test_extensions_over_the_api(server):
+    import json
+
+    import requests
+    base, session = server["base"], server["session"]
+    listed = {e["name"]: e for e in session.get(f"{base}/sdapi/v1/extensions").json()}
+    assert listed["soft_contrast"]["state"] == "loaded" and listed["soft_contrast"]["version"] == "1.0.0"
+    assert listed["import_error"]["state"] == "failed" and "broken on import" in listed["import_error"]["errors"][0]
+    assert sorted(session.get(f"{base}/sdapi/v1/scripts").json()["txt2img"]) == ["raises_in_job", "soft contrast"]
+    body = {"prompt": "a large red circle on a white background", "steps": 6, "width": 64, "height": 64,
+            "seed": 4, "alwayson_scripts": {"Soft contrast": {"args": [True, 0.5]}}}
+    info = json.loads(session.post(f"{base}/sdapi/v1/txt2img", json=body).json()["info"])
+    text = info["infotexts"][0]
+    assert "Soft contrast: 0.5" in text and "Soft contrast version: 1.0.0" in text
+    assert any("raises_in_job: on_job failed: ZeroDivisionError" in w for w in info["warnings"])
+    bad = session.post(f"{base}/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"Nope": {"args": []}}})
+    assert bad.status_code == 422 and "Soft contrast" in bad.text
+    bad = session.post(f"{base}/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"Soft contrast": {"args": [1]}}})
+    assert bad.status_code == 422 and "enabled: bool" in bad.text
+    # extension routes: behind --api-auth like every route; a route that raises answers 500, the app goes on
+    assert requests.get(f"{base}/extensions-api/soft_contrast/status").status_code == 401
+    status = session.get(f"{base}/extensions-api/soft_contrast/status").json()
+    assert status["jobs"] >= 1 and status["model"] == "webui-demo-64px.safetensors"
+    boom = session.get(f"{base}/extensions-api/raises_in_job/boom")
+    assert boom.status_code == 500 and "ZeroDivisionError" in boom.text
+    assert session.get(f"{base}/sdapi/v1/progress").status_code == 200
+
+
+def test_example_extension_in_the_browser(server, tmp_path):
+    import os
+
+    from tests.test_ui_browser import CHROMIUM, FLAGS, infotext_of, open_page
+    playwright = pytest.importorskip("playwright.sync_api")
+    artifacts = Path(os.environ.get("WEBUI_TEST_ARTIFACTS") or tmp_path)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = open_page(browser, server)
+        page.click("#txt2img_ext_soft_contrast")                     # open the accordion
+        page.check("#txt2img_soft_contrast_enabled input")
+        box = page.locator("#txt2img_soft_contrast_strength input[type=number]").first
+        box.fill("0.45")
+        box.press("Enter")
+        page.fill("#txt2img_prompt textarea", "a large red circle on a white background")
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function("document.querySelector('#html_info_txt2img').innerText.includes('Soft contrast')",
+                               timeout=60_000)
+        text = infotext_of(page, "txt2img")
+        assert "Soft contrast: 0.45" in text and "raises_in_job" in text           # the warning is shown
+        page.click("#tab_extensions-button")
+        page.wait_for_selector("#extensions_list")
+        listing = page.inner_text("#extensions_list")
+        assert "broken on import" in listing and "Soft contrast" in listing
+        page.screenshot(path=str(artifacts / "extensions_tab.png"), full_page=True)
+        browser.close()

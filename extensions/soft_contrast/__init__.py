@@ -44,7 +44,7 @@ def setup(hooks):
 
     @hooks.on_model_loaded
     def remember(model):
-        stats["model"] = model.path.name
+        stats["model"] = str(model.path).replace("\\", "/").rsplit("/", 1)[-1]
 
     @hooks.before_image_saved
     def note(image, params):
