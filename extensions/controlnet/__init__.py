@@ -1,0 +1,133 @@
+"""ControlNet, built on the extension hook (docs/extensions.md).
+
+Files: ``models/controlnet/`` (original ``control_model.*`` or diffusers format; ``.safetensors``, or
+``.pth/.pt`` read with weights_only). Up to 3 units in the UI; over the API
+``alwayson_scripts: {"controlnet": {"args": [{unit}, ...]}}`` with sd-webui-controlnet's unit fields.
+Each enabled unit adds a residual provider to the job's patches; nothing else in the app changes.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from webui.engine.hashing import file_sha256
+from webui.paths import PROJECT_ROOT, list_files
+
+from . import preprocessors as pp
+from .units import CONTROL_MODES, MAX_UNITS, RESIZE_MODES, Unit, control_residuals, hint_tensor, infotext, \
+    prepare_hint, unit_from_dict
+
+EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
+          "resize_mode", "processor_res", "threshold_a", "threshold_b", "pixel_perfect")
+
+
+class ControlNets:
+    """The ControlNet files, by title (``name [hash8]``), and a small cache of loaded networks."""
+
+    def __init__(self, paths):
+        self.folders = [paths.root / "models" / "controlnet"]
+        shipped = PROJECT_ROOT / "models" / "controlnet"
+        if shipped.resolve() != self.folders[0].resolve():
+            self.folders.append(shipped)
+        self.hash_cache = paths.hash_cache
+        self._loaded: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def files(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for folder in self.folders:
+            for path in list_files(folder, EXTENSIONS):
+                found.setdefault(path.stem, path)
+        return found
+
+    def title(self, path: Path) -> str:
+        return f"{path.stem} [{file_sha256(path, self.hash_cache)[:8]}]"
+
+    def find(self, name: str) -> Path:
+        """A file from its title, stem or file name (``control_canny [abcd1234]``, ``control_canny``)."""
+        bare = name.split(" [", 1)[0].strip()
+        files = self.files()
+        for stem, path in files.items():
+            if bare in (stem, path.name):
+                return path
+        raise ValueError(f"no ControlNet model {name!r}; available: {', '.join(files) or 'none'} "
+                         f"(folder {self.folders[0]})")
+
+    def load(self, path: Path, device, dtype):
+        from .cldm import load_controlnet
+
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, str(device), dtype)
+        with self._lock:
+            if key not in self._loaded:
+                while len(self._loaded) >= MAX_UNITS:
+                    self._loaded.pop(next(iter(self._loaded)))
+                self._loaded[key] = load_controlnet(path, device=device, dtype=dtype).eval()
+            return self._loaded[key]
+
+
+def units_from_ui(args: dict) -> list[Unit]:
+    units = []
+    for n in range(MAX_UNITS):
+        values = {f: args.get(f"unit{n}_{f}") for f in FIELDS}
+        if not values["enabled"]:
+            continue
+        image = values["image"]
+        units.append(unit_from_dict({**{k: v for k, v in values.items() if v is not None and k != "image"},
+                                     "control_mode": values["control_mode"] or 0,
+                                     "resize_mode": values["resize_mode"] or 1}, n))
+        units[-1].image = image
+    return units
+
+
+def setup(hooks):
+    nets = ControlNets(hooks.paths)
+
+    @hooks.api_args
+    def parse(args):
+        units = []
+        for n, entry in enumerate(args[:MAX_UNITS + 1]):
+            if not isinstance(entry, dict):
+                raise ValueError(f"ControlNet unit {n} must be an object with sd-webui-controlnet's fields")
+            unit = unit_from_dict(entry, n)
+            if unit.enabled and unit.model not in ("None", ""):
+                nets.find(unit.model)              # an unknown model is a 422, before the job is queued
+            units.append(unit)
+        if len(args) > MAX_UNITS:
+            raise ValueError(f"at most {MAX_UNITS} ControlNet units")
+        return {"units": units}
+
+    @hooks.on_job
+    def prepare(ctx, args):
+        units = args.get("units") if "units" in args else units_from_ui(args)
+        width, height = ctx.size
+        dtype = next(ctx.model.unet.parameters()).dtype
+        for n, unit in enumerate(units or []):
+            if not unit.enabled:
+                continue
+            image = unit.image
+            if image is None and ctx.request.init_image is not None:
+                import numpy as np
+                image = np.asarray(ctx.request.init_image.convert("RGB"))   # img2img: the init image
+            if image is None or unit.model in ("None", ""):
+                ctx.warnings.append(f"ControlNet unit {n}: needs an image and a model; skipped")
+                continue
+            path = nets.find(unit.model)
+            net = nets.load(path, ctx.device, dtype)
+            problem = net.compatible_with(ctx.model.unet.config)
+            if problem:
+                ctx.warnings.append(f"ControlNet unit {n}: {path.name} does not fit this checkpoint ({problem})")
+                continue
+            hint = hint_tensor(prepare_hint(unit, image, width, height), ctx.device, dtype)
+            ctx.patches.residuals.append(control_residuals(net, hint, unit))
+            ctx.infotext[f"ControlNet {n}"] = infotext(unit, nets.title(path))
+
+    @hooks.ui
+    def section(ui):
+        from .ui import build_units
+        return build_units(ui, nets)
+
+    hooks.route("/model_list", lambda: {"model_list": [nets.title(p) for p in nets.files().values()]})
+    hooks.route("/module_list", lambda: {"module_list": list(pp.PREPROCESSORS),
+                                         "control_modes": list(CONTROL_MODES), "resize_modes": list(RESIZE_MODES)})
