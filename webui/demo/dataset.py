@@ -106,27 +106,56 @@ def held_out_scenes(n: int, seed: int) -> list[Scene]:
     return scenes
 
 
-def render(scene: Scene, size: int = 64, rng: np.random.Generator | None = None) -> Image.Image:
-    """Draw at 4x and box-downsample (anti-aliased). With `rng`, centres get a small random jitter."""
+OUTLINE = 0.06   # outline width (fraction of the width) of the "outlined" style (the demo LoRA's)
+
+
+def render(scene: Scene, size: int = 64, rng: np.random.Generator | None = None, *, style: str = "filled",
+           centres: list[tuple[float, float]] | None = None) -> Image.Image:
+    """Draw at 4x and box-downsample (anti-aliased). With `rng`, centres get a small random jitter.
+
+    ``style``: "filled" (the demo model's pictures), "outlined" (only a coloured outline: the demo LoRA's
+    style) or "mask" (white shapes on black: the demo ControlNet's hint). ``centres`` (fractions of the
+    width) place the objects anywhere instead of at their named positions."""
+    if style not in ("filled", "outlined", "mask"):
+        raise ValueError(f"style must be filled, outlined or mask, not {style!r}")
     big = size * 4
-    image = Image.new("RGB", (big, big), COLOURS[scene.background])
+    image = Image.new("RGB", (big, big), (0, 0, 0) if style == "mask" else COLOURS[scene.background])
     draw = ImageDraw.Draw(image)
-    for obj in scene.objects:
+    for i, obj in enumerate(scene.objects):
         h = SIZES[obj.size] / 2
-        centre = np.array(POSITIONS[obj.position])
+        centre = np.array(centres[i] if centres is not None else POSITIONS[obj.position])
         if rng is not None:
             centre = centre + rng.uniform(-JITTER, JITTER, 2)
         cx, cy = np.clip(centre, h + MARGIN, 1 - h - MARGIN) * big
-        r, fill = h * big, COLOURS[obj.colour]
+        r = h * big
+        colour = (255, 255, 255) if style == "mask" else COLOURS[obj.colour]
+        paint = {"outline": colour, "width": max(1, round(OUTLINE * big))} if style == "outlined" else {"fill": colour}
         if obj.shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), **paint)
         elif obj.shape == "square":
-            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), **paint)
         elif obj.shape == "triangle":
-            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], **paint)
         else:  # diamond
-            draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+            draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], **paint)
     return image.reduce(4)
+
+
+def interior_share(image: Image.Image, background_hint: str | None = None) -> float | None:
+    """How much of the object's inner half (the middle of its bounding box) is background-coloured:
+    near 0 for a filled shape, high for an outlined one. None when no object is found."""
+    found = analyse(image, background_hint)
+    if not found.get("found"):
+        return None
+    img = np.asarray(image.convert("RGB"), dtype=np.float32)
+    x0, y0, x1, y1 = (np.array(found["bbox"]) * img.shape[1]).round().astype(int)
+    w, h = x1 - x0, y1 - y0
+    inner = img[y0 + h // 4:y1 - h // 4, x0 + w // 4:x1 - w // 4].reshape(-1, 3)
+    if not len(inner):
+        return None
+    bg = np.array(COLOURS[found["background"]], dtype=np.float32)
+    obj = np.array(found["rgb"], dtype=np.float32)
+    return float((np.linalg.norm(inner - bg, axis=1) < np.linalg.norm(inner - obj, axis=1)).mean())
 
 
 def _a(word: str) -> str:
