@@ -122,6 +122,31 @@ def test_prompt_language_over_the_api(server):
         assert response.status_code == 422 and message in response.text
 
 
+def test_shipped_lora_and_controlnet_over_the_api(server):
+    base, session = server["base"], server["session"]
+    loras = {item["name"]: item for item in session.get(f"{base}/sdapi/v1/loras").json()}
+    assert "webui-demo-outline" in loras and loras["webui-demo-outline"]["metadata"]["ss_network_dim"] == "8"
+    assert session.post(f"{base}/sdapi/v1/refresh-loras").status_code == 200
+    titles = session.get(f"{base}/sdapi/v1/scripts").json()["txt2img"]
+    assert {"lora", "controlnet", "soft contrast"} <= set(titles)
+    models = session.get(f"{base}/extensions-api/controlnet/model_list").json()["model_list"]
+    assert any(m.startswith("webui-demo-mask [") for m in models)
+    mask = ds.render(ds.Scene("white", (ds.Obj("circle", "red", "large", "bottom right"),)), 64, style="mask")
+    body = {"prompt": "a large red circle on a white background <lora:webui-demo-outline:1>", "steps": 12,
+            "width": 64, "height": 64, "seed": 9,
+            "alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "image": _b64(mask), "module": "none",
+                                                          "model": models[0], "weight": 1.0}]}}}
+    response = session.post(f"{base}/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    text = info["infotexts"][0]
+    assert 'Lora hashes: "webui-demo-outline: ' in text and 'ControlNet 0: "Module: none, Model: webui-demo-mask [' in text
+    assert not info["warnings"]
+    bad = {**body, "alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "model": "nope"}]}}}
+    response = session.post(f"{base}/sdapi/v1/txt2img", json=bad)
+    assert response.status_code == 422 and "webui-demo-mask" in response.text
+
+
 def test_options_switch_the_model(api, server):
     titles = api.util_get_model_names()
     tiny = next(t for t in titles if t.startswith("tiny.safetensors ["))

@@ -303,3 +303,38 @@ def test_example_extension_in_the_browser(server, tmp_path):
         assert "broken on import" in listing and "Soft contrast" in listing
         page.screenshot(path=str(artifacts / "extensions_tab.png"), full_page=True)
         browser.close()
+
+
+def test_lora_browser_and_controlnet_preview_in_the_browser(tmp_path):
+    """The shipped LoRA and ControlNet sections: a card click writes the tag, Preview shows the hint."""
+    import os
+
+    from tests.app_server import run_app
+    from tests.test_ui_browser import CHROMIUM, FLAGS, open_page
+    from webui.demo import dataset as ds
+    playwright = pytest.importorskip("playwright.sync_api")
+    artifacts = Path(os.environ.get("WEBUI_TEST_ARTIFACTS") or tmp_path)
+    lora_dir = tmp_path / "models" / "lora"
+    lora_dir.mkdir(parents=True)
+    import safetensors.torch
+    safetensors.torch.save_file({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 8)},
+                                str(lora_dir / "tiny-style.safetensors"), metadata={"ss_network_dim": "4"})
+    picture = tmp_path / "scene.png"
+    ds.render(ds.Scene("white", (ds.Obj("square", "red", "large", "top left"),)), 64).save(picture)
+    with run_app("--data-dir", tmp_path, log_dir=tmp_path) as app, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = open_page(browser, {"url": app.base + "/"})
+        page.fill("#txt2img_prompt textarea", "a red square")
+        page.click("#txt2img_ext_lora")
+        page.click("#txt2img_lora_cards >> text=tiny-style")
+        page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === "
+                               "'a red square, <lora:tiny-style:1>'")
+        page.click("#txt2img_ext_controlnet")
+        page.set_input_files("#txt2img_controlnet_0_image input[type=file]", str(picture))
+        page.wait_for_timeout(500)
+        page.click("#txt2img_controlnet_0_module input")
+        page.click("ul[role=listbox] li:has-text('canny')")
+        page.click("#txt2img_controlnet_0_run_preview")
+        page.wait_for_selector("#txt2img_controlnet_0_preview img", timeout=30_000)
+        page.screenshot(path=str(artifacts / "lora_controlnet.png"), full_page=True)
+        browser.close()

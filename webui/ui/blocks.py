@@ -148,6 +148,11 @@ def build(backend: Backend, *, theme: str | None = None) -> tuple[gr.Blocks, dic
                             png_to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_inputs = _settings_tab(backend)
+                manager = backend.extensions
+                ext_names = list(manager.extensions) if manager is not None else []
+                settings_extensions = gr.CheckboxGroup(
+                    ext_names, value=[n for n in ext_names if manager.extensions[n].enabled],
+                    label="Enabled extensions (also in the Extensions tab)", elem_id="setting_enabled_extensions")
                 settings_apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
                 settings_result = gr.Markdown(elem_id="settings_result")
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
@@ -215,15 +220,17 @@ def build(backend: Backend, *, theme: str | None = None) -> tuple[gr.Blocks, dic
 
         # ---- Settings ----
         def apply_settings(*values):
-            changes = dict(zip(settings_inputs, values))
+            changes = dict(zip(settings_inputs, values[:-1]))
             try:
                 backend.options.update(changes)
+                if backend.extensions is not None:
+                    backend.extensions.set_enabled(list(values[-1] or []))
             except ValueError as exc:
                 return f"**Not saved:** {_escape(str(exc))}"
             where = f" to `{backend.options.path}`" if backend.options.path else ""
             return f"Settings saved{where}."
 
-        settings_apply.click(apply_settings, list(settings_inputs.values()), [settings_result],
+        settings_apply.click(apply_settings, [*settings_inputs.values(), settings_extensions], [settings_result],
                              concurrency_limit=None)
 
     launch_kwargs = dict(css=CSS, head=theme_head(theme), allowed_paths=[str(backend.paths.outputs)])
