@@ -39,6 +39,8 @@ class ModelDenoiser:
 
     def _unet(self, model_in, t, context, info):
         def apply(x, t, context, extras):
+            if extras is None:      # any eps model works here; only our UNet takes extras
+                return self.unet(x.to(self.dtype), t, context.to(self.dtype))
             return self.unet(x.to(self.dtype), t, context.to(self.dtype), extras=extras)
         patches = self.patches
         if patches is None:
