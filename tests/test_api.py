@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -145,6 +146,25 @@ def test_shipped_lora_and_controlnet_over_the_api(server):
     bad = {**body, "alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "model": "nope"}]}}}
     response = session.post(f"{base}/sdapi/v1/txt2img", json=bad)
     assert response.status_code == 422 and "webui-demo-mask" in response.text
+
+
+def test_controlnet_through_webuiapi(api, server):
+    """A1111's Python client drives sd-webui-controlnet's API: its unit dicts and /controlnet/ routes."""
+    models = webuiapi.ControlNetInterface(api, show_deprecation_warning=False).model_list()
+    assert any(m.startswith("webui-demo-mask [") for m in models)
+    assert requests.get(f"{server['base']}/controlnet/model_list").status_code == 401      # behind --api-auth
+    mask = ds.render(ds.Scene("white", (ds.Obj("square", "blue", "large", "top right"),)), 64, style="mask")
+    unit = webuiapi.ControlNetUnit(image=mask, module="none", model=models[0], weight=1.0,
+                                   resize_mode="Just Resize")
+    result = api.txt2img(prompt="a large blue square on a white background", seed=21, width=64, height=64,
+                         steps=20, cfg_scale=7, controlnet_units=[unit])
+    assert 'ControlNet 0: "Module: none, Model: webui-demo-mask [' in result.info["infotexts"][0]
+    judged = ds.analyse(result.image.convert("RGB"), "white")
+    assert judged["found"] and judged["position"] == "top right", judged
+    canny = api.controlnet_detect([ds.render(ds.Scene("white", (ds.Obj("circle", "red", "large", "center"),)), 64)],
+                                  module="canny", processor_res=64, threshold_a=100, threshold_b=200)
+    edges = np.asarray(canny.images[0].convert("L"))
+    assert len(canny.images) == 1 and edges.shape == (64, 64) and set(np.unique(edges)) == {0, 255}
 
 
 def test_options_switch_the_model(api, server):

@@ -96,13 +96,33 @@ def extension_routers(extensions) -> list:
 
     routers = []
     for ext in extensions.active():
-        if not ext.hooks.routes:
-            continue
-        router = APIRouter(prefix=f"/extensions-api/{ext.name}", tags=[f"extension: {ext.name}"])
-        for path, fn, methods in ext.hooks.routes:
-            router.add_api_route(path, _route_guard(extensions, ext, fn), methods=list(methods))
-        routers.append(router)
+        for prefix, at_root in ((f"/extensions-api/{ext.name}", False), (f"/{ext.name}", True)):
+            routes = [(path, fn, methods) for path, fn, methods, root in ext.hooks.routes if root == at_root]
+            if not routes:
+                continue
+            if at_root and ext.name.lower() in RESERVED_ROOTS:
+                extensions.guard(ext, _raise, "routes")(
+                    ValueError(f"/{ext.name}/ is the app's own path; its root routes are not served"))
+                continue
+            router = APIRouter(prefix=prefix, tags=[f"extension: {ext.name}"])
+            for path, fn, methods in routes:
+                router.add_api_route(path, _route_guard(extensions, ext, fn), methods=list(methods))
+            routers.append(router)
     return routers
+
+
+RESERVED_ROOTS = frozenset({
+    "sdapi", "docs", "openapi.json", "extensions-api", "gradio_api", "assets", "static", "file", "login", "logout",
+    "config", "queue", "info", "upload", "run", "heartbeat", "theme.css", "favicon.ico", "manifest.json",
+    "custom_component", "svelte", "monitoring", "proxy", "redoc", "token", "app_id", "dev"})
+
+
+def extension_root_prefixes(extensions) -> tuple[str, ...]:
+    """``/<name>/`` of every extension serving routes at the root: --api-auth covers them too."""
+    if extensions is None:
+        return ()
+    return tuple(f"/{e.name}/" for e in extensions.active()
+                 if any(r[3] for r in e.hooks.routes) and e.name.lower() not in RESERVED_ROOTS)
 
 
 def _route_guard(extensions, ext, fn):
@@ -153,7 +173,8 @@ def build_app(backend, args, ui_auth: list, api_auth: list):
                            allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     # every API route, the docs, and whatever an extension mounts under /sdapi or /extensions-api
-    app.add_middleware(BasicAuth, users=api_auth, prefixes=("/sdapi/", "/docs", "/openapi.json", "/extensions-api/"))
+    app.add_middleware(BasicAuth, users=api_auth, prefixes=("/sdapi/", "/docs", "/openapi.json", "/extensions-api/",
+                                                            *extension_root_prefixes(backend.extensions)))
     if not args.nowebui:
         import gradio as gr
 

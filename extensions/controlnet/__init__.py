@@ -14,8 +14,8 @@ from webui.engine.hashing import file_sha256
 from webui.paths import PROJECT_ROOT, list_files
 
 from . import preprocessors as pp
-from .units import CONTROL_MODES, MAX_UNITS, RESIZE_MODES, Unit, control_residuals, hint_tensor, infotext, \
-    prepare_hint, unit_from_dict
+from .units import CONTROL_MODES, MAX_UNITS, RESIZE_MODES, Unit, control_residuals, decode_image, hint_tensor, \
+    infotext, prepare_hint, unit_from_dict
 
 EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
@@ -65,6 +65,16 @@ class ControlNets:
                     self._loaded.pop(next(iter(self._loaded)))
                 self._loaded[key] = load_controlnet(path, device=device, dtype=dtype).eval()
             return self._loaded[key]
+
+
+def encode_png(array) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def units_from_ui(args: dict) -> list[Unit]:
@@ -128,6 +138,36 @@ def setup(hooks):
         from .ui import build_units
         return build_units(ui, nets)
 
-    hooks.route("/model_list", lambda: {"model_list": [nets.title(p) for p in nets.files().values()]})
-    hooks.route("/module_list", lambda: {"module_list": list(pp.PREPROCESSORS),
-                                         "control_modes": list(CONTROL_MODES), "resize_modes": list(RESIZE_MODES)})
+    def model_list(update: bool = True):
+        return {"model_list": [nets.title(p) for p in nets.files().values()]}
+
+    def module_list(alias_names: bool = False):
+        names = [pp.LABELS.get(n, n) if alias_names else n for n in pp.PREPROCESSORS]
+        detail = {n: {"sliders": [{"name": s.label, "min": s.minimum, "max": s.maximum, "value": s.default,
+                                   "step": s.step} for s in sliders]}
+                  for n, (_, sliders) in pp.PREPROCESSORS.items()}
+        return {"module_list": names, "module_detail": detail, "control_modes": list(CONTROL_MODES),
+                "resize_modes": list(RESIZE_MODES)}
+
+    def version():
+        return {"version": 2}
+
+    def detect(body: dict):
+        """sd-webui-controlnet's POST /controlnet/detect: run a preprocessor on base64 images."""
+        from fastapi import HTTPException
+        try:
+            module = pp.resolve(str(body.get("controlnet_module", "none")))
+            outputs = []
+            for image in body.get("controlnet_input_images") or body.get("controlnet_images") or []:
+                array = decode_image(image)
+                detected = pp.run_preprocessor(module, array, int(body.get("controlnet_processor_res", 512)),
+                                               body.get("controlnet_threshold_a"), body.get("controlnet_threshold_b"))
+                outputs.append(encode_png(detected))
+        except (ValueError, TypeError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"images": outputs, "info": "Success"}
+
+    for path, fn, methods in (("/model_list", model_list, ("GET",)), ("/module_list", module_list, ("GET",)),
+                              ("/version", version, ("GET",)), ("/detect", detect, ("POST",))):
+        hooks.route(path, fn, methods)                       # /extensions-api/controlnet/...
+        hooks.route(path, fn, methods, at_root=True)         # /controlnet/... as sd-webui-controlnet serves them

@@ -102,7 +102,11 @@ def decode_image(value) -> np.ndarray | None:
 
 def unit_from_dict(data: dict, n: int) -> Unit:
     """One unit from sd-webui-controlnet's API fields (unknown fields are refused by name)."""
-    known = {f.name for f in fields(Unit)} | {"input_image", "mask", "low_vram", "guessmode", "lowvram"}
+    # sd-webui-controlnet's other unit fields (clients such as webuiapi send them): accepted, not used
+    ignored = {"input_image", "mask", "low_vram", "guessmode", "lowvram", "hr_option", "save_detected_map",
+               "input_mode", "batch_images", "output_dir", "loopback", "effective_region_mask", "mask_image",
+               "ipadapter_input", "union_control_type", "inpaint_crop_input_image", "is_ui", "advanced_weighting"}
+    known = {f.name for f in fields(Unit)} | ignored
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"ControlNet unit {n}: unknown field(s) {', '.join(unknown)}")

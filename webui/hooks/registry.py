@@ -40,7 +40,7 @@ class ExtensionHooks:
         self.network_listers: dict[str, Callable] = {}
         self.ui_builders: list[Callable] = []
         self.api_parser: Callable | None = None
-        self.routes: list[tuple[str, Callable, tuple[str, ...]]] = []
+        self.routes: list[tuple[str, Callable, tuple[str, ...], bool]] = []
         self.app_started: list[Callable] = []
         self.model_loaded: list[Callable] = []
         self.before_save: list[Callable] = []
@@ -70,9 +70,11 @@ class ExtensionHooks:
         self.api_parser = fn
         return fn
 
-    def route(self, path: str, fn: Callable, methods: tuple[str, ...] = ("GET",)) -> Callable:
-        """An HTTP route at ``/extensions-api/<name><path>`` (FastAPI signature rules), behind --api-auth."""
-        self.routes.append((path, fn, tuple(methods)))
+    def route(self, path: str, fn: Callable, methods: tuple[str, ...] = ("GET",), *, at_root: bool = False) -> Callable:
+        """An HTTP route at ``/extensions-api/<name><path>`` (FastAPI signature rules), behind --api-auth.
+        ``at_root``: at ``/<name><path>`` instead, where A1111 extensions serve theirs (sd-webui-controlnet's
+        ``/controlnet/model_list``); only under the extension's own name, and behind --api-auth too."""
+        self.routes.append((path, fn, tuple(methods), at_root))
         return fn
 
     def on_app_started(self, fn: Callable) -> Callable:
