@@ -11,15 +11,13 @@ models/controlnet/webui-demo-mask.safetensors.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 
 from webui.demo import dataset as ds
-from webui.demo.finetune import Budget, DemoBase
+from webui.demo.finetune import Budget, DemoBase, optimise, save_addon
 from webui.engine.unet import UNetExtras
 from webui.paths import PROJECT_ROOT
 
@@ -76,21 +74,11 @@ def main(argv=None) -> int:
         residuals = net(xt, hints[index], t, context)
         pred = unet(xt, t, context, extras=UNetExtras(input_residuals=residuals[:-1], middle_residual=residuals[-1]))
         loss = (pred - noise).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        budget.record(loss.item())
-        if budget.done_steps % 100 == 0:
-            print(f"step {budget.done_steps}: loss {np.mean(budget.losses[-100:]):.4f}", flush=True)
-    summary = budget.summary()
+        optimise(opt, loss, budget)
     sd = {f"control_model.{k}": v.detach().half().contiguous() for k, v in net.state_dict().items()}
     metadata = {"webui.description": "Demo ControlNet for webui-demo-64px: places the shape where a white mask "
-                                     "on black says (preprocessor: none; or threshold/binary from a drawing).",
-                "webui.training": json.dumps({**summary, **vars(args) | {"out": str(args.out)}}),
-                "webui.trained_with": "python -m extensions.controlnet.train_demo"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(sd, str(args.out), metadata=metadata)
-    print(json.dumps(summary), args.out, f"{args.out.stat().st_size / 2**20:.2f} MiB")
+                                     "on black says (preprocessor: none; or threshold/binary from a drawing)."}
+    save_addon(args.out, sd, metadata, budget, vars(args), "python -m extensions.controlnet.train_demo")
     return 0
 
 

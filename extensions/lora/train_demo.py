@@ -10,16 +10,14 @@ LoRAs name them) to models/lora/webui-demo-outline.safetensors, with ss_* metada
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 from torch import nn
 
 from webui.demo import dataset as ds
-from webui.demo.finetune import Budget, DemoBase
+from webui.demo.finetune import Budget, DemoBase, optimise, save_addon
 from webui.engine.diffusers_names import unet_module_names
 from webui.paths import PROJECT_ROOT
 
@@ -79,12 +77,7 @@ def main(argv=None) -> int:
         xt, t, noise = base.noised(z0[index])
         context = base.contexts([captions[i] for i in index.tolist()])
         loss = (base.model.unet(xt, t, context) - noise).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        budget.record(loss.item())
-        if budget.done_steps % 100 == 0:
-            print(f"step {budget.done_steps}: loss {np.mean(budget.losses[-100:]):.4f}", flush=True)
+        optimise(opt, loss, budget)
     for handle in handles:
         handle.remove()
     names = {ours: theirs for theirs, ours in unet_module_names(base.model.unet).items()}
@@ -94,16 +87,11 @@ def main(argv=None) -> int:
         sd[f"{key}.lora_down.weight"] = layer.down.weight.detach().half().contiguous()
         sd[f"{key}.lora_up.weight"] = layer.up.weight.detach().half().contiguous()
         sd[f"{key}.alpha"] = torch.tensor(float(layer.alpha)).half()
-    summary = budget.summary()
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(args.rank),
                 "ss_network_alpha": str(args.rank), "ss_base_model_version": "webui-demo-64px",
                 "ss_output_name": args.out.stem, "ss_num_train_images": str(args.scenes),
-                "webui.description": "Demo LoRA for webui-demo-64px: draws the shapes outlined instead of filled.",
-                "webui.training": json.dumps({**summary, **vars(args) | {"out": str(args.out)}}),
-                "webui.trained_with": "python -m extensions.lora.train_demo"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(sd, str(args.out), metadata=metadata)
-    print(json.dumps(summary), args.out, f"{args.out.stat().st_size / 2**20:.2f} MiB")
+                "webui.description": "Demo LoRA for webui-demo-64px: draws the shapes outlined instead of filled."}
+    save_addon(args.out, sd, metadata, budget, vars(args), "python -m extensions.lora.train_demo")
     return 0
 
 

@@ -79,3 +79,28 @@ class DemoBase:
         noise = torch.randn(z0.shape, generator=self.generator)
         xt = self.sqrt_acp[t].view(-1, 1, 1, 1) * z0 + self.sqrt_1m[t].view(-1, 1, 1, 1) * noise
         return xt, t, noise
+
+
+def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, budget: Budget, every: int = 100) -> None:
+    """One optimiser step on ``loss``; records it and prints the running loss every ``every`` steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    budget.record(loss.item())
+    if budget.done_steps % every == 0:
+        print(f"step {budget.done_steps}: loss {np.mean(budget.losses[-every:]):.4f}", flush=True)
+
+
+def save_addon(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], budget: Budget,
+               settings: dict, trained_with: str) -> None:
+    """Write a trained add-on with its training record in the safetensors metadata, and say so."""
+    import json
+
+    import safetensors.torch
+
+    summary = budget.summary()
+    metadata = {**metadata, "webui.training": json.dumps({**summary, "settings": settings}, default=str),
+                "webui.trained_with": trained_with}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    print(json.dumps(summary), path, f"{path.stat().st_size / 2**20:.2f} MiB")
