@@ -27,7 +27,7 @@ from webui.engine import families
 from webui.engine.checkpoint import _build, _named
 from webui.engine.diffusers_names import unet_module_names
 from webui.engine.files import CheckpointError, read_metadata, read_state_dict
-from webui.engine.unet import UNetConfig, UNetModel, timestep_embedding
+from webui.engine.unet import UNetConfig, UNetModel, embed_time
 
 PREFIX = "control_model."
 HINT_BLOCK_CHANNELS = (16, 32, 96, 256)  # the released ControlNets' hint encoder widths
@@ -106,14 +106,7 @@ class ControlNet(nn.Module):
         ``context``: (B, T, context_dim); ``y``: the class/size vector of SDXL-style networks.
         """
         dtype = self.dtype
-        timesteps = torch.as_tensor(timesteps, device=x.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps.expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
-        if self.config.adm_in_channels is not None:
-            if y is None:
-                raise ValueError("this ControlNet needs the class/size vector y")
-            emb = emb + self.label_emb(y.to(dtype))
+        emb = embed_time(self, x, timesteps, y)
         guided_hint = self.input_hint_block(hint.to(dtype))
         if guided_hint.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"hint of size {tuple(hint.shape[-2:])} gives features of size "

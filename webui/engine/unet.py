@@ -302,15 +302,7 @@ class UNetModel(nn.Module):
         """Predict the model output (eps or v) for latents ``x`` at ``timesteps`` given ``context``;
         ``extras``: residuals and block wrappers for this call (see ``UNetExtras``)."""
         dtype = self.time_embed[0].weight.dtype
-        timesteps = torch.as_tensor(timesteps, device=x.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps.expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
-        if self.config.adm_in_channels is not None:
-            if y is None:
-                raise ValueError("this UNet needs the class/size vector y")
-            emb = emb + self.label_emb(y.to(dtype))
-
+        emb = embed_time(self, x, timesteps, y)
         h = x.to(dtype)
         context = context.to(dtype)
         if extras is None:
@@ -335,6 +327,21 @@ class UNetModel(nn.Module):
             if outputs is not None:
                 h = _add(h, outputs[i])
         return self.out(h).to(x.dtype)
+
+
+def embed_time(model: nn.Module, x: torch.Tensor, timesteps, y: torch.Tensor | None = None) -> torch.Tensor:
+    """``time_embed`` (+ ``label_emb(y)`` for SDXL-style configs) of a UNet or its encoder copy (ControlNet),
+    for a batch ``x``; the sinusoidal part in float32, then the module's dtype."""
+    dtype = model.time_embed[0].weight.dtype
+    timesteps = torch.as_tensor(timesteps, device=x.device)
+    if timesteps.ndim == 0:
+        timesteps = timesteps.expand(x.shape[0])
+    emb = model.time_embed(timestep_embedding(timesteps, model.config.model_channels).to(dtype))
+    if model.config.adm_in_channels is not None:
+        if y is None:
+            raise ValueError(f"this {type(model).__name__} needs the class/size vector y")
+        emb = emb + model.label_emb(y.to(dtype))
+    return emb
 
 
 def _block_runner(wrappers: Mapping[str, Sequence[BlockWrapper]], emb, context):
