@@ -93,6 +93,26 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
     for wrapper in reversed(patches.model_wrappers if patches is not None else []):
         call_model = _wrap_model(wrapper, call_model)
 
+    built: dict = {}
+
+    def contexts(conds, u, batch):
+        """The cond rows (each image's parts), the uncond rows, and both in one batch when their lengths match
+        (padded when asked); built once per pair of schedule entries (the schedules hand back the same
+        tensors), not on every model call."""
+        key = (id(conds), id(u), batch)
+        if key not in built:
+            c_len, u_len, parts = conds.shape[1], u.shape[0], conds.shape[0]
+            if empty is not None and c_len != u_len:
+                repeats = (max(c_len, u_len) - min(c_len, u_len)) // empty.shape[0]
+                if u_len < c_len:
+                    u = torch.cat([u, empty.repeat(repeats, 1)])
+                else:
+                    conds = torch.cat([conds, empty.repeat(repeats, 1).expand(parts, -1, -1)], dim=1)
+            c_rows, u_rows = conds.repeat(batch, 1, 1), u.expand(batch, -1, -1)
+            joined = torch.cat([c_rows, u_rows]) if c_rows.shape[1] == u_rows.shape[1] else None
+            built[key] = (c_rows, u_rows, joined)
+        return built[key]
+
     def run(x, sigma, context, image_cond, step, uncond_rows):
         info = CallInfo(step, state.sampling_step, state.total_steps, uncond_rows)
         return call_model(x, sigma, context, image_cond, info)
@@ -114,20 +134,11 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
         batch, parts = x.shape[0], conds.shape[0]
         if cfg_scale == 1.0 and weights == [1.0]:
             return run(x, sigma, conds.expand(batch, -1, -1), image_cond, step, [False] * batch)
-        u = uncond.at(step)
-        c_len, u_len = conds.shape[1], u.shape[0]
-        if empty is not None and c_len != u_len:
-            repeats = (max(c_len, u_len) - min(c_len, u_len)) // empty.shape[0]
-            if u_len < c_len:
-                u = torch.cat([u, empty.repeat(repeats, 1)])
-            else:
-                conds = torch.cat([conds, empty.repeat(repeats, 1).expand(parts, -1, -1)], dim=1)
+        c_rows, u_rows, joined = contexts(conds, uncond.at(step), batch)
         x_c, sigma_c = x.repeat_interleave(parts, 0), sigma.repeat_interleave(parts, 0)
         ic_c = None if image_cond is None else image_cond.repeat_interleave(parts, 0)
-        c_rows = conds.repeat(batch, 1, 1)
-        u_rows = u.expand(batch, -1, -1)
-        if c_rows.shape[1] == u_rows.shape[1]:
-            out = run(torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), torch.cat([c_rows, u_rows]),
+        if joined is not None:
+            out = run(torch.cat([x_c, x]), torch.cat([sigma_c, sigma]), joined,
                       None if image_cond is None else torch.cat([ic_c, image_cond]), step,
                       [False] * (batch * parts) + [True] * batch)
             out_c, out_u = out[:batch * parts], out[batch * parts:]

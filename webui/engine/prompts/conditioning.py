@@ -38,25 +38,33 @@ class CondSchedule:
     """``[(last_step, cond [T, D]), ...]``: ``cond`` applies to the model calls up to ``last_step``."""
     entries: list[tuple[int, torch.Tensor]]
 
-    def at(self, step: int) -> torch.Tensor:
-        for end, cond in self.entries:
+    def index(self, step: int) -> int:
+        for i, (end, _) in enumerate(self.entries):
             if step <= end:
-                return cond
-        return self.entries[0][1]          # past the end: A1111 falls back to the first entry
+                return i
+        return 0                            # past the end: A1111 falls back to the first entry
+
+    def at(self, step: int) -> torch.Tensor:
+        return self.entries[self.index(step)][1]
 
 
 @dataclass
 class MultiCond:
     """``AND`` parts: ``[(schedule, weight), ...]``."""
     parts: list[tuple[CondSchedule, float]]
+    _stacked: dict = field(default_factory=dict, repr=False)   # entry indices -> stacked conds
 
     def at(self, step: int) -> tuple[torch.Tensor, list[float]]:
-        """``([parts, T, D], weights)``; parts of different lengths are padded by repeating their last vector."""
-        conds = [s.at(step) for s, _ in self.parts]
-        longest = max(c.shape[0] for c in conds)
-        conds = [c if c.shape[0] == longest else torch.cat([c, c[-1:].expand(longest - c.shape[0], -1)])
-                 for c in conds]
-        return torch.stack(conds), [w for _, w in self.parts]
+        """``([parts, T, D], weights)``; parts of different lengths are padded by repeating their last vector.
+        The stacked tensor is built once per combination of entries (the same object on later calls)."""
+        key = tuple(s.index(step) for s, _ in self.parts)
+        if key not in self._stacked:
+            conds = [s.entries[i][1] for (s, _), i in zip(self.parts, key)]
+            longest = max(c.shape[0] for c in conds)
+            conds = [c if c.shape[0] == longest else torch.cat([c, c[-1:].expand(longest - c.shape[0], -1)])
+                     for c in conds]
+            self._stacked[key] = torch.stack(conds)
+        return self._stacked[key], [w for _, w in self.parts]
 
 
 @dataclass
