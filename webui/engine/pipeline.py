@@ -35,7 +35,9 @@ from .sampling.schedules import DiscreteSchedule, sd_alphas_cumprod
 from .seeds import ImageRNG, image_seeds, resolve_seed
 from .prompts.chunks import EMPHASIS_MODES
 from .prompts.composable import ExtraNetworkTag, extra_network_tags
-from .prompts.conditioning import PromptEncoder, PromptOptions
+from .prompts.conditioning import PROMPT_SETTINGS, PromptEncoder, PromptOptions
+
+SETTING_FIELDS = (*PROMPT_SETTINGS, "pad_cond_uncond")   # request fields that default to the same-named setting
 from .prompts.embeddings import EmbeddingDatabase
 from .text import TextEncoder, load_tokenizer
 
@@ -234,6 +236,11 @@ class Engine:
         return self.model
 
     @property
+    def text_encoder(self) -> TextEncoder | None:
+        """The loaded model's prompt encoder (None without a model)."""
+        return self._text_encoder
+
+    @property
     def embeddings(self) -> EmbeddingDatabase:
         """Textual-inversion embeddings of ``embeddings_dir`` for the loaded model, reread when files change."""
         self._require_model()
@@ -244,13 +251,8 @@ class Engine:
         return self._embeddings
 
     def prompt_encoder(self, request: GenerationRequest) -> PromptEncoder:
-        defaults = PromptOptions()
-        options = PromptOptions(
-            clip_skip=request.clip_skip,
-            emphasis=request.emphasis if request.emphasis is not None else defaults.emphasis,
-            comma_padding_backtrack=(request.comma_padding_backtrack if request.comma_padding_backtrack is not None
-                                     else defaults.comma_padding_backtrack),
-            use_old_scheduling=bool(request.use_old_scheduling))
+        given = {key: getattr(request, key) for key in PROMPT_SETTINGS if getattr(request, key) is not None}
+        options = PromptOptions(clip_skip=request.clip_skip, **given)
         return PromptEncoder(self._text_encoder, self.embeddings, options, self.hash_cache)
 
     @property

@@ -76,7 +76,6 @@ class Backend:
         self._vae_approx_dir = vae_approx_dir or paths.root / "models" / "vae_approx"
         self._taesd = None
         self._tokenizer = None   # a TextEncoder without a model: token counts for the UI
-        self._count_embeddings = None   # an EmbeddingDatabase for token counts and the embeddings list
         self.styles = StyleDatabase(paths.styles)
         self.extensions = extensions    # a hooks.registry.ExtensionManager, or None
 
@@ -232,26 +231,17 @@ class Backend:
     def _text_encoder(self):
         """The loaded model's text encoder, else a tokenizer-only one (token counts need no weights)."""
         engine = self._engine
-        if engine is not None and engine.model is not None and engine._text_encoder is not None:
-            return engine._text_encoder
+        if engine is not None and engine.text_encoder is not None:
+            return engine.text_encoder
         if self._tokenizer is None:
             from ..engine.text import TextEncoder, load_tokenizer
             self._tokenizer = TextEncoder(None, load_tokenizer())
         return self._tokenizer
 
     def embedding_database(self):
-        """Embeddings of the embeddings folder for the loaded model's text width (None without a model)."""
-        from ..engine.prompts.embeddings import EmbeddingDatabase
-
-        encoder = self._text_encoder()
-        if encoder.model is None:
-            return None
-        db = self._count_embeddings
-        if db is None or db.width != encoder.width or db.folder != self.paths.embeddings:
-            db = self._count_embeddings = EmbeddingDatabase(self.paths.embeddings, encoder.width,
-                                                            lambda t: encoder.tokenize([t])[0])
-        db.refresh()
-        return db
+        """The loaded model's embeddings (the engine's own, reread when the folder changes), or None."""
+        engine = self._engine
+        return engine.embeddings if engine is not None and engine.text_encoder is not None else None
 
     def embeddings(self) -> dict:
         """A1111's ``/sdapi/v1/embeddings`` shape: ``{"loaded": {name: info}, "skipped": {name: info}}``."""
@@ -268,12 +258,9 @@ class Backend:
         return {"loaded": {n: info(e) for n, e in db.loaded.items()},
                 "skipped": {n: info(e) for n, e in db.skipped.items()}}
 
-    def prompt_options(self, overrides: dict | None = None):
-        from ..engine.prompts.conditioning import PromptOptions
-        values = {**{k: self.options[k] for k in ("emphasis", "comma_padding_backtrack", "use_old_scheduling")},
-                  **{k: v for k, v in (overrides or {}).items()
-                     if k in ("emphasis", "comma_padding_backtrack", "use_old_scheduling")}}
-        return PromptOptions(clip_skip=1, **values)
+    def prompt_options(self):
+        from ..engine.prompts.conditioning import PROMPT_SETTINGS, PromptOptions
+        return PromptOptions(**{key: self.options[key] for key in PROMPT_SETTINGS})
 
     def count_tokens(self, text: str, steps: int = 20, styles: list[str] | None = None,
                      negative: bool = False) -> tuple[int, int]:
@@ -309,9 +296,9 @@ class Backend:
         extension title -> its arguments (UI section values or the API's alwayson_scripts). The job's
         result is a ``GenerationOutput``."""
         import dataclasses
-        changes = {key: self.options[key] for key in ("emphasis", "comma_padding_backtrack",
-                                                       "use_old_scheduling", "pad_cond_uncond")
-                   if getattr(request, key) is None}
+
+        from ..engine.pipeline import SETTING_FIELDS
+        changes = {key: self.options[key] for key in SETTING_FIELDS if getattr(request, key) is None}
         if styles:
             changes["prompt"], changes["negative_prompt"] = self.styles.apply(request.prompt,
                                                                               request.negative_prompt, styles)
@@ -340,10 +327,8 @@ class Backend:
         from ..engine.pipeline import JobHooks
         hooks = self.extensions.job_hooks(script_args) if self.extensions is not None else JobHooks()
         result = engine.generate(request, progress=self._progress_callback(job), control=job.control, hooks=hooks)
-        before_save = None
-        if self.extensions is not None:
-            def before_save(image, params):
-                self.extensions.before_image_saved(image, params, result.warnings)
+        before_save = None if self.extensions is None else (
+            lambda image, params: self.extensions.before_image_saved(image, params, result.warnings))
         texts = infotexts(request, result, self._model_info, before_save)
         for warning in result.warnings:
             self.log(f"warning: {warning}")

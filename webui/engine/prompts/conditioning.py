@@ -30,7 +30,9 @@ class PromptOptions:
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
     use_old_scheduling: bool = False
-    textual_inversion_add_hashes_to_infotext: bool = True
+
+
+PROMPT_SETTINGS = ("emphasis", "comma_padding_backtrack", "use_old_scheduling")   # settings = request fields
 
 
 @dataclass
@@ -101,10 +103,9 @@ class PromptEncoder:
             outputs.append(apply_emphasis(z, torch.tensor([chunk.weights for chunk in batch], device=z.device),
                                           self.options.emphasis))
         self.used_embeddings.update(used)
-        if used and self.options.textual_inversion_add_hashes_to_infotext:
+        if used:
             # as A1111: each encoding call puts its own embeddings in front of those recorded before
-            hashes = [f"{name.replace(':', '').replace(',', '')}: {e.short_hash(self.hash_cache)}"
-                      for name, e in used.items()]
+            hashes = [infotext_hash(name, e.short_hash(self.hash_cache)) for name, e in used.items()]
             self.ti_hashes = ", ".join(hashes + ([self.ti_hashes] if self.ti_hashes else []))
         if self.options.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
             self.emphasis_used = True
@@ -132,6 +133,11 @@ class PromptEncoder:
         if self.emphasis_used:
             params["Emphasis"] = self.options.emphasis
         return params
+
+
+def infotext_hash(name: str, short_hash: str) -> str:
+    """One ``name: hash`` entry of A1111's ``TI hashes`` / ``Lora hashes`` (``:`` and ``,`` dropped from the name)."""
+    return f"{name.replace(':', '').replace(',', '')}: {short_hash}"
 
 
 def make_chunker(text_encoder: TextEncoder, embeddings: EmbeddingDatabase | None,

@@ -11,6 +11,7 @@ encoder's are listed as skipped (an SD 2.x embedding next to an SD 1.x model).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,7 @@ class EmbeddingDatabase:
         self.skipped: dict[str, Embedding] = {}
         self.errors: dict[str, str] = {}
         self._signature = None
+        self._lock = threading.Lock()
         self._by_first_token: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
 
     def _scan(self) -> list[tuple[Path, int, int]]:
@@ -122,31 +124,34 @@ class EmbeddingDatabase:
         return found
 
     def refresh(self, force: bool = False) -> None:
-        scanned = self._scan()
-        if not force and scanned == self._signature:
-            return
-        self._signature = scanned
-        self.loaded, self.skipped, self.errors, self._by_first_token = {}, {}, {}, {}
-        for path, _, _ in scanned:
-            try:
-                embedding = load_embedding(path)
-            except (EmbeddingError, files.CheckpointError, OSError) as exc:
-                self.errors[str(path)] = str(exc)
-                if self._log:
-                    self._log(f"embedding {path.name} skipped: {exc}")
-                continue
-            if embedding.name in self.loaded or embedding.name in self.skipped:
-                self.errors[str(path)] = f"{path}: another embedding is already named {embedding.name!r}"
-                continue
-            if embedding.width != self.width:
-                self.skipped[embedding.name] = embedding
-                continue
-            self.loaded[embedding.name] = embedding
-            ids = tuple(self._tokenize(embedding.name))
-            if ids:
-                entries = self._by_first_token.setdefault(ids[0], [])
-                entries.append((ids, embedding))
+        """Reread the folder if its files changed. Thread-safe: the lists are swapped in whole, so a reader
+        on another thread (the UI's token counter) sees either the old set or the new one."""
+        with self._lock:
+            scanned = self._scan()
+            if not force and scanned == self._signature:
+                return
+            loaded, skipped, errors, by_first = {}, {}, {}, {}
+            for path, _, _ in scanned:
+                try:
+                    embedding = load_embedding(path)
+                except (EmbeddingError, files.CheckpointError, OSError) as exc:
+                    errors[str(path)] = str(exc)
+                    if self._log:
+                        self._log(f"embedding {path.name} skipped: {exc}")
+                    continue
+                if embedding.name in loaded or embedding.name in skipped:
+                    errors[str(path)] = f"{path}: another embedding is already named {embedding.name!r}"
+                elif embedding.width != self.width:
+                    skipped[embedding.name] = embedding
+                else:
+                    loaded[embedding.name] = embedding
+                    ids = tuple(self._tokenize(embedding.name))
+                    if ids:
+                        by_first.setdefault(ids[0], []).append((ids, embedding))
+            for entries in by_first.values():
                 entries.sort(key=lambda entry: -len(entry[0]))
+            self.loaded, self.skipped, self.errors, self._by_first_token = loaded, skipped, errors, by_first
+            self._signature = scanned
 
     def find(self, tokens: list[int], i: int) -> tuple[Embedding | None, int]:
         for ids, embedding in self._by_first_token.get(tokens[i], ()):
