@@ -9,9 +9,6 @@ without control.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -75,29 +72,17 @@ def _choice(value, options: tuple[str, ...], name: str) -> int:
 
 
 def decode_image(value) -> np.ndarray | None:
-    """A base64 PNG/JPEG (optionally a ``data:`` URL, or ``{"image": ...}``) or an array -> HWC uint8."""
-    if value is None or (isinstance(value, str) and not value):
-        return None
+    """A base64 PNG/JPEG (optionally a ``data:`` URL, or ``{"image": ...}``), a PIL image or an array -> HWC
+    uint8; None for none. Base64 goes through the API's own decoder (no URLs, a pixel limit)."""
     if isinstance(value, dict):
         value = value.get("image")
-        if value is None:
-            return None
+    if value is None or (isinstance(value, str) and not value):
+        return None
     if isinstance(value, np.ndarray):
         return value
-    if isinstance(value, Image.Image):
-        return np.asarray(value.convert("RGBA" if "A" in value.mode else "RGB"))
-    if not isinstance(value, str):
-        raise ValueError("image must be a base64-encoded PNG or JPEG")
-    if value.startswith("data:"):
-        value = value.split(",", 1)[-1]
-    try:
-        raw = base64.b64decode(value, validate=True)
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ValueError(f"image is {img.width}x{img.height}, more than {MAX_PIXELS} pixels")
-            return np.asarray(img.convert("RGBA" if "A" in img.mode else "RGB"))
-    except (binascii.Error, OSError) as exc:
-        raise ValueError(f"image is not a readable base64 PNG/JPEG ({exc})") from None
+    if not isinstance(value, Image.Image):
+        value = im.decode_base64(value, "image", MAX_PIXELS)
+    return np.asarray(value.convert("RGBA" if "A" in value.mode else "RGB"))
 
 
 def unit_from_dict(data: dict, n: int) -> Unit:
@@ -145,13 +130,11 @@ def prepare_hint(unit: Unit, image: np.ndarray, width: int, height: int) -> np.n
                                    None if unit.threshold_a < 0 else unit.threshold_a,
                                    None if unit.threshold_b < 0 else unit.threshold_b)
     # A1111's resize modes: 0 just resize, 1 crop and resize, 2 resize and fill
-    resized = im.resize_image(unit.resize_mode, Image.fromarray(pp.hwc3(detected)), width, height)
-    return np.asarray(resized.convert("RGB"))
+    return np.array(im.resize_image(unit.resize_mode, Image.fromarray(detected), width, height))
 
 
 def hint_tensor(hint: np.ndarray, device, dtype) -> torch.Tensor:
-    return torch.from_numpy(hint.copy()).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None].div(255.0) \
-        .to(dtype)
+    return torch.from_numpy(hint).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None].div(255.0).to(dtype)
 
 
 def control_residuals(net, hint: torch.Tensor, unit: Unit):
@@ -160,21 +143,26 @@ def control_residuals(net, hint: torch.Tensor, unit: Unit):
     count = len(net.input_blocks) + 1
     scales = [unit.weight * (0.825 ** float(count - 1 - i)) if soft else unit.weight for i in range(count)]
 
+    features = None          # the hint's features: computed on the first call, the same for every call after
+    masks: dict[tuple, torch.Tensor] = {}   # uncond rows -> 0/1 row mask, made once per batch layout
+
     def provider(x, t, context, info):
+        nonlocal features
         if info.total_steps:
             progress = info.sampling_step / info.total_steps
             if progress < unit.guidance_start or progress > unit.guidance_end:
                 return None
-        rows = x.shape[0]
-        residuals = net(x[:, :4], hint.expand(rows, -1, -1, -1), t, context)
-        keep = None
-        if unit.control_mode == 2:       # the negative prompt's rows get no control
-            keep = torch.tensor([0.0 if u else 1.0 for u in info.uncond_rows], device=x.device)
-            keep = keep.view(-1, 1, 1, 1)
-        out = []
-        for r, scale in zip(residuals, scales):
-            r = r * scale
-            out.append(r if keep is None else r * keep.to(r.dtype))
+        if features is None:
+            features = net.hint_features(hint)
+        residuals = net(x[:, :net.config.in_channels], None, t, context, features=features)
+        if unit.control_mode != 2:
+            out = [r * scale for r, scale in zip(residuals, scales)]
+        else:                           # the negative prompt's rows get no control
+            key = tuple(info.uncond_rows)
+            if key not in masks:
+                masks[key] = torch.tensor([0.0 if u else 1.0 for u in key], device=x.device,
+                                          dtype=residuals[0].dtype).view(-1, 1, 1, 1)
+            out = [r * (masks[key] * scale) for r, scale in zip(residuals, scales)]
         return UNetExtras(input_residuals=out[:-1], middle_residual=out[-1])
     return provider
 

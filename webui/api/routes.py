@@ -6,18 +6,16 @@ cancel (``/sdapi/v1/tasks/{id}``), since A1111's ``progress`` is global.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
-import io
 import json
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Body, HTTPException
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .. import __version__
-from ..engine.pipeline import GenerationRequest
+from ..engine import images as im
+from ..engine.pipeline import SETTING_FIELDS, GenerationRequest
 from ..engine.sampling import registry
 from ..jobs import infotext, saving
 from ..jobs.backend import Backend
@@ -43,35 +41,15 @@ def _error(status: int, message: str) -> HTTPException:
 
 
 def decode_image(data: str, what: str, limits: Limits) -> Image.Image:
-    """base64 or ``data:image/...;base64,`` -> PIL image. Remote URLs are never fetched."""
-    if not isinstance(data, str) or not data:
-        raise _error(422, f"{what}: empty image")
-    if data.startswith(("http://", "https://", "file:", "ftp://")):
-        raise _error(422, f"{what}: URLs are not fetched; send the image as base64 or a data: URL")
-    if data.startswith("data:"):
-        header, _, data = data.partition(",")
-        if ";base64" not in header:
-            raise _error(422, f"{what}: only base64 data: URLs are accepted")
+    """base64 or ``data:image/...;base64,`` -> PIL image (422, or 413 when too large). URLs are never fetched."""
     try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise _error(422, f"{what}: not valid base64") from None
-    try:
-        with Image.open(io.BytesIO(raw)) as probe:
-            if probe.width * probe.height > limits.max_image_pixels:
-                raise _error(413, f"{what}: {probe.width}x{probe.height} is larger than "
-                                  f"{limits.max_image_pixels} pixels")
-            probe.load()
-            image = probe.copy()
-    except HTTPException:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise _error(422, f"{what}: not a readable image ({type(exc).__name__})") from None
-    return image
+        return im.decode_base64(data, what, limits.max_image_pixels)
+    except im.ImageInputError as exc:
+        raise _error(413 if exc.too_large else 422, str(exc)) from None
 
 
 def encode_png(image: Image.Image, text: str | None) -> str:
-    return base64.b64encode(saving.png_with_infotext(image, text)).decode("ascii")
+    return saving.png_base64(image, text)
 
 
 class Api:
@@ -135,8 +113,7 @@ class Api:
             raise _error(422, f"unknown override_settings: {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
         try:
             prompt_settings = {key: coerce_option(key, overrides[key])
-                               for key in ("CLIP_stop_at_last_layers", "emphasis", "comma_padding_backtrack",
-                                           "use_old_scheduling", "pad_cond_uncond") if key in overrides}
+                               for key in ("CLIP_stop_at_last_layers", *SETTING_FIELDS) if key in overrides}
         except ValueError as exc:
             raise _error(422, f"override_settings: {exc}") from None
         clip_skip = prompt_settings.pop("CLIP_stop_at_last_layers", self.backend.options["CLIP_stop_at_last_layers"])

@@ -7,9 +7,13 @@ the mask's padded bounding box, widened to the output aspect ratio, and pastes t
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
@@ -171,3 +175,39 @@ def to_pil(x: torch.Tensor) -> Image.Image:
     """Float tensor (3, H, W) in [-1, 1] -> PIL RGB, rounding like A1111 (255 * clamp, truncation)."""
     arr = ((x.float().clamp(-1, 1) + 1.0) / 2.0 * 255.0).permute(1, 2, 0).to("cpu", torch.float32).numpy()
     return Image.fromarray(arr.astype(np.uint8))
+
+
+class ImageInputError(ValueError):
+    """A base64 image that cannot be used; ``too_large`` when it is only its size (HTTP 413, not 422)."""
+
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
+
+
+def decode_base64(data: str, what: str, max_pixels: int) -> Image.Image:
+    """base64 or ``data:image/...;base64,`` -> a loaded PIL image. Remote URLs are never fetched; a picture of
+    more than ``max_pixels`` is refused from its header, before it is decoded."""
+    if not isinstance(data, str) or not data:
+        raise ImageInputError(f"{what}: empty image")
+    if data.startswith(("http://", "https://", "file:", "ftp://")):
+        raise ImageInputError(f"{what}: URLs are not fetched; send the image as base64 or a data: URL")
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        if ";base64" not in header:
+            raise ImageInputError(f"{what}: only base64 data: URLs are accepted")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInputError(f"{what}: not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as probe:
+            if probe.width * probe.height > max_pixels:
+                raise ImageInputError(f"{what}: {probe.width}x{probe.height} is larger than {max_pixels} pixels",
+                                      too_large=True)
+            probe.load()
+            return probe.copy()
+    except ImageInputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageInputError(f"{what}: not a readable image ({type(exc).__name__})") from None

@@ -78,6 +78,12 @@ def png_with_infotext(image: Image.Image, infotext: str | None) -> bytes:
     return buf.getvalue()
 
 
+def png_base64(image: Image.Image, infotext: str | None = None) -> str:
+    """The PNG (with its infotext) as base64 text, as A1111's API sends images."""
+    import base64
+    return base64.b64encode(png_with_infotext(image, infotext)).decode("ascii")
+
+
 def _extension(extension: str) -> str:
     ext = extension.lower().lstrip(".")
     if ext not in EXTENSIONS:
