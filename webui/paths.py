@@ -62,6 +62,31 @@ def list_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     return found
 
 
+def model_folders(user_folder: Path, kind: str) -> list[Path]:
+    """Where files of one kind (``"lora"``, ``"controlnet"``) are looked for: the user's folder, then the
+    project's ``models/<kind>`` (the shipped demo files) when that is another folder."""
+    folders = [Path(user_folder)]
+    shipped = PROJECT_ROOT / "models" / kind
+    if shipped.resolve() != folders[0].resolve():
+        folders.append(shipped)
+    return folders
+
+
+def files_by_stem(folders: list[Path], extensions: tuple[str, ...]) -> dict[str, Path]:
+    """``list_files`` of each folder, by file stem; the first folder wins a name both have."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for path in list_files(folder, extensions):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def file_identity(path: Path) -> tuple[str, int, int]:
+    """(path, mtime_ns, size): changes when the file does; a key for caches of what was read from it."""
+    stat = path.stat()
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
 def is_demo_checkpoint(path: Path) -> bool:
     return path.name.startswith(DEMO_PREFIX)
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from webui.engine.hashing import file_sha256
-from webui.paths import PROJECT_ROOT, list_files
+from webui.jobs.saving import png_base64
+from webui.paths import file_identity, files_by_stem, model_folders
 
 from . import preprocessors as pp
 from .units import CONTROL_MODES, MAX_UNITS, RESIZE_MODES, Unit, control_residuals, decode_image, hint_tensor, \
@@ -23,31 +27,31 @@ FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start", "gu
 
 
 class ControlNets:
-    """The ControlNet files, by title (``name [hash8]``), and a small cache of loaded networks."""
+    """The ControlNet files, by title (``name [hash8]``, the hash kept until the file changes), and a small
+    cache of loaded networks."""
 
     def __init__(self, paths):
-        self.folders = [paths.root / "models" / "controlnet"]
-        shipped = PROJECT_ROOT / "models" / "controlnet"
-        if shipped.resolve() != self.folders[0].resolve():
-            self.folders.append(shipped)
+        self.folders = model_folders(paths.root / "models" / "controlnet", "controlnet")
         self.hash_cache = paths.hash_cache
+        self._hashes: dict[tuple, str] = {}
         self._loaded: dict[tuple, object] = {}
         self._lock = threading.Lock()
 
     def files(self) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for folder in self.folders:
-            for path in list_files(folder, EXTENSIONS):
-                found.setdefault(path.stem, path)
-        return found
+        return files_by_stem(self.folders, EXTENSIONS)
 
     def title(self, path: Path) -> str:
-        return f"{path.stem} [{file_sha256(path, self.hash_cache)[:8]}]"
+        identity = file_identity(path)
+        if identity not in self._hashes:
+            self._hashes[identity] = file_sha256(path, self.hash_cache)[:8]
+        return f"{path.stem} [{self._hashes[identity]}]"
 
-    def find(self, name: str) -> Path:
+    def titles(self) -> list[str]:
+        return [self.title(path) for path in self.files().values()]
+
+    def find(self, name: str, files: dict[str, Path]) -> Path:
         """A file from its title, stem or file name (``control_canny [abcd1234]``, ``control_canny``)."""
         bare = name.split(" [", 1)[0].strip()
-        files = self.files()
         for stem, path in files.items():
             if bare in (stem, path.name):
                 return path
@@ -57,37 +61,22 @@ class ControlNets:
     def load(self, path: Path, device, dtype):
         from .cldm import load_controlnet
 
-        stat = path.stat()
-        key = (str(path), stat.st_mtime_ns, str(device), dtype)
+        key = (*file_identity(path), str(device), dtype)
         with self._lock:
             if key not in self._loaded:
                 while len(self._loaded) >= MAX_UNITS:
                     self._loaded.pop(next(iter(self._loaded)))
-                self._loaded[key] = load_controlnet(path, device=device, dtype=dtype).eval()
+                self._loaded[key] = load_controlnet(path, device=device, dtype=dtype)
             return self._loaded[key]
 
 
-def encode_png(array) -> str:
-    import base64
-    import io
-
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def units_from_ui(args: dict) -> list[Unit]:
+    """The enabled units of the UI section (values named ``unit{n}_{field}``)."""
     units = []
     for n in range(MAX_UNITS):
         values = {f: args.get(f"unit{n}_{f}") for f in FIELDS}
-        if not values["enabled"]:
-            continue
-        image = values["image"]
-        units.append(unit_from_dict({**{k: v for k, v in values.items() if v is not None and k != "image"},
-                                     "control_mode": values["control_mode"] or 0,
-                                     "resize_mode": values["resize_mode"] or 1}, n))
-        units[-1].image = image
+        if values["enabled"]:
+            units.append(unit_from_dict({k: v for k, v in values.items() if v is not None}, n))
     return units
 
 
@@ -96,16 +85,16 @@ def setup(hooks):
 
     @hooks.api_args
     def parse(args):
-        units = []
-        for n, entry in enumerate(args[:MAX_UNITS + 1]):
+        if len(args) > MAX_UNITS:
+            raise ValueError(f"at most {MAX_UNITS} ControlNet units")
+        units, files = [], nets.files()
+        for n, entry in enumerate(args):
             if not isinstance(entry, dict):
                 raise ValueError(f"ControlNet unit {n} must be an object with sd-webui-controlnet's fields")
             unit = unit_from_dict(entry, n)
             if unit.enabled and unit.model not in ("None", ""):
-                nets.find(unit.model)              # an unknown model is a 422, before the job is queued
+                nets.find(unit.model, files)       # an unknown model is a 422, before the job is queued
             units.append(unit)
-        if len(args) > MAX_UNITS:
-            raise ValueError(f"at most {MAX_UNITS} ControlNet units")
         return {"units": units}
 
     @hooks.on_job
@@ -113,17 +102,17 @@ def setup(hooks):
         units = args.get("units") if "units" in args else units_from_ui(args)
         width, height = ctx.size
         dtype = next(ctx.model.unet.parameters()).dtype
+        files = nets.files()
         for n, unit in enumerate(units or []):
             if not unit.enabled:
                 continue
             image = unit.image
             if image is None and ctx.request.init_image is not None:
-                import numpy as np
                 image = np.asarray(ctx.request.init_image.convert("RGB"))   # img2img: the init image
             if image is None or unit.model in ("None", ""):
                 ctx.warnings.append(f"ControlNet unit {n}: needs an image and a model; skipped")
                 continue
-            path = nets.find(unit.model)
+            path = nets.find(unit.model, files)
             net = nets.load(path, ctx.device, dtype)
             problem = net.compatible_with(ctx.model.unet.config)
             if problem:
@@ -139,10 +128,10 @@ def setup(hooks):
         return build_units(ui, nets)
 
     def model_list(update: bool = True):
-        return {"model_list": [nets.title(p) for p in nets.files().values()]}
+        return {"model_list": nets.titles()}
 
     def module_list(alias_names: bool = False):
-        names = [pp.LABELS.get(n, n) if alias_names else n for n in pp.PREPROCESSORS]
+        names = pp.labels() if alias_names else list(pp.PREPROCESSORS)
         detail = {n: {"sliders": [{"name": s.label, "min": s.minimum, "max": s.maximum, "value": s.default,
                                    "step": s.step} for s in sliders]}
                   for n, (_, sliders) in pp.PREPROCESSORS.items()}
@@ -162,7 +151,7 @@ def setup(hooks):
                 array = decode_image(image)
                 detected = pp.run_preprocessor(module, array, int(body.get("controlnet_processor_res", 512)),
                                                body.get("controlnet_threshold_a"), body.get("controlnet_threshold_b"))
-                outputs.append(encode_png(detected))
+                outputs.append(png_base64(Image.fromarray(detected)))
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, str(exc)) from None
         return {"images": outputs, "info": "Success"}

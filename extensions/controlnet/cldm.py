@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 from webui.engine import families
-from webui.engine.checkpoint import _build, _named
+from webui.engine.checkpoint import build_network, infer_config
 from webui.engine.diffusers_names import unet_module_names
 from webui.engine.files import CheckpointError, read_metadata, read_state_dict
 from webui.engine.unet import UNetConfig, UNetModel, embed_time
@@ -77,9 +76,10 @@ class ControlNet(nn.Module):
                 self.label_emb = unet.label_emb
             self.input_hint_block = _hint_block(hint_channels, self.hint_block_channels, config.model_channels)
             self.input_blocks = unet.input_blocks
-            self.zero_convs = nn.ModuleList(_zero_conv(ch) for ch in encoder_channels(config))
+            channels = encoder_channels(config)
+            self.zero_convs = nn.ModuleList(_zero_conv(ch) for ch in channels)
             self.middle_block = unet.middle_block
-            self.middle_block_out = _zero_conv(encoder_channels(config)[-1])
+            self.middle_block_out = _zero_conv(channels[-1])
         del unet
         if target.type != "meta":
             self.to_empty(device=target)
@@ -98,20 +98,25 @@ class ControlNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.time_embed[0].weight.dtype
 
-    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def hint_features(self, hint: torch.Tensor) -> torch.Tensor:
+        """``input_hint_block`` of an RGB hint in [0, 1] (B, 3, 8h, 8w): it does not depend on the latents,
+        so a job computes it once and hands it to ``forward``."""
+        return self.input_hint_block(hint.to(self.dtype))
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor | None, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None = None, *, features: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Residuals for the UNet: one per input block, in order, then the middle block's (module dtype).
 
-        ``x``: latents (B, C, h, w); ``hint``: RGB in [0, 1], (B, 3, 8h, 8w); ``timesteps``: (B,) or scalar;
-        ``context``: (B, T, context_dim); ``y``: the class/size vector of SDXL-style networks.
+        ``x``: latents (B, C, h, w); ``hint``: RGB in [0, 1], (B, 3, 8h, 8w), or ``features`` from
+        ``hint_features`` instead (batch B or 1); ``timesteps``: (B,) or scalar; ``context``: (B, T, context_dim);
+        ``y``: the class/size vector of SDXL-style networks.
         """
         dtype = self.dtype
         emb = embed_time(self, x, timesteps, y)
-        guided_hint = self.input_hint_block(hint.to(dtype))
+        guided_hint = features if features is not None else self.hint_features(hint)
         if guided_hint.shape[-2:] != x.shape[-2:]:
-            raise ValueError(f"hint of size {tuple(hint.shape[-2:])} gives features of size "
-                             f"{tuple(guided_hint.shape[-2:])}, latents are {tuple(x.shape[-2:])} "
-                             "(the hint must be 8x the latent size)")
+            raise ValueError(f"hint features of size {tuple(guided_hint.shape[-2:])}, latents of size "
+                             f"{tuple(x.shape[-2:])} (the hint must be 8x the latent size)")
         h, context = x.to(dtype), context.to(dtype)
         residuals = []
         for i, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
@@ -140,10 +145,10 @@ class ControlNet(nn.Module):
         sd = control_state_dict(sd, name=name)
         arch = families.arch_overrides(metadata, name=name)
         what = f"{name}: ControlNet"
-        config = _named(what, controlnet_config, sd, arch.get("unet"))
-        hint_channels, widths = _named(what, hint_block_spec, sd)
+        config = infer_config(what, controlnet_config, sd, arch.get("unet"))
+        hint_channels, widths = infer_config(what, hint_block_spec, sd)
         factory = functools.partial(cls, hint_channels=hint_channels, hint_block_channels=widths)
-        return _build(factory, config, sd, torch.device(device), dtype, what, release)
+        return build_network(factory, config, sd, torch.device(device), dtype, what, release)
 
 
 def load_controlnet(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -155,11 +160,6 @@ def load_controlnet(path: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 # ----------------------------------------------------------------------------- formats and configs
-
-def _indices(sd: Mapping[str, object], prefix: str) -> list[int]:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return sorted({int(m.group(1)) for k in sd if (m := pattern.match(k))})
-
 
 def control_state_dict(sd: Mapping[str, torch.Tensor], *, name: str = "state dict") -> dict[str, torch.Tensor]:
     """The ControlNet's tensors under our (original) names, whatever the file's format.
@@ -221,7 +221,7 @@ def controlnet_config(sd: Mapping[str, torch.Tensor], overrides: Mapping[str, ob
 
 def hint_block_spec(sd: Mapping[str, torch.Tensor]) -> tuple[int, tuple[int, ...]]:
     """(hint image channels, hint encoder widths) from ``input_hint_block.N.weight`` shapes."""
-    indices = _indices(sd, "input_hint_block.")
+    indices = families.block_indices(sd, "input_hint_block.")
     if not indices or indices != list(range(0, 2 * len(indices), 2)) or len(indices) % 2:
         raise CheckpointError(f"input_hint_block convs at {indices}, expected 0, 2, 4, ... (an even count)")
     outs = [sd[f"input_hint_block.{i}.weight"].shape[0] for i in indices]
@@ -236,16 +236,16 @@ def _diffusers_layout(sd: Mapping[str, torch.Tensor]) -> UNetConfig:
         return tuple(sd[key].shape)
 
     model_channels, in_channels = shape("conv_in.weight")[:2]
-    levels = _indices(sd, "down_blocks.")
+    levels = families.block_indices(sd, "down_blocks.")
     if levels != list(range(len(levels))) or not levels:
         raise CheckpointError(f"diffusers ControlNet has down_blocks {levels}, expected 0..N-1")
     mult = tuple(shape(f"down_blocks.{lv}.resnets.0.conv2.weight")[0] // model_channels for lv in levels)
-    depths = tuple(len(_indices(sd, f"down_blocks.{lv}.attentions.0.transformer_blocks.")) for lv in levels)
+    depths = tuple(len(families.block_indices(sd, f"down_blocks.{lv}.attentions.0.transformer_blocks.")) for lv in levels)
     adm = sd.get("add_embedding.linear_1.weight")
     return UNetConfig(in_channels=in_channels, out_channels=in_channels, model_channels=model_channels,
-                      channel_mult=mult, num_res_blocks=len(_indices(sd, "down_blocks.0.resnets.")),
+                      channel_mult=mult, num_res_blocks=len(families.block_indices(sd, "down_blocks.0.resnets.")),
                       attention_levels=tuple(i for i, d in enumerate(depths) if d), transformer_depth=depths,
-                      transformer_depth_middle=len(_indices(sd, "mid_block.attentions.0.transformer_blocks.")),
+                      transformer_depth_middle=len(families.block_indices(sd, "mid_block.attentions.0.transformer_blocks.")),
                       num_heads=1, adm_in_channels=None if adm is None else adm.shape[1])
 
 
@@ -254,13 +254,13 @@ def diffusers_to_original(sd: Mapping[str, torch.Tensor], *, name: str = "state 
     map (built on the meta device for this file's layout); the rest is the hint encoder
     (``controlnet_cond_embedding``) and the zero convs."""
     with torch.device("meta"):
-        names = unet_module_names(UNetModel(_named(name, _diffusers_layout, sd)))
-    n_blocks = len(_indices(sd, "controlnet_cond_embedding.blocks."))
+        names = unet_module_names(UNetModel(infer_config(name, _diffusers_layout, sd)))
+    n_blocks = len(families.block_indices(sd, "controlnet_cond_embedding.blocks."))
     names["controlnet_cond_embedding.conv_in"] = "input_hint_block.0"
     names["controlnet_cond_embedding.conv_out"] = f"input_hint_block.{2 * n_blocks + 2}"
     names.update({f"controlnet_cond_embedding.blocks.{j}": f"input_hint_block.{2 * j + 2}" for j in range(n_blocks)})
     names.update({f"controlnet_down_blocks.{i}": f"zero_convs.{i}.0"
-                  for i in _indices(sd, "controlnet_down_blocks.")})
+                  for i in families.block_indices(sd, "controlnet_down_blocks.")})
     names["controlnet_mid_block"] = "middle_block_out.0"
     out, unknown = {}, []
     for key, value in sd.items():

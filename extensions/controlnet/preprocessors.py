@@ -146,6 +146,11 @@ ALIASES = {label: name for name, label in LABELS.items()}
 NO_RESOLUTION = frozenset({"none", "invert"})  # work at the input size
 
 
+def labels() -> list[str]:
+    """The preprocessors as sd-webui-controlnet's UI names them."""
+    return [LABELS.get(name, name) for name in PREPROCESSORS]
+
+
 def resolve(name: str) -> str:
     """The registry name for ``name`` or one of its UI labels; ValueError listing the known names."""
     name = ALIASES.get(name, name)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gradio as gr
-import numpy as np
 
 from . import preprocessors as pp
 from .units import CONTROL_MODES, MAX_UNITS, RESIZE_MODES, pixel_perfect_resolution
@@ -11,15 +10,16 @@ from .units import CONTROL_MODES, MAX_UNITS, RESIZE_MODES, pixel_perfect_resolut
 def build_units(ui, nets) -> dict:
     """Components by ``unit{n}_{field}`` name (the names ``units_from_ui`` reads)."""
     found: dict = {}
-    modules = [pp.LABELS.get(name, name) for name in pp.PREPROCESSORS]
+    modules = pp.labels()
+    models = ["None", *nets.titles()]
     with gr.Tabs():
         for n in range(MAX_UNITS):
             with gr.Tab(f"ControlNet Unit {n}", elem_id=f"{ui.kind}_controlnet_unit{n}"):
-                found.update(_unit(ui.kind, n, nets, modules))
+                found.update(_unit(ui.kind, n, nets, modules, models))
     return found
 
 
-def _unit(kind: str, n: int, nets, modules: list[str]) -> dict:
+def _unit(kind: str, n: int, nets, modules: list[str], models: list[str]) -> dict:
     eid = f"{kind}_controlnet_{n}"
     with gr.Row():
         image = gr.Image(type="numpy", label="Control image", sources=["upload", "clipboard"], image_mode="RGB",
@@ -31,7 +31,7 @@ def _unit(kind: str, n: int, nets, modules: list[str]) -> dict:
         pixel_perfect = gr.Checkbox(False, label="Pixel Perfect", elem_id=f"{eid}_pixel_perfect")
     with gr.Row():
         module = gr.Dropdown(modules, value="none", label="Preprocessor", elem_id=f"{eid}_module")
-        model = gr.Dropdown(["None", *(nets.title(p) for p in nets.files().values())], value="None", label="Model",
+        model = gr.Dropdown(models, value="None", label="Model",
                             elem_id=f"{eid}_model")
         refresh = gr.Button("⟳", scale=0, min_width=40, elem_id=f"{eid}_refresh")
         run = gr.Button("Preview", scale=0, min_width=80, elem_id=f"{eid}_run_preview")
@@ -49,24 +49,27 @@ def _unit(kind: str, n: int, nets, modules: list[str]) -> dict:
                            elem_id=f"{eid}_resize_mode")
 
     def on_module(name):
-        sliders = pp.PREPROCESSORS[pp.resolve(name)][1]
-        updates = [gr.update(visible=i < len(sliders), **({"label": s.label, "minimum": s.minimum,
-                                                           "maximum": s.maximum, "value": s.default}
-                                                          if i < len(sliders) else {}))
-                   for i, s in enumerate([*sliders, None, None][:2])]
-        return [gr.update(visible=pp.resolve(name) not in pp.NO_RESOLUTION), *updates]
+        module = pp.resolve(name)
+        sliders = pp.PREPROCESSORS[module][1]
+
+        def slider(i):     # threshold A / B: shown with the preprocessor's own label and range, or hidden
+            if i >= len(sliders):
+                return gr.update(visible=False)
+            s = sliders[i]
+            return gr.update(visible=True, label=s.label, minimum=s.minimum, maximum=s.maximum, value=s.default)
+        return [gr.update(visible=module not in pp.NO_RESOLUTION), slider(0), slider(1)]
 
     def on_preview(img, name, res, a, b, perfect, resize):
         if img is None:
             return None
         if perfect:
             res = pixel_perfect_resolution(img, 512, 512, RESIZE_MODES.index(resize))
-        return pp.run_preprocessor(name, np.asarray(img), int(res), a, b)
+        return pp.run_preprocessor(name, img, int(res), a, b)
 
     module.change(on_module, [module], [resolution, threshold_a, threshold_b], concurrency_limit=None)
     run.click(on_preview, [image, module, resolution, threshold_a, threshold_b, pixel_perfect, resize_mode],
               [preview], concurrency_limit=None)
-    refresh.click(lambda current: gr.update(choices=["None", *(nets.title(p) for p in nets.files().values())],
+    refresh.click(lambda current: gr.update(choices=["None", *nets.titles()],
                                             value=current), [model], [model], concurrency_limit=None)
     return {f"unit{n}_enabled": enabled, f"unit{n}_image": image, f"unit{n}_module": module,
             f"unit{n}_model": model, f"unit{n}_weight": weight, f"unit{n}_guidance_start": start,

@@ -8,61 +8,67 @@ nothing in the model are reported to the user. Infotext: ``Lora hashes: "name: s
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 from webui.engine.files import read_metadata
 from webui.engine.hashing import file_sha256
 from webui.engine.patches import WeightPatch
-from webui.paths import PROJECT_ROOT, list_files
+from webui.engine.prompts.conditioning import infotext_hash
+from webui.paths import file_identity, files_by_stem, model_folders
 
 EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 
 
 class LoraLibrary:
-    """LoRA files by name (file stem, or the ``ss_output_name`` alias), and their parsed modules."""
+    """LoRA files by name (file stem, or the ``ss_output_name`` alias); what was read from each file (header
+    metadata, short hash, modules resolved against a model) is kept until the file changes."""
 
     def __init__(self, paths):
-        self.folders = [paths.lora]
-        shipped = PROJECT_ROOT / "models" / "lora"
-        if shipped.resolve() != Path(paths.lora).resolve():
-            self.folders.append(shipped)
+        self.folders = model_folders(paths.lora, "lora")
         self.hash_cache = paths.hash_cache
-        self._parsed: dict[tuple, object] = {}
+        self._read: dict[tuple, dict] = {}                               # file identity -> metadata, hash
+        self._parsed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # UNet -> identity -> LoraFile
         self._lock = threading.Lock()
 
     def files(self) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for folder in self.folders:
-            for path in list_files(Path(folder), EXTENSIONS):
-                found.setdefault(path.stem, path)
-        return found
+        return files_by_stem(self.folders, EXTENSIONS)
+
+    def _entry(self, identity: tuple) -> dict:
+        with self._lock:
+            return self._read.setdefault(identity, {})
 
     def metadata(self, path: Path) -> dict:
-        try:
-            return read_metadata(path)
-        except (ValueError, OSError):
-            return {}
+        entry = self._entry(file_identity(path))
+        if "metadata" not in entry:
+            try:
+                entry["metadata"] = read_metadata(path)
+            except (ValueError, OSError):
+                entry["metadata"] = {}
+        return entry["metadata"]
 
-    def find(self, name: str) -> Path | None:
-        files = self.files()
+    def short_hash(self, path: Path, identity: tuple) -> str:
+        entry = self._entry(identity)
+        if "hash" not in entry:
+            entry["hash"] = file_sha256(path, self.hash_cache)[:12]
+        return entry["hash"]
+
+    def find(self, name: str, files: dict[str, Path]) -> Path | None:
         if name in files:
             return files[name]
-        for path in files.values():
-            if self.metadata(path).get("ss_output_name") == name:
-                return path
-        return None
+        return next((path for path in files.values() if self.metadata(path).get("ss_output_name") == name), None)
 
-    def parsed(self, path: Path, model):
+    def parsed(self, path: Path, identity: tuple, model):
+        """The file's modules resolved against ``model`` (kept per model object, dropped with it)."""
         from .formats import read_lora
 
-        stat = path.stat()
-        key = (str(path), stat.st_mtime_ns, stat.st_size, id(model.unet), id(model.text_model))
         with self._lock:
-            if key not in self._parsed:
-                if len(self._parsed) > 16:
-                    self._parsed.pop(next(iter(self._parsed)))
-                self._parsed[key] = read_lora(path, model.unet, model.text_model)
-            return self._parsed[key]
+            per_model = self._parsed.setdefault(model.unet, {})
+            if identity not in per_model:
+                if len(per_model) >= 16:
+                    per_model.pop(next(iter(per_model)))
+                per_model[identity] = read_lora(path, model.unet, model.text_model)
+            return per_model[identity]
 
     def listing(self) -> list[dict]:
         """A1111's ``/sdapi/v1/loras`` shape."""
@@ -88,9 +94,8 @@ def multipliers(args: tuple[str, ...]) -> tuple[float, float]:
     return te, unet
 
 
-def weight_patches(lora_file, path: Path, te: float, unet: float) -> list[WeightPatch]:
-    stat = path.stat()
-    identity = (str(path), stat.st_mtime_ns, stat.st_size)
+def weight_patches(lora_file, identity: tuple, te: float, unet: float) -> list[WeightPatch]:
+    """One patch per module; the key (file identity, module, strength) lets the same set stay merged."""
     patches = []
     for module in lora_file.modules:
         strength = te if module.target == "text" else unet
@@ -106,6 +111,7 @@ def setup(hooks):
 
     def handle(tags, ctx):
         hashes = []
+        files = library.files()
         for tag in tags:
             name = tag.args[0] if tag.args else ""
             try:
@@ -113,19 +119,20 @@ def setup(hooks):
             except ValueError:
                 ctx.warnings.append(f"{tag.text}: the weights must be numbers; LoRA skipped")
                 continue
-            path = library.find(name)
+            path = library.find(name, files)
             if path is None:
                 ctx.warnings.append(f"{tag.text}: no LoRA named {name!r} in {library.folders[0]}; "
-                                    f"available: {', '.join(library.files()) or 'none'}")
+                                    f"available: {', '.join(files) or 'none'}")
                 continue
-            lora_file = library.parsed(path, ctx.model)
-            ctx.patches.weights.extend(weight_patches(lora_file, path, te, unet))
+            identity = file_identity(path)
+            lora_file = library.parsed(path, identity, ctx.model)
+            ctx.patches.weights.extend(weight_patches(lora_file, identity, te, unet))
             ignored = lora_file.unknown_keys + lora_file.mismatched
             if ignored:
                 shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
                 ctx.warnings.append(f"LoRA {name}: {len(ignored)} key(s) not applied (nothing in this model "
                                     f"matches them): {shown}")
-            hashes.append(f"{name.replace(':', '').replace(',', '')}: {file_sha256(path, library.hash_cache)[:12]}")
+            hashes.append(infotext_hash(name, library.short_hash(path, identity)))
         if hashes:
             ctx.infotext["Lora hashes"] = ", ".join(hashes)
 

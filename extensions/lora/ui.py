@@ -18,16 +18,15 @@ def _cards(library) -> list[list[str]]:
 def build_browser(ui, library) -> None:
     with gr.Row():
         cards = gr.Dataset(components=[gr.Textbox(visible=False), gr.Textbox(visible=False)],
-                           headers=["LoRA", "details"], samples=_cards(library), type="index",
+                           headers=["LoRA", "details"], samples=_cards(library), type="values",
                            label="LoRA (click to add to the prompt)", elem_id=f"{ui.kind}_lora_cards",
                            samples_per_page=12)
         refresh = gr.Button("⟳", scale=0, min_width=40, elem_id=f"{ui.kind}_lora_refresh")
 
-    def insert(index, prompt):
-        rows = _cards(library)
-        if index is None or not 0 <= index < len(rows):
+    def insert(card, prompt):
+        if not card:
             return gr.update()
-        tag = f"<lora:{rows[index][0]}:1>"
+        tag = f"<lora:{card[0]}:1>"
         prompt = prompt or ""
         return prompt + (", " if prompt.strip() and not prompt.rstrip().endswith(",") else "") + tag
 

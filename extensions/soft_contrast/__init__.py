@@ -32,14 +32,15 @@ def setup(hooks):
     def prepare(ctx, args):
         if not args.get("enabled"):
             return
-        keep = 1.0 - float(args.get("strength", 0.3))
+        strength = float(args.get("strength", 0.3))
+        keep = 1.0 - strength
 
         def soften(denoised, x, sigma, info):
             mean = denoised.mean(dim=(2, 3), keepdim=True)
             return mean + (denoised - mean) * keep
 
         ctx.patches.after_cfg.append(soften)
-        ctx.infotext["Soft contrast"] = round(1.0 - keep, 4)
+        ctx.infotext["Soft contrast"] = strength
         stats["jobs"] += 1
 
     @hooks.on_model_loaded

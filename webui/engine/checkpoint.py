@@ -74,23 +74,23 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     arch = families.arch_overrides(meta, name=name)
 
     unet_what = f"{name}: UNet ({family.unet_prefix}*)"
-    unet_config = _named(unet_what, families.unet_config, sd, family, arch.get("unet"))
-    unet = _build(UNetModel, unet_config, _sub(sd, family.unet_prefix), device, dtype, unet_what,
+    unet_config = infer_config(unet_what, families.unet_config, sd, family, arch.get("unet"))
+    unet = build_network(UNetModel, unet_config, _sub(sd, family.unet_prefix), device, dtype, unet_what,
                   release)
 
     text_prefix = families.text_prefix(sd, family)
     text_what = f"{name}: text encoder ({text_prefix}*)"
     text_sd = {k: v for k, v in _sub(sd, text_prefix).items() if not k.endswith(_IGNORED_SUFFIXES)}
-    text_config = _named(text_what, families.clip_config, text_sd, "", arch.get("clip"))
+    text_config = infer_config(text_what, families.clip_config, text_sd, "", arch.get("clip"))
     text_model = _build_text(text_config, text_sd, device, dtype, text_what, release)
     del text_sd
 
     if vae_path is None:
         vae_what = f"{name}: VAE ({family.vae_prefix}*)"
         vae_sd = _vae_state(_sub(sd, family.vae_prefix))
-        vae_config = _named(vae_what, families.vae_config, vae_sd, "", arch.get("vae"))
+        vae_config = infer_config(vae_what, families.vae_config, vae_sd, "", arch.get("vae"))
         del sd
-        vae = _build(AutoencoderKL, vae_config, vae_sd, device, vae_dtype or dtype, vae_what, release)
+        vae = build_network(AutoencoderKL, vae_config, vae_sd, device, vae_dtype or dtype, vae_what, release)
         del vae_sd
     else:
         del sd
@@ -116,14 +116,14 @@ def load_vae(path: str | os.PathLike, *, device: str | torch.device = "cpu",
                               "encoder.*, decoder.*, quant_conv, post_quant_conv (optionally under first_stage_model.)")
     del sd
     arch = families.arch_overrides(read_metadata(path), name=name)
-    config = _named(f"{name}: VAE", families.vae_config, vae_sd, "", arch.get("vae"))
-    return _build(AutoencoderKL, config, vae_sd, torch.device(device), dtype, f"{name}: VAE")
+    config = infer_config(f"{name}: VAE", families.vae_config, vae_sd, "", arch.get("vae"))
+    return build_network(AutoencoderKL, config, vae_sd, torch.device(device), dtype, f"{name}: VAE")
 
 
 # ------------------------------------------------------------------------------------------ helpers
 
-def _named(what: str, infer, *args):
-    """Run a config inference; its errors name the file and network."""
+def infer_config(what: str, infer, *args):
+    """Run a config inference; its errors name the file and network (used by extensions' networks too)."""
     try:
         return infer(*args)
     except CheckpointError as e:
@@ -189,8 +189,10 @@ def _check_keys(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) ->
                               + "; ".join(problems))
 
 
-def _build(cls, config, sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype, what: str,
-           release: Callable[[torch.Tensor], None] | None = None):
+def build_network(cls, config, sd: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
+                  what: str, release: Callable[[torch.Tensor], None] | None = None):
+    """``cls(config)`` built on the meta device, filled from ``sd`` (keys checked, tensors assigned on ``device``
+    in ``dtype``), in eval mode."""
     with torch.device("meta"):
         module = cls(config)
     _check_keys(module, sd, what)

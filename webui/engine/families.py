@@ -97,7 +97,7 @@ _CLIP_REQUIRED = ("embeddings.token_embedding.weight", "embeddings.position_embe
                   "encoder.layers.0.self_attn.q_proj.weight", "final_layer_norm.weight", "final_layer_norm.bias")
 
 
-def _indices(sd: Mapping[str, object], prefix: str) -> list[int]:
+def block_indices(sd: Mapping[str, object], prefix: str) -> list[int]:
     """Sorted distinct N of keys ``prefix + "N."...``."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return sorted({int(m.group(1)) for k in sd if (m := pattern.match(k))})
@@ -177,7 +177,7 @@ def _missing(sd: Mapping[str, object], family: Family, parts: tuple[str, ...]) -
     if "unet" in parts:
         p = family.unet_prefix
         missing += [p + k for k in _UNET_REQUIRED if p + k not in sd]
-        ins, outs = _indices(sd, p + "input_blocks."), _indices(sd, p + "output_blocks.")
+        ins, outs = block_indices(sd, p + "input_blocks."), block_indices(sd, p + "output_blocks.")
         if ins != list(range(len(ins))) or outs != list(range(len(ins))):
             missing.append(f"{p}input_blocks.0..N-1 and output_blocks.0..N-1 (found input_blocks {_ranges(ins)}, "
                            f"output_blocks {_ranges(outs)})")
@@ -188,7 +188,7 @@ def _missing(sd: Mapping[str, object], family: Family, parts: tuple[str, ...]) -
     if "text" in parts and family.text_encoder == "clip-l":
         p = text_prefix(sd, family)
         missing += [p + k for k in _CLIP_REQUIRED if p + k not in sd]
-        layers = _indices(sd, p + "encoder.layers.")
+        layers = block_indices(sd, p + "encoder.layers.")
         if layers != list(range(len(layers))):
             missing.append(f"{p}encoder.layers.0..N-1 (found layers {_ranges(layers)})")
     return missing
@@ -284,8 +284,8 @@ def _head_overrides(overrides: Mapping[str, object] | None) -> Mapping[str, obje
 def _unet_config(sd: Mapping[str, torch.Tensor], family: Family) -> UNetConfig:
     p = family.unet_prefix
     model_channels, in_channels = _shape(sd, p + "input_blocks.0.0.weight")[:2]
-    n_blocks = len(_indices(sd, p + "input_blocks."))
-    downsamples = [n for n in _indices(sd, p + "input_blocks.") if p + f"input_blocks.{n}.0.op.weight" in sd]
+    n_blocks = len(block_indices(sd, p + "input_blocks."))
+    downsamples = [n for n in block_indices(sd, p + "input_blocks.") if p + f"input_blocks.{n}.0.op.weight" in sd]
     levels = len(downsamples) + 1
     num_res_blocks, rest = divmod(n_blocks - 1 - len(downsamples), levels)
     if rest or num_res_blocks < 1:
@@ -295,8 +295,8 @@ def _unet_config(sd: Mapping[str, torch.Tensor], family: Family) -> UNetConfig:
     for level in range(levels):
         first = 1 + level * (num_res_blocks + 1)
         channel_mult.append(_shape(sd, p + f"input_blocks.{first}.0.in_layers.2.weight")[0] // model_channels)
-        depths.append(len(_indices(sd, p + f"input_blocks.{first}.1.transformer_blocks.")))
-    middle_depth = len(_indices(sd, p + "middle_block.1.transformer_blocks."))
+        depths.append(len(block_indices(sd, p + f"input_blocks.{first}.1.transformer_blocks.")))
+    middle_depth = len(block_indices(sd, p + "middle_block.1.transformer_blocks."))
     to_k = next((k for k in sd if k.startswith(p) and k.endswith("attn2.to_k.weight")), None)
     proj_in = next((k for k in sd if k.startswith(p) and k.endswith("proj_in.weight")), None)
     adm = p + "label_emb.0.0.weight"
@@ -333,8 +333,8 @@ def _vae_config(sd: Mapping[str, torch.Tensor], p: str) -> VAEConfig:
         out_channels=_shape(sd, p + "decoder.conv_out.weight")[0],
         ch=ch,
         ch_mult=tuple(_shape(sd, p + f"encoder.down.{i}.block.0.conv1.weight")[0] // ch
-                      for i in _indices(sd, p + "encoder.down.")),
-        num_res_blocks=len(_indices(sd, p + "encoder.down.0.block.")),
+                      for i in block_indices(sd, p + "encoder.down.")),
+        num_res_blocks=len(block_indices(sd, p + "encoder.down.0.block.")),
         z_channels=_shape(sd, p + "decoder.conv_in.weight")[1],
         embed_dim=_shape(sd, p + "post_quant_conv.weight")[1],
     )
@@ -348,7 +348,7 @@ def clip_config(sd: Mapping[str, torch.Tensor], prefix: str,
         values = dict(
             vocab_size=vocab,
             hidden_size=hidden,
-            num_hidden_layers=len(_indices(sd, prefix + "encoder.layers.")),
+            num_hidden_layers=len(block_indices(sd, prefix + "encoder.layers.")),
             intermediate_size=_shape(sd, prefix + "encoder.layers.0.mlp.fc1.weight")[0],
             max_position_embeddings=_shape(sd, prefix + "embeddings.position_embedding.weight")[0],
             num_attention_heads=max(1, hidden // 64),
