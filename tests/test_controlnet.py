@@ -115,8 +115,12 @@ def test_original_format_controlnet_matches_diffusers(setup, sampler):
 def test_guidance_range_and_control_modes():
     class Net(torch.nn.Module):
         input_blocks = [0, 1]
+        config = type("Config", (), {"in_channels": 4})
 
-        def forward(self, x, hint, t, context):
+        def hint_features(self, hint):
+            return hint
+
+        def forward(self, x, hint, t, context, features=None):
             return [torch.ones_like(x) for _ in range(3)]
     x = torch.zeros(2, 4, 2, 2)
     info = lambda step: CallInfo(step, step, 10, [False, True])   # noqa: E731
@@ -154,7 +158,7 @@ def test_api_refuses_unknown_models(setup):
         setup["manager"].api_script_args({"controlnet": {"args": [{"enabled": True, "model": "nope"}]}})
 
 
-def test_canny_unit_prepares_the_hint_like_the_preprocessor(setup):
+def test_canny_unit_prepares_the_hint_like_the_preprocessor():
     from extensions.controlnet import preprocessors as pp
     unit = units.unit_from_dict({"module": "canny", "threshold_a": 50, "threshold_b": 150, "processor_res": 64,
                                  "resize_mode": 0}, 0)

@@ -77,4 +77,4 @@ def test_demo_controlnet_puts_the_shape_where_the_mask_is(env):
         placed += guided.get("found", False) and guided["position"] == position
         unguided += free.get("found", False) and free["position"] == position
     print(f"placed where the mask is: {placed}/{n}; without the ControlNet: {unguided}/{n}")
-    assert placed >= 0.8 * n
+    assert placed >= 0.8 * n and unguided <= 0.4 * n     # the ControlNet, not chance, put it there

@@ -13,13 +13,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from extensions.lora import formats
+from extensions.lora import formats, weight_patches
 from tests.tiny_models import write_tiny_checkpoint
-from webui.engine.patches import ModelPatcher
+from webui.engine.patches import JobPatches, ModelPatcher
 from webui.engine.pipeline import Engine, GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
-from webui.paths import PROJECT_ROOT, Paths
+from webui.paths import PROJECT_ROOT, Paths, file_identity
 
 ATTN = "input_blocks.1.1.transformer_blocks.0.attn2"
 
@@ -133,7 +133,7 @@ def test_separate_text_and_unet_weights_and_several_loras(env):
 def test_warnings_and_infotext(env):
     result = generate(env, "a red cat <lora:style:1> <lora:missing:1> <lora:peft:x>")
     text = " | ".join(result.warnings)
-    assert "no LoRA named 'missing'" in text and "style" in text and "lora_unet_no_such_module" in text
+    assert "no LoRA named 'missing'" in text and "LoRA style:" in text and "lora_unet_no_such_module" in text
     assert "must be numbers" in text
     digest = hashlib.sha256((env["folder"] / "style.safetensors").read_bytes()).hexdigest()[:12]
     assert result.extra["Lora hashes"] == f"style: {digest}"
@@ -141,7 +141,6 @@ def test_warnings_and_infotext(env):
 
 
 def test_after_100_apply_restore_cycles_the_weights_are_bit_identical(env):
-    from extensions.lora import weight_patches
     engine = env["engine"]
     model = engine.model
     engine.restore_weights()
@@ -150,12 +149,11 @@ def test_after_100_apply_restore_cycles_the_weights_are_bit_identical(env):
     patcher = ModelPatcher()
     files = {name: formats.read_lora(env["folder"] / f"{name}.safetensors", model.unet, model.text_model)
              for name in ("style", "loha", "lokr", "peft")}
-    from webui.engine.patches import JobPatches
     for cycle in range(100):
         patches = []
         for name, lora in files.items():
             strength = 0.1 + (cycle % 7) / 3
-            patches += weight_patches(lora, env["folder"] / f"{name}.safetensors", strength, -strength)
+            patches += weight_patches(lora, file_identity(env["folder"] / f"{name}.safetensors"), strength, -strength)
         with patcher.applied(model, JobPatches(weights=patches)):
             pass
         assert not torch.equal(model.unet.get_submodule(f"{ATTN}.to_k").weight, unet[f"{ATTN}.to_k.weight"])
