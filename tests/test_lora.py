@@ -86,9 +86,12 @@ def env(tmp_path_factory):
     return {"engine": engine, "manager": manager, "folder": folder}
 
 
+def job(prompt: str, steps: int = 4) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, negative_prompt="blurry", width=64, height=64, steps=steps, seed=3)
+
+
 def generate(env, prompt: str, steps: int = 4):
-    request = GenerationRequest(prompt=prompt, negative_prompt="blurry", width=64, height=64, steps=steps, seed=3)
-    return env["engine"].generate(request, hooks=env["manager"].job_hooks())
+    return env["engine"].generate(job(prompt, steps), hooks=env["manager"].job_hooks())
 
 
 def by_hand(env, prompt: str, merges: list[tuple[str, float, float]]):
@@ -106,8 +109,7 @@ def by_hand(env, prompt: str, merges: list[tuple[str, float, float]]):
                     net = model.unet if m.target == "unet" else model.text_model
                     param = net.get_submodule(m.module).weight
                     param.copy_(param.float() + (te if m.target == "text" else unet) * m.delta(param.float()))
-        request = GenerationRequest(prompt=prompt, negative_prompt="blurry", width=64, height=64, steps=4, seed=3)
-        return engine.generate(request).images[0].image
+        return engine.generate(job(prompt)).images[0].image
     finally:
         model.unet.load_state_dict(saved)
         model.text_model.load_state_dict(saved_text)

@@ -188,11 +188,7 @@ def test_loha_deltas(model):
 
     lora = parse_lora(sd, model.unet, model.text_model)
     assert lora.unknown_keys == [] and lora.mismatched == []
-    modules = _by_module(lora)
-    assert set(modules) == set(expected)
-    for key, module in modules.items():
-        assert module.kind == "loha"
-        torch.testing.assert_close(module.delta(_weight(model, *key)), expected[key], rtol=1e-5, atol=1e-5)
+    _check(lora, expected, model, "loha", atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- LoKr
@@ -232,11 +228,7 @@ def test_lokr_deltas(model):
     }
     lora = parse_lora(sd, model.unet, model.text_model)
     assert lora.unknown_keys == [] and lora.mismatched == []
-    modules = _by_module(lora)
-    assert set(modules) == set(expected)
-    for key, module in modules.items():
-        assert module.kind == "lokr"
-        torch.testing.assert_close(module.delta(_weight(model, *key)), expected[key], rtol=1e-5, atol=1e-5)
+    _check(lora, expected, model, "lokr", atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ diffusers / PEFT
@@ -310,12 +302,13 @@ def test_peft_and_diffusers_deltas(model):
     _check(lora, expected, model, "peft")
 
 
-def _check(lora, expected, model, kind):
+def _check(lora, expected, model, kind, atol=1e-6):
+    """Every module of ``lora`` is of ``kind`` and its ΔW equals the expected one."""
     modules = _by_module(lora)
     assert set(modules) == set(expected)
     for key, module in modules.items():
         assert module.kind == kind
-        torch.testing.assert_close(module.delta(_weight(model, *key)), expected[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(module.delta(_weight(model, *key)), expected[key], rtol=1e-5, atol=atol)
 
 
 # ------------------------------------------------------------------------------ unknown and mismatched
@@ -390,7 +383,7 @@ def _parity_file(model, gen):
     """A kohya file as kohya's LoCon training writes one: diffusers-named UNet keys with one alpha for the
     Linear layers (network_alpha 2) and another for the convs (conv_alpha 1), at rank 4; text-encoder keys
     for a whole attention block (q, k, v, out) and an MLP layer, alpha 2."""
-    sd, cases = {}, []
+    sd = {}
     text = {"text_model.encoder.layers.0.self_attn." + p: "encoder.layers.0.self_attn." + p
             for p in ("q_proj", "k_proj", "v_proj", "out_proj")} | TEXT_MODULES
     cases = [("unet", d, ours) for d, ours in UNET_MODULES.items()] + [("text", f, o) for f, o in text.items()]

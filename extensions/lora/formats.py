@@ -40,7 +40,6 @@ from torch import nn
 from webui.engine.diffusers_names import unet_module_names
 from webui.engine.files import read_metadata, read_state_dict
 
-KINDS = ("lora", "loha", "lokr", "peft", "full")
 
 # kohya names: "lora_unet_" / "lora_te_" + a module path with "." -> "_"
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_")

@@ -67,8 +67,9 @@ def main(argv=None) -> int:
     scenes = [ds.sample_scene(rng, exclude_held_out=True) for _ in range(args.scenes)]
     captions = [ds.caption(scene, rng) for scene in scenes]
     z0 = base.latents(ds.render(scene, 64, rng, style="outlined") for scene in scenes)
-    layers = {name: LoraLayer(module, args.rank, args.rank) for name, module in targets(base.model.unet).items()}
-    handles = [module.register_forward_hook(layers[name].hook) for name, module in targets(base.model.unet).items()]
+    found = targets(base.model.unet)
+    layers = {name: LoraLayer(module, args.rank, args.rank) for name, module in found.items()}
+    handles = [module.register_forward_hook(layers[name].hook) for name, module in found.items()]
     params = [q for layer in layers.values() for q in layer.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     budget = Budget(args.steps, args.minutes)

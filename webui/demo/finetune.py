@@ -5,6 +5,7 @@ training step needs: scaled VAE latents, text contexts, noised latents at random
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,6 @@ def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, budget: Budget, eve
 def save_addon(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], budget: Budget,
                settings: dict, trained_with: str) -> None:
     """Write a trained add-on with its training record in the safetensors metadata, and say so."""
-    import json
-
     import safetensors.torch
 
     summary = budget.summary()

@@ -8,8 +8,6 @@ per level, where attention is), never by rewriting underscores.
 """
 from __future__ import annotations
 
-from torch import nn
-
 from .unet import ResBlock, SpatialTransformer, UNetModel, Upsample
 
 _RESNET_PARTS = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
@@ -54,12 +52,13 @@ def _block_prefixes(unet: UNetModel) -> dict[str, str]:
 def unet_module_names(unet: UNetModel) -> dict[str, str]:
     """Diffusers module path -> our module path, for every module of ``unet`` that has parameters."""
     prefixes = _block_prefixes(unet)
+    longest_first = sorted(prefixes, key=len, reverse=True)
     resnets = {p for p, d in prefixes.items() if ".resnets." in d}
     out: dict[str, str] = {}
     for name, module in unet.named_modules():
         if not any(True for _ in module.parameters(recurse=False)):
             continue
-        for prefix in sorted(prefixes, key=len, reverse=True):
+        for prefix in longest_first:
             if name == prefix or name.startswith(prefix + "."):
                 rest = name[len(prefix):].lstrip(".")
                 if prefix in resnets:
@@ -67,7 +66,3 @@ def unet_module_names(unet: UNetModel) -> dict[str, str]:
                 out[prefixes[prefix] + ("." + rest if rest else "")] = name
                 break
     return out
-
-
-def module_by_name(root: nn.Module) -> dict[str, nn.Module]:
-    return dict(root.named_modules())
