@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..engine.control import Interrupted, Skipped
-from ..engine.patches import JobPatches, WeightPatch
+from ..engine.patches import JobPatches
 from ..engine.pipeline import JobContext, JobHooks
 from .manifest import Manifest, ManifestError, read_manifest
 
@@ -326,4 +326,4 @@ def _sizes(p: JobPatches) -> dict:
             "blocks": {b: len(ws) for b, ws in p.block_wrappers.items()}}
 
 
-__all__ = ["Extension", "ExtensionHooks", "ExtensionManager", "WeightPatch"]
+__all__ = ["Extension", "ExtensionHooks", "ExtensionManager"]
