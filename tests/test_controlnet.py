@@ -18,6 +18,7 @@ from tests.references import LDMShim
 from tests.test_controlnet_model import _diffusers_config, _randomize
 from tests.test_pipeline import NEGATIVE, PROMPT, Reference, _max_diff
 from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
+from webui.engine.cond import Cond
 from webui.engine.patches import CallInfo
 from webui.engine.pipeline import Engine, GenerationRequest
 from webui.hooks.registry import ExtensionManager
@@ -115,25 +116,25 @@ def test_original_format_controlnet_matches_diffusers(setup, sampler):
 def test_guidance_range_and_control_modes():
     class Net(torch.nn.Module):
         input_blocks = [0, 1]
-        config = type("Config", (), {"in_channels": 4})
+        config = type("Config", (), {"in_channels": 4, "adm_in_channels": None})
 
         def hint_features(self, hint):
             return hint
 
-        def forward(self, x, hint, t, context, features=None):
+        def forward(self, x, hint, t, context, y=None, features=None):
             return [torch.ones_like(x) for _ in range(3)]
-    x = torch.zeros(2, 4, 2, 2)
+    x, cond = torch.zeros(2, 4, 2, 2), Cond(torch.zeros(2, 77, 8))
     info = lambda step: CallInfo(step, step, 10, [False, True])   # noqa: E731
     unit = units.Unit(enabled=True, weight=0.5, guidance_start=0.2, guidance_end=0.5)
     provider = units.control_residuals(Net(), torch.zeros(1, 3, 16, 16), unit)
-    assert provider(x, None, None, info(1)) is None and provider(x, None, None, info(6)) is None
-    extras = provider(x, None, None, info(3))
+    assert provider(x, None, cond, info(1)) is None and provider(x, None, cond, info(6)) is None
+    extras = provider(x, None, cond, info(3))
     assert [float(r.max()) for r in extras.input_residuals] == [0.5, 0.5] and float(extras.middle_residual.max()) == 0.5
     soft = units.control_residuals(Net(), torch.zeros(1, 3, 16, 16), units.Unit(enabled=True, control_mode=1))
-    extras = soft(x, None, None, info(0))
+    extras = soft(x, None, cond, info(0))
     assert [float(r.max()) for r in extras.input_residuals] == pytest.approx([0.825 ** 2, 0.825])
     cfg = units.control_residuals(Net(), torch.zeros(1, 3, 16, 16), units.Unit(enabled=True, control_mode=2))
-    extras = cfg(x, None, None, info(0))
+    extras = cfg(x, None, cond, info(0))
     assert float(extras.middle_residual[0].max()) == 1.0 and float(extras.middle_residual[1].abs().max()) == 0.0
 
 

@@ -240,8 +240,8 @@ def test_scheduled_texts_share_one_batch_and_chunk_count(engine):
     te = engine._text_encoder
     sched = encoder_of(engine).schedule("[" + words(80) + ":dog:3]", 10)
     assert [end for end, _ in sched.entries] == [3, 10]
-    short = sched.entries[1][1]
-    assert short.shape == (154, te.width)      # padded with an empty chunk to the long text's two chunks
+    short = sched.entries[1][1].crossattn
+    assert sched.entries[1][1].vector is None and short.shape == (154, te.width)      # padded with an empty chunk to the long text's two chunks
     empty = encoder_of(engine).chunker().empty_chunk().tokens
     torch.testing.assert_close(short[77:], by_hand(engine, [empty])[0], rtol=0, atol=0)
 
@@ -385,8 +385,8 @@ def test_each_distinct_prompt_is_encoded_once_per_job(engine):
 
 
 def test_composable_weights_combine_as_a1111():
-    def fake_model(x, sigma, context, image_cond=None, info=None):
-        return x * 0 + context.mean(dim=(1, 2)).view(-1, 1, 1, 1)   # one number per row: its cond's mean
+    def fake_model(x, sigma, cond, image_cond=None, info=None):
+        return x * 0 + cond.crossattn.mean(dim=(1, 2)).view(-1, 1, 1, 1)   # one number per row: its cond's mean
     a, b, u = torch.full((77, 4), 1.0), torch.full((77, 4), 3.0), torch.full((77, 4), -2.0)
     cond = MultiCond([(CondSchedule([(10, a)]), 1.0), (CondSchedule([(10, b)]), 0.5)])
     denoise = cfg_denoiser(fake_model, cond, CondSchedule([(10, u)]), 7.0)
@@ -409,6 +409,7 @@ def test_cond_and_uncond_of_different_lengths(engine):
 def test_and_parts_of_different_lengths_repeat_their_last_vector():
     short, long = torch.randn(77, 4), torch.randn(154, 4)
     stacked, weights = MultiCond([(CondSchedule([(1, short)]), 1.0), (CondSchedule([(1, long)]), 2.0)]).at(0)
+    stacked = stacked.crossattn
     assert stacked.shape == (2, 154, 4) and weights == [1.0, 2.0]
     assert torch.equal(stacked[0, 77:], short[-1:].expand(77, -1))
 

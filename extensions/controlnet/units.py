@@ -146,7 +146,7 @@ def control_residuals(net, hint: torch.Tensor, unit: Unit):
     features = None          # the hint's features: computed on the first call, the same for every call after
     masks: dict[tuple, torch.Tensor] = {}   # uncond rows -> 0/1 row mask, made once per batch layout
 
-    def provider(x, t, context, info):
+    def provider(x, t, cond, info):
         nonlocal features
         if info.total_steps:
             progress = info.sampling_step / info.total_steps
@@ -154,7 +154,8 @@ def control_residuals(net, hint: torch.Tensor, unit: Unit):
                 return None
         if features is None:
             features = net.hint_features(hint)
-        residuals = net(x[:, :net.config.in_channels], None, t, context, features=features)
+        y = cond.vector if net.config.adm_in_channels is not None else None
+        residuals = net(x[:, :net.config.in_channels], None, t, cond.crossattn, y, features=features)
         if unit.control_mode != 2:
             out = [r * scale for r, scale in zip(residuals, scales)]
         else:                           # the negative prompt's rows get no control

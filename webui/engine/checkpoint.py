@@ -15,9 +15,10 @@ import torch
 import transformers
 from torch import nn
 
-from . import families
-from .families import Family
+from . import families, open_clip
+from .families import Family, Prediction, TextSpec
 from .files import CheckpointError, read_metadata, read_state_dict
+from .sampling.schedules import DiscreteSchedule, sd_alphas_cumprod, zero_terminal_snr
 from .unet import UNetModel
 from .vae import AutoencoderKL
 
@@ -30,18 +31,42 @@ _VAE_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
 @dataclass(eq=False)
 class StableDiffusionModel:
+    """A loaded checkpoint. ``text_models``: one transformers CLIP text model per ``family.text`` entry, in
+    that order (SDXL: CLIP-L, then OpenCLIP bigG with its projection); ``prediction``: what the UNet
+    predicts (eps / v, zero terminal SNR) and how that was decided; ``schedule``: its noise schedule (on
+    the CPU; ``schedule.to(device)`` for sampling)."""
     unet: UNetModel
-    vae: AutoencoderKL
-    text_model: transformers.CLIPTextModel
+    vae: AutoencoderKL | None     # None: loaded without (a refiner: the base model decodes)
+    text_models: tuple[transformers.CLIPTextModel, ...]
     family: Family
     path: str
     metadata: dict[str, str] = field(default_factory=dict)
     vae_path: str | None = None
+    prediction: Prediction = field(default_factory=lambda: Prediction("eps"))
+    schedule: DiscreteSchedule = field(default_factory=DiscreteSchedule.sd)
+
+    @property
+    def text_model(self) -> transformers.CLIPTextModel:
+        """The first text encoder (SD 1.x / 2.x: the only one; SDXL: CLIP-L; refiner: OpenCLIP bigG)."""
+        return self.text_models[0]
 
     @property
     def native_size(self) -> int:
         """The image side to use when the user picks none (metadata ``webui.native_size`` or the family's)."""
         return families.native_size(self.family, self.metadata)
+
+    def describe(self) -> str:
+        """The family and prediction in words ("SDXL, v-prediction (zero terminal SNR; v_pred key)")."""
+        kind = {"eps": "eps-prediction", "v": "v-prediction"}[self.prediction.kind]
+        notes = (["zero terminal SNR"] if self.prediction.zero_snr else []) + \
+            ([self.prediction.source] if self.prediction.source != "family" else [])
+        return f"{self.family.label}, {kind}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def noise_schedule(prediction: Prediction) -> DiscreteSchedule:
+    """SD's scaled-linear schedule, rescaled to zero terminal SNR where the model was trained so."""
+    acp = sd_alphas_cumprod()
+    return DiscreteSchedule(zero_terminal_snr(acp) if prediction.zero_snr else acp)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -57,20 +82,22 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
                     dtype: torch.dtype = torch.float32, vae_path: str | os.PathLike | None = None,
                     metadata: Mapping[str, str] | None = None,
                     vae_dtype: torch.dtype | None = None,
-                    state_dict: Mapping[str, torch.Tensor] | None = None) -> StableDiffusionModel:
+                    state_dict: Mapping[str, torch.Tensor] | None = None,
+                    prediction: str | None = None, with_vae: bool = True) -> StableDiffusionModel:
     """Load a single-file SD checkpoint (original layout, .safetensors or .ckpt).
 
     ``metadata`` replaces the file's own safetensors metadata (for ``webui.arch`` overrides);
     ``vae_path`` replaces the checkpoint's VAE with an external one; ``vae_dtype`` defaults to ``dtype``.
     ``model_ema.*`` keys of "full" files are ignored (the normal keys are used, as A1111 does).
-    ``state_dict``: the file's tensors when already read (``read_checkpoint``).
+    ``state_dict``: the file's tensors when already read (``read_checkpoint``). ``prediction``: "eps" or "v"
+    overrides what the file says or what is measured (``--prediction``); ``with_vae=False`` leaves the VAE out.
     Raises ``CheckpointError`` naming the file for anything that is not a complete, supported checkpoint.
     """
     name, device = str(path), torch.device(device)
     sd = read_state_dict(path) if state_dict is None else state_dict
     release = getattr(sd, "release_pages", None)  # memory-mapped .safetensors: give pages back once copied
     meta = dict(read_metadata(path) if metadata is None else metadata)
-    family = families.detect_family(sd, name=name, need_vae=vae_path is None)
+    family = families.detect_family(sd, name=name, need_vae=vae_path is None and with_vae)
     arch = families.arch_overrides(meta, name=name)
 
     unet_what = f"{name}: UNet ({family.unet_prefix}*)"
@@ -78,14 +105,16 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     unet = build_network(UNetModel, unet_config, _sub(sd, family.unet_prefix), device, dtype, unet_what,
                   release)
 
-    text_prefix = families.text_prefix(sd, family)
-    text_what = f"{name}: text encoder ({text_prefix}*)"
-    text_sd = {k: v for k, v in _sub(sd, text_prefix).items() if not k.endswith(_IGNORED_SUFFIXES)}
-    text_config = infer_config(text_what, families.clip_config, text_sd, "", arch.get("clip"))
-    text_model = _build_text(text_config, text_sd, device, dtype, text_what, release)
-    del text_sd
+    text_models = tuple(_load_text(sd, spec, name, device, dtype, arch.get("clip"), release)
+                        for spec in family.text)
+    chosen = families.prediction_from_keys(sd, family, prediction)
+    if chosen is None:
+        chosen = families.detect_prediction(unet)
 
-    if vae_path is None:
+    if not with_vae:
+        del sd
+        vae = None
+    elif vae_path is None:
         vae_what = f"{name}: VAE ({family.vae_prefix}*)"
         vae_sd = _vae_state(_sub(sd, family.vae_prefix))
         vae_config = infer_config(vae_what, families.vae_config, vae_sd, "", arch.get("vae"))
@@ -95,8 +124,23 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     else:
         del sd
         vae = load_vae(vae_path, device=device, dtype=vae_dtype or dtype)
-    return StableDiffusionModel(unet=unet, vae=vae, text_model=text_model, family=family, path=name,
-                                metadata=meta, vae_path=None if vae_path is None else str(vae_path))
+    return StableDiffusionModel(unet=unet, vae=vae, text_models=text_models, family=family, path=name,
+                                metadata=meta, vae_path=None if vae_path is None else str(vae_path),
+                                prediction=chosen, schedule=noise_schedule(chosen))
+
+
+def _load_text(sd, spec: TextSpec, name: str, device, dtype, overrides, release):
+    """One text encoder of the file, under transformers' names (OpenCLIP layouts converted)."""
+    prefix = families.text_prefix(sd, spec)
+    what = f"{name}: text encoder {spec.label} ({prefix}*)"
+    text_sd = {k: v for k, v in _sub(sd, prefix).items() if not k.endswith(_IGNORED_SUFFIXES)}
+    if spec.layout == "open_clip":
+        config = infer_config(what, lambda s, o: open_clip.config(s, projection=spec.pooled, overrides=o),
+                              text_sd, overrides)
+        text_sd = open_clip.to_transformers(text_sd, projection=spec.pooled)
+    else:
+        config = infer_config(what, families.clip_config, text_sd, "", overrides)
+    return _build_text(config, text_sd, device, dtype, what, release, projection=spec.pooled)
 
 
 def load_vae(path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -108,7 +152,7 @@ def load_vae(path: str | os.PathLike, *, device: str | torch.device = "cpu",
         vae_sd = _vae_state(_sub(sd, "first_stage_model."))
     else:  # standalone files may also carry training leftovers (loss.*, model_ema.*)
         vae_sd = _vae_state({k: v for k, v in sd.items() if k.startswith(_VAE_ROOTS)})
-    missing = [k for k in families._VAE_REQUIRED if k not in vae_sd]
+    missing = [k for k in families.VAE_REQUIRED if k not in vae_sd]
     if missing:
         sample = ", ".join(list(sd)[:3]) or "no tensors"
         raise CheckpointError(f"{name}: not an original-layout VAE: missing {', '.join(missing[:4])}"
@@ -203,14 +247,18 @@ def build_network(cls, config, sd: Mapping[str, torch.Tensor], device: torch.dev
 
 
 def _build_text(config: transformers.CLIPTextConfig, sd: Mapping[str, torch.Tensor], device: torch.device,
-                dtype: torch.dtype, what: str,
-                release: Callable[[torch.Tensor], None] | None = None) -> transformers.CLIPTextModel:
+                dtype: torch.dtype, what: str, release: Callable[[torch.Tensor], None] | None = None, *,
+                projection: bool = False) -> transformers.CLIPTextModel:
+    """``CLIPTextModel`` (``sd`` without a ``text_model.`` level), or ``CLIPTextModelWithProjection`` when
+    ``projection`` (``sd`` as for CLIPTextModel plus ``text_projection.weight``)."""
+    if projection:
+        sd = {k if k == "text_projection.weight" else "text_model." + k: v for k, v in sd.items()}
     with torch.device("meta"):
-        model = transformers.CLIPTextModel(config)
+        model = (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
     _check_keys(model, sd, what)
     model.load_state_dict(_convert(sd, device, dtype, release), strict=True, assign=True)
     # non-persistent buffers are not in the file: make them on the target device
-    embeddings = model.embeddings
+    embeddings = getattr(model, "text_model", model).embeddings
     positions = torch.arange(config.max_position_embeddings, device=device).expand((1, -1))
     embeddings.register_buffer("position_ids", positions, persistent=False)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

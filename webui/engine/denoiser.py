@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .cond import Cond
 from .patches import CallInfo
 from .sampling.schedules import DiscreteSchedule
 
@@ -20,16 +21,20 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass
 class SamplingState:
     """Where the sampler is, for hooks: A1111's ``state.sampling_step`` (the last finished step, 0 at first)
-    and the number of steps of the run."""
+    and the number of steps of the run; ``calls``: model calls made so far (A1111's ``CFGDenoiser.step``);
+    ``steps_reported``: steps whose first model call is done (the sampler's callbacks so far)."""
     sampling_step: int = 0
     total_steps: int = 0
+    calls: int = 0
+    steps_reported: int = 0
 
 
 class ModelDenoiser:
-    """Wraps a UNet: ``model(x, sigma, context, image_cond, info) -> x0`` (eps or v prediction).
+    """Wraps a UNet: ``model(x, sigma, cond, image_cond, info) -> x0`` (eps or v prediction); ``cond`` is a
+    ``Cond`` (its ``crossattn`` is the UNet's context, its ``vector`` the UNet's ``y``) or a bare context tensor.
 
     ``patches`` (a job's ``JobPatches``): residual providers and block wrappers reach the UNet through
-    ``UNetExtras``; UNet wrappers are called as ``w(apply, x, t, context, extras)``."""
+    ``UNetExtras``; UNet wrappers are called as ``w(apply, x, t, cond, extras)``."""
 
     def __init__(self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction: str = "eps", patches=None):
         if prediction not in ("eps", "v"):
@@ -37,19 +42,22 @@ class ModelDenoiser:
         self.unet, self.schedule, self.prediction, self.patches = unet, schedule, prediction, patches
         self.dtype = next(unet.parameters()).dtype
 
-    def _unet(self, model_in, t, context, info):
-        def apply(x, t, context, extras):
-            if extras is None:      # any eps model works here; only our UNet takes extras
-                return self.unet(x.to(self.dtype), t, context.to(self.dtype))
-            return self.unet(x.to(self.dtype), t, context.to(self.dtype), extras=extras)
+    def _unet(self, model_in, t, cond: Cond, info):
+        def apply(x, t, cond, extras):
+            args = (x.to(self.dtype), t, cond.crossattn.to(self.dtype))
+            kwargs = {} if cond.vector is None else {"y": cond.vector.to(self.dtype)}
+            if extras is not None:      # any eps model works without extras; only our UNet takes them
+                kwargs["extras"] = extras
+            return self.unet(*args, **kwargs)
         patches = self.patches
         if patches is None:
-            return apply(model_in, t, context, None)
+            return apply(model_in, t, cond, None)
         for wrapper in reversed(patches.unet_wrappers):
             apply = _wrap_unet(wrapper, apply)
-        return apply(model_in, t, context, patches.unet_extras(model_in, t, context, info))
+        return apply(model_in, t, cond, patches.unet_extras(model_in, t, cond, info))
 
-    def __call__(self, x, sigma, context, image_cond=None, info=None):
+    def __call__(self, x, sigma, cond, image_cond=None, info=None):
+        cond = cond if isinstance(cond, Cond) else Cond(cond)
         sigma = sigma.to(x.dtype)
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
         c_in = 1.0 / (s**2 + 1.0).sqrt()
@@ -57,19 +65,19 @@ class ModelDenoiser:
         if image_cond is not None:
             model_in = torch.cat([model_in, image_cond.to(x.dtype)], dim=1)
         t = self.schedule.sigma_to_t(sigma)
-        out = self._unet(model_in, t, context, info).to(x.dtype)
+        out = self._unet(model_in, t, cond, info).to(x.dtype)
         if self.prediction == "v":
             return x * (1.0 / (s**2 + 1.0)) - out * s * c_in
         return x - out * s
 
 
 def _wrap_unet(wrapper, inner):
-    return lambda x, t, context, extras: wrapper(inner, x, t, context, extras)
+    return lambda x, t, cond, extras: wrapper(inner, x, t, cond, extras)
 
 
 def _wrap_model(wrapper, inner):
-    return lambda x, sigma, context, image_cond, info: wrapper(
-        lambda x, sigma, context: inner(x, sigma, context, image_cond, info), x, sigma, context, info)
+    return lambda x, sigma, cond, image_cond, info: wrapper(
+        lambda x, sigma, cond: inner(x, sigma, cond, image_cond, info), x, sigma, cond, info)
 
 
 def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_cond=None,
@@ -77,9 +85,10 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
                  patches=None, state: SamplingState | None = None) -> Denoiser:
     """Classifier-free guidance over scheduled, composable conditioning, as A1111's ``CFGDenoiser``.
 
-    ``cond``: a ``MultiCond`` (``at(call) -> ([parts, T, D], weights)``); ``uncond``: a ``CondSchedule``
-    (``at(call) -> [T, D]``). ``call`` counts model calls from 0 (A1111's ``step``). Each image's parts and
-    then the uncond rows go through the model; the result is
+    ``cond``: a ``MultiCond`` (``at(call) -> (Cond [parts, T, D], weights)``); ``uncond``: a ``CondSchedule``
+    (``at(call) -> Cond [T, D]``). ``call`` counts model calls from 0 (A1111's ``step``; kept in ``state``, so
+    denoisers sharing a state -- the base model's and the refiner's -- share the count). Each image's parts
+    and then the uncond rows go through the model; the result is
     ``uncond + sum_j (cond_j - uncond) * weight_j * scale``. Cond and uncond of different lengths run as
     two batches, or as one when ``empty`` (the empty prompt's [77, D]) is given to pad the shorter
     (A1111's "pad prompt/negative prompt" setting). With ``cfg_scale == 1`` and one part of weight 1 the
@@ -87,7 +96,6 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
     ``patches``: a job's ``JobPatches`` (model wrappers around each model call, functions after CFG);
     ``state``: the sampler's position, for the ``CallInfo`` hooks receive.
     """
-    calls = 0
     state = state or SamplingState()
     call_model = model
     for wrapper in reversed(patches.model_wrappers if patches is not None else []):
@@ -95,45 +103,47 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
 
     built: dict = {}
 
-    def contexts(conds, u, batch):
+    def contexts(conds: Cond, u: Cond, batch: int):
         """The cond rows (each image's parts), the uncond rows, and both in one batch when their lengths match
         (padded when asked); built once per pair of schedule entries (the schedules hand back the same
-        tensors), not on every model call."""
+        objects), not on every model call."""
         key = (id(conds), id(u), batch)
         if key not in built:
-            c_len, u_len, parts = conds.shape[1], u.shape[0], conds.shape[0]
+            c_len, u_len, parts = conds.tokens, u.tokens, conds.crossattn.shape[0]
             if empty is not None and c_len != u_len:
                 repeats = (max(c_len, u_len) - min(c_len, u_len)) // empty.shape[0]
                 if u_len < c_len:
-                    u = torch.cat([u, empty.repeat(repeats, 1)])
+                    u = Cond(torch.cat([u.crossattn, empty.repeat(repeats, 1)]), u.vector)
                 else:
-                    conds = torch.cat([conds, empty.repeat(repeats, 1).expand(parts, -1, -1)], dim=1)
-            c_rows, u_rows = conds.repeat(batch, 1, 1), u.expand(batch, -1, -1)
-            joined = torch.cat([c_rows, u_rows]) if c_rows.shape[1] == u_rows.shape[1] else None
+                    padding = empty.repeat(repeats, 1).expand(parts, -1, -1)
+                    conds = Cond(torch.cat([conds.crossattn, padding], dim=1), conds.vector)
+            c_rows, u_rows = conds.repeat_batch(batch), u.expand_batch(batch)
+            joined = Cond.cat([c_rows, u_rows]) if c_rows.tokens == u_rows.tokens else None
             built[key] = (c_rows, u_rows, joined)
         return built[key]
 
-    def run(x, sigma, context, image_cond, step, uncond_rows):
+    def run(x, sigma, rows: Cond, image_cond, step, uncond_rows):
         info = CallInfo(step, state.sampling_step, state.total_steps, uncond_rows)
-        return call_model(x, sigma, context, image_cond, info)
+        return call_model(x, sigma, rows, image_cond, info)
 
     def denoise(x, sigma):
         out = combine(x, sigma)
         if patches is not None and patches.after_cfg:
-            info = CallInfo(calls - 1, state.sampling_step, state.total_steps, [])
+            info = CallInfo(state.calls - 1, state.sampling_step, state.total_steps, [])
             for after in patches.after_cfg:
                 out = after(out, x, sigma, info)
         return out
 
     def combine(x, sigma):
-        nonlocal calls
         if check is not None:
             check()
-        step, calls = calls, calls + 1
+        step = state.calls
+        state.calls += 1
         conds, weights = cond.at(step)
-        batch, parts = x.shape[0], conds.shape[0]
+        batch, parts = x.shape[0], conds.crossattn.shape[0]
         if cfg_scale == 1.0 and weights == [1.0]:
-            return run(x, sigma, conds.expand(batch, -1, -1), image_cond, step, [False] * batch)
+            return run(x, sigma, conds.map(lambda t: t.expand(batch, *t.shape[1:])), image_cond, step,
+                       [False] * batch)
         c_rows, u_rows, joined = contexts(conds, uncond.at(step), batch)
         x_c, sigma_c = x.repeat_interleave(parts, 0), sigma.repeat_interleave(parts, 0)
         ic_c = None if image_cond is None else image_cond.repeat_interleave(parts, 0)
@@ -150,6 +160,24 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
         for j, weight in enumerate(weights):
             denoised += (out_c[:, j] - out_u) * (weight * cfg_scale)
         return denoised
+    return denoise
+
+
+def switching_denoiser(first: Denoiser, second: Denoiser, switch_at: list[bool], state: SamplingState,
+                       on_switch: Callable[[], None] | None = None) -> Denoiser:
+    """``first`` until the sampler reaches a sigma where ``switch_at[k]`` is true, then ``second`` for good
+    (the refiner: the same sampler state, another model). ``k`` is the number of steps the sampler has
+    reported (``state.steps_reported``): the index of the schedule sigma the call is made at for the first
+    call of a step and for a second-order sampler's call at the next sigma. Decided on the host: no sync."""
+    switched = False
+
+    def denoise(x, sigma):
+        nonlocal switched
+        if not switched and switch_at[min(state.steps_reported, len(switch_at) - 1)]:
+            switched = True
+            if on_switch is not None:
+                on_switch()
+        return (second if switched else first)(x, sigma)
     return denoise
 
 

@@ -41,11 +41,54 @@ def native_size(family: Family, metadata: Mapping[str, str] | None) -> int:
 
 
 @dataclass(frozen=True)
+class TextSpec:
+    """One text encoder of a family, as its checkpoint stores it and as the family uses it.
+
+    ``name``: the key of this encoder's vectors in an SDXL textual-inversion file (``clip_l``, ``clip_g``);
+    ``prefixes``: where its tensors live (the first that the file uses); ``layout``: ``"clip"``
+    (transformers' CLIPTextModel names, SD 1.x / SDXL's CLIP-L) or ``"open_clip"`` (``model.transformer.
+    resblocks.N.attn.in_proj_*`` ..., converted at load, see ``open_clip.py``); ``layer``: what the UNet is
+    given -- ``"last"`` (last hidden state after the final norm; clip skip n takes ``hidden_states[-n]`` then
+    the final norm: SD 1.x), ``"penultimate_norm"`` (the penultimate layer's output, then the final norm:
+    SD 2.x), ``"penultimate"`` (the penultimate layer's output, no final norm: SDXL); ``pad``: the id after
+    the first end-of-text (``None``: end-of-text itself, SD 1.x / CLIP-L; 0 for the OpenCLIP models, as
+    open_clip's tokenizer and A1111 pad); ``pooled``: the projected pooled output is used (SDXL's vector).
+    """
+    name: str
+    prefixes: tuple[str, ...]
+    layout: str = "clip"
+    layer: str = "last"
+    pad: int | None = None
+    pooled: bool = False
+    activation: str = "quick_gelu"   # OpenAI CLIP; the OpenCLIP ViT-H / bigG models use exact gelu
+
+    @property
+    def label(self) -> str:
+        return {"clip_l": "CLIP ViT-L", "clip_h": "OpenCLIP ViT-H", "clip_g": "OpenCLIP ViT-bigG"}.get(
+            self.name, self.name)
+
+
+_SD1_TEXT = (TextSpec("clip_l", ("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer.")),)
+_SD2_TEXT = (TextSpec("clip_h", ("cond_stage_model.model.",), "open_clip", "penultimate_norm", pad=0,
+                      activation="gelu"),)
+_SDXL_L = TextSpec("clip_l", ("conditioner.embedders.0.transformer.text_model.",
+                              "conditioner.embedders.0.transformer."), layer="penultimate")
+_SDXL_TEXT = (_SDXL_L, TextSpec("clip_g", ("conditioner.embedders.1.model.",), "open_clip", "penultimate", pad=0,
+                                pooled=True, activation="gelu"))
+_REFINER_TEXT = (TextSpec("clip_g", ("conditioner.embedders.0.model.",), "open_clip", "penultimate", pad=0,
+                          pooled=True, activation="gelu"),)
+
+
+@dataclass(frozen=True)
 class Family:
+    """What a family's tensors cannot say. ``prediction``: "eps", "v", or "detect" (SD 2.x: 512-base is
+    eps, 768-v is v, with the same shapes: decided from the weights at load, ``detect_prediction``);
+    ``vector``: the UNet's ``y`` input -- None, ``"sdxl"`` (pooled CLIP-G + original size, crop, target
+    size) or ``"sdxl_refiner"`` (pooled CLIP-G + original size, crop, aesthetic score)."""
     name: str
     label: str
-    prediction: str  # "eps" or "v"
-    text_encoder: str  # "clip-l", "open-clip-h", "clip-l+open-clip-bigg"
+    prediction: str
+    text: tuple[TextSpec, ...]
     latent_scale: float
     unet_in_channels: int
     context_dim: int  # of the released models; custom models may differ (read from shapes)
@@ -53,48 +96,53 @@ class Family:
     num_head_channels: int = -1  # ... or fixed channels per head
     linear_proj: bool = False  # the released models' proj_in/proj_out kind (shapes decide when loading)
     adm_in_channels: int | None = None
+    vector: str | None = None
     unet_prefix: str = "model.diffusion_model."
     vae_prefix: str = "first_stage_model."
-    text_prefixes: tuple[str, ...] = ("cond_stage_model.transformer.text_model.", "cond_stage_model.transformer.")
-    supported: bool = True
     native_size: int = 512  # image side the released models were trained at (the default size)
 
+    @property
+    def text_encoder(self) -> str:
+        """The text encoders, in words ("CLIP ViT-L + OpenCLIP ViT-bigG")."""
+        return " + ".join(spec.label for spec in self.text)
 
-_SD2_TEXT = ("cond_stage_model.model.",)
-_SDXL_TEXT = ("conditioner.embedders.0.transformer.text_model.", "conditioner.embedders.1.model.")
+    @property
+    def is_inpainting(self) -> bool:
+        return self.unet_in_channels == 9
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.vector is not None
+
+
+_SD2 = dict(latent_scale=0.18215, context_dim=1024, num_head_channels=64, linear_proj=True, text=_SD2_TEXT)
+_XL = dict(latent_scale=0.13025, num_head_channels=64, linear_proj=True, native_size=1024)
 
 FAMILIES: tuple[Family, ...] = (
-    Family("sd1", "SD 1.x", "eps", "clip-l", 0.18215, 4, 768, num_heads=8),
-    Family("sd1-inpaint", "SD 1.x inpainting", "eps", "clip-l", 0.18215, 9, 768, num_heads=8),
-    # Recognised so that users get a clear message; not loadable yet.
-    # SD 2.x: 512-base is eps, 768-v is v; shapes cannot tell them apart (A1111 runs a test step).
-    Family("sd2", "SD 2.x", "v", "open-clip-h", 0.18215, 4, 1024, num_head_channels=64, linear_proj=True,
-           text_prefixes=_SD2_TEXT, supported=False, native_size=768),
-    Family("sd2-inpaint", "SD 2.x inpainting", "eps", "open-clip-h", 0.18215, 9, 1024, num_head_channels=64,
-           linear_proj=True, text_prefixes=_SD2_TEXT, supported=False),
-    Family("sdxl", "SDXL", "eps", "clip-l+open-clip-bigg", 0.13025, 4, 2048, num_head_channels=64,
-           linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False,
-           native_size=1024),
-    Family("sdxl-inpaint", "SDXL inpainting", "eps", "clip-l+open-clip-bigg", 0.13025, 9, 2048,
-           num_head_channels=64, linear_proj=True, adm_in_channels=2816, text_prefixes=_SDXL_TEXT, supported=False,
-           native_size=1024),
+    Family("sd1", "SD 1.x", "eps", _SD1_TEXT, 0.18215, 4, 768, num_heads=8),
+    Family("sd1-inpaint", "SD 1.x inpainting", "eps", _SD1_TEXT, 0.18215, 9, 768, num_heads=8),
+    Family("sd2", "SD 2.x", "detect", unet_in_channels=4, native_size=768, **_SD2),
+    Family("sd2-inpaint", "SD 2.x inpainting", "eps", unet_in_channels=9, **_SD2),
+    Family("sdxl", "SDXL", "eps", _SDXL_TEXT, unet_in_channels=4, context_dim=2048, adm_in_channels=2816,
+           vector="sdxl", **_XL),
+    Family("sdxl-inpaint", "SDXL inpainting", "eps", _SDXL_TEXT, unet_in_channels=9, context_dim=2048,
+           adm_in_channels=2816, vector="sdxl", **_XL),
+    Family("sdxl-refiner", "SDXL refiner", "eps", _REFINER_TEXT, unet_in_channels=4, context_dim=1280,
+           adm_in_channels=2560, vector="sdxl_refiner", **_XL),
 )
 
 # Keys whose presence makes a part recognisable, then the keys a complete part must have.
-_TEXT_MARKERS = {  # text-encoder kind -> key prefixes that must all be present
-    "clip-l": ("cond_stage_model.transformer.",),
-    "open-clip-h": ("cond_stage_model.model.",),
-    "clip-l+open-clip-bigg": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
-}
 _UNET_REQUIRED = ("time_embed.0.weight", "time_embed.2.weight", "input_blocks.0.0.weight",
                   "middle_block.0.in_layers.0.weight", "middle_block.0.out_layers.3.weight",
                   "out.0.weight", "out.2.weight")
-_VAE_REQUIRED = ("encoder.conv_in.weight", "encoder.mid.attn_1.q.weight", "encoder.norm_out.weight",
-                 "encoder.conv_out.weight", "quant_conv.weight", "post_quant_conv.weight",
-                 "decoder.conv_in.weight", "decoder.mid.attn_1.proj_out.weight", "decoder.norm_out.weight",
-                 "decoder.conv_out.weight")
+VAE_REQUIRED = ("encoder.conv_in.weight", "encoder.mid.attn_1.q.weight", "encoder.norm_out.weight",
+                "encoder.conv_out.weight", "quant_conv.weight", "post_quant_conv.weight",
+                "decoder.conv_in.weight", "decoder.mid.attn_1.proj_out.weight", "decoder.norm_out.weight",
+                "decoder.conv_out.weight")
 _CLIP_REQUIRED = ("embeddings.token_embedding.weight", "embeddings.position_embedding.weight",
                   "encoder.layers.0.self_attn.q_proj.weight", "final_layer_norm.weight", "final_layer_norm.bias")
+_OPEN_CLIP_REQUIRED = ("token_embedding.weight", "positional_embedding", "transformer.resblocks.0.attn.in_proj_weight",
+                       "ln_final.weight", "ln_final.bias")
 
 
 def block_indices(sd: Mapping[str, object], prefix: str) -> list[int]:
@@ -113,19 +161,50 @@ def _count(sd: Mapping[str, object], prefix: str) -> int:
 
 # ----------------------------------------------------------------------------------------- detection
 
+def _has_prefix(sd: Mapping[str, object], prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in sd)
+
+
+def _text_matches(sd: Mapping[str, object], family: Family) -> bool:
+    """Every text encoder of ``family`` is present (under one of its prefixes)."""
+    return all(any(_has_prefix(sd, p) for p in spec.prefixes) for spec in family.text)
+
+
 def _text_kind(sd: Mapping[str, object]) -> str | None:
-    for kind, prefixes in sorted(_TEXT_MARKERS.items(), key=lambda kv: -len(kv[1])):
-        if all(any(k.startswith(p) for k in sd) for p in prefixes):
-            return kind
-    return None
+    """The text encoders this state dict holds, in words (None: none that a family uses)."""
+    best = max((f for f in FAMILIES if _text_matches(sd, f)), key=lambda f: len(f.text), default=None)
+    return None if best is None else best.text_encoder
 
 
-def text_prefix(sd: Mapping[str, object], family: Family) -> str:
-    """The text-encoder prefix this state dict uses (SD1 files with or without ``text_model.``)."""
-    for prefix in family.text_prefixes:
-        if prefix + "embeddings.token_embedding.weight" in sd:
+def text_prefix(sd: Mapping[str, object], spec: TextSpec) -> str:
+    """The prefix this state dict uses for one text encoder (SD 1.x files with or without ``text_model.``)."""
+    anchor = "embeddings.token_embedding.weight" if spec.layout == "clip" else "token_embedding.weight"
+    for prefix in spec.prefixes:
+        if prefix + anchor in sd:
             return prefix
-    return family.text_prefixes[0]
+    return spec.prefixes[0]
+
+
+# Other architectures, named so that their users learn what they have (first match wins).
+_OTHER_ARCHITECTURES = (
+    ("SD3 / SD 3.5", ("model.diffusion_model.joint_blocks.", "joint_blocks.", "text_encoders.clip_g.")),
+    ("Flux", ("model.diffusion_model.double_blocks.", "double_blocks.", "model.diffusion_model.single_blocks.")),
+    ("Stable Cascade", ("down_blocks.0.0.channelwise.",)),
+    ("PixArt", ("model.diffusion_model.t_block.", "t_block.")),
+    ("AuraFlow", ("model.diffusion_model.double_layers.", "double_layers.")),
+    ("SD 2.x unCLIP", ("embedder.model.visual.", "noise_augmentor.")),
+)
+# Root keys of SDXL-shaped files whose noise schedule we do not run.
+_EDM_MARKERS = (("edm_mean", "Playground v2.5 (EDM schedule)"), ("edm_vpred.sigma_max", "CosXL (EDM v-prediction)"))
+_CHANNEL_NAMES = {5: "a depth-conditioned model (SD 2.x depth)", 8: "an InstructPix2Pix model"}
+SUPPORTED = "SD 1.x, SD 2.x (512 / 768-v, inpainting), SDXL (base, refiner, inpainting, v-prediction)"
+
+
+def _other_architecture(sd: Mapping[str, object]) -> str | None:
+    for label, prefixes in _OTHER_ARCHITECTURES:
+        if any(k.startswith(prefixes) for k in sd):
+            return label
+    return None
 
 
 def _describe_found(sd: Mapping[str, torch.Tensor]) -> str:
@@ -134,7 +213,7 @@ def _describe_found(sd: Mapping[str, torch.Tensor]) -> str:
     n = _count(sd, unet_prefix)
     if n:
         first = unet_prefix + "input_blocks.0.0.weight"
-        channels = f", {_shape(sd, first)[1]} input channels" if first in sd else ""
+        channels = f", {_shape(sd, first)[1]} input channels" if first in sd and len(_shape(sd, first)) == 4 else ""
         adm = ", label_emb (SDXL-style)" if unet_prefix + "label_emb.0.0.weight" in sd else ""
         parts.append(f"UNet ({unet_prefix}*, {n} keys{channels}{adm})")
     else:
@@ -151,24 +230,37 @@ def _describe_found(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 def _describe_expected(family: Family) -> str:
-    text = " + ".join(family.text_prefixes[:1] if family.text_encoder != "clip-l+open-clip-bigg"
-                      else family.text_prefixes)
+    text = " + ".join(spec.prefixes[0] + "*" for spec in family.text)
     return (f"{family.label}: UNet {family.unet_prefix}* with {family.unet_in_channels} input channels"
             f"{', label_emb' if family.adm_in_channels else ''}, VAE {family.vae_prefix}*, "
-            f"{family.text_encoder} text encoder {text}*")
+            f"{family.text_encoder} text encoder{'s' if len(family.text) > 1 else ''} {text}")
 
 
 def _hint(sd: Mapping[str, object]) -> str:
     keys = list(sd)
     if any(k.startswith(("lora_unet_", "lora_te", "lora_")) or ".lora_" in k for k in keys):
-        return " (this looks like a LoRA, not a checkpoint)"
+        return " (this looks like a LoRA, not a checkpoint: put it in the LoRA folder)"
+    if any(k.startswith("control_model.") for k in keys) or "input_hint_block.0.weight" in sd \
+            or "controlnet_cond_embedding.conv_in.weight" in sd:
+        return " (this looks like a ControlNet: put it in the ControlNet folder)"
     if any(k.startswith(("down_blocks.", "unet.", "mid_block.", "text_model.")) for k in keys):
         return " (this looks like a diffusers-format file; single-file original-layout checkpoints are expected)"
     if any(k.startswith(("encoder.", "decoder.")) for k in keys) and not any(k.startswith("model.") for k in keys):
         return " (this looks like a standalone VAE; put it in the VAE folder)"
-    if any(k.startswith("control_model.") for k in keys):
-        return " (this looks like a ControlNet)"
+    if any(k.startswith(("clip_l", "clip_g", "string_to_param", "emb_params")) for k in keys):
+        return " (this looks like a textual-inversion embedding: put it in the embeddings folder)"
     return ""
+
+
+def _missing_text(sd: Mapping[str, object], spec: TextSpec) -> list[str]:
+    p = text_prefix(sd, spec)
+    required, layers = (_CLIP_REQUIRED, "encoder.layers.") if spec.layout == "clip" else \
+        (_OPEN_CLIP_REQUIRED, "transformer.resblocks.")
+    missing = [p + k for k in required if p + k not in sd]
+    found = block_indices(sd, p + layers)
+    if found != list(range(len(found))):
+        missing.append(f"{p}{layers}0..N-1 (found {_ranges(found)})")
+    return missing
 
 
 def _missing(sd: Mapping[str, object], family: Family, parts: tuple[str, ...]) -> list[str]:
@@ -184,13 +276,10 @@ def _missing(sd: Mapping[str, object], family: Family, parts: tuple[str, ...]) -
         if family.adm_in_channels and p + "label_emb.0.0.weight" not in sd:
             missing.append(p + "label_emb.0.0.weight")
     if "vae" in parts:
-        missing += [family.vae_prefix + k for k in _VAE_REQUIRED if family.vae_prefix + k not in sd]
-    if "text" in parts and family.text_encoder == "clip-l":
-        p = text_prefix(sd, family)
-        missing += [p + k for k in _CLIP_REQUIRED if p + k not in sd]
-        layers = block_indices(sd, p + "encoder.layers.")
-        if layers != list(range(len(layers))):
-            missing.append(f"{p}encoder.layers.0..N-1 (found layers {_ranges(layers)})")
+        missing += [family.vae_prefix + k for k in VAE_REQUIRED if family.vae_prefix + k not in sd]
+    if "text" in parts:
+        for spec in family.text:
+            missing += _missing_text(sd, spec)
     return missing
 
 
@@ -202,17 +291,25 @@ def detect_family(sd: Mapping[str, torch.Tensor], *, name: str = "state dict", n
     """The family of a single-file checkpoint, checked for completeness.
 
     Raises ``CheckpointError`` naming what was found and what each family expects when the file is not a
-    known checkpoint, is truncated or partial, or belongs to a family that is recognised but not supported.
+    known checkpoint, is truncated or partial, or is an architecture we recognise but do not run (SD3,
+    Flux, Playground v2.5 ...: the message names it).
     """
+    other = _other_architecture(sd)
+    if other is not None:
+        raise CheckpointError(f"{name}: this is a {other} model: not supported (supported: {SUPPORTED})")
     found = _describe_found(sd)
     unet_first = "model.diffusion_model.input_blocks.0.0.weight"
-    kind = _text_kind(sd)
     in_channels = _shape(sd, unet_first)[1] if unet_first in sd and len(_shape(sd, unet_first)) == 4 else None
     has_adm = "model.diffusion_model.label_emb.0.0.weight" in sd
-    candidates = [f for f in FAMILIES if f.text_encoder == kind and (f.adm_in_channels is not None) == has_adm]
+    candidates = [f for f in FAMILIES if _text_matches(sd, f) and (f.adm_in_channels is not None) == has_adm]
+    candidates.sort(key=lambda f: -len(f.text))   # SDXL's two encoders before a one-encoder family's
     family = next((f for f in candidates if f.unet_in_channels == in_channels), None)
     if family is None:
-        expected = "\n  ".join(_describe_expected(f) for f in FAMILIES if f.supported)
+        if candidates and in_channels in _CHANNEL_NAMES:
+            raise CheckpointError(f"{name}: {_CHANNEL_NAMES[in_channels]} ({in_channels} UNet input channels, "
+                                  f"{candidates[0].text_encoder} text encoder): not supported "
+                                  f"(supported: {SUPPORTED}).\nFound: {found}.")
+        expected = "\n  ".join(_describe_expected(f) for f in FAMILIES)
         raise CheckpointError(f"{name}: not a recognised Stable Diffusion checkpoint{_hint(sd)}.\n"
                               f"Found: {found}.\nExpected one of:\n  {expected}")
     parts = ("unet", "vae", "text") if need_vae else ("unet", "text")
@@ -221,10 +318,56 @@ def detect_family(sd: Mapping[str, torch.Tensor], *, name: str = "state dict", n
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise CheckpointError(f"{name}: incomplete or truncated {family.label} checkpoint: missing {shown}.\n"
                               f"Found: {found}.\nExpected {_describe_expected(family)}")
-    if not family.supported:
-        raise CheckpointError(f"{name}: {family.label} is recognised but not supported yet "
-                              f"(supported: {', '.join(f.label for f in FAMILIES if f.supported)})")
+    for key, label in _EDM_MARKERS:
+        if key in sd:
+            raise CheckpointError(f"{name}: {label}, an SDXL-shaped model with its own noise schedule: not "
+                                  f"supported (supported: {SUPPORTED})")
     return family
+
+
+# ---------------------------------------------------------------------------------------- prediction
+
+PREDICTIONS = ("eps", "v")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the UNet predicts and on which noise schedule: ``kind`` "eps" or "v"; ``zero_snr``: the
+    schedule rescaled to zero terminal SNR (A1111's / ComfyUI's ``ztsnr`` v-prediction fine-tunes);
+    ``source``: how it was decided, for the log and the model's description."""
+    kind: str
+    zero_snr: bool = False
+    source: str = "family"
+
+
+def prediction_from_keys(sd: Mapping[str, object], family: Family, override: str | None = None) -> Prediction | None:
+    """The prediction type when the file or the user says it (``override``: ``--prediction``; the ``v_pred``
+    / ``ztsnr`` marker keys of v-prediction SDXL fine-tunes, as ComfyUI reads them), or the family's fixed
+    one; None when it must be measured on the weights (SD 2.x, ``detect_prediction``)."""
+    zero_snr = "ztsnr" in sd
+    if override is not None:
+        if override not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)} (got {override!r})")
+        return Prediction(override, zero_snr and override == "v", "--prediction")
+    if "v_pred" in sd:
+        return Prediction("v", zero_snr, "v_pred key")
+    if family.prediction == "detect":
+        return None
+    return Prediction(family.prediction)
+
+
+@torch.no_grad()
+def detect_prediction(unet: torch.nn.Module) -> Prediction:
+    """A1111's test for SD 2.x (``is_using_v_parameterization_for_sd2``): one UNet call at t=999 on a flat
+    latent of 0.5 with a flat context of 0.5. An eps model predicts about the input there (the noise), a v
+    model about minus the image, far below it: mean(output - input) < -1 means v."""
+    parameter = next(unet.parameters())
+    config = unet.config
+    x = torch.full((1, config.in_channels, 8, 8), 0.5, device=parameter.device, dtype=parameter.dtype)
+    context = torch.full((1, 2, config.context_dim), 0.5, device=parameter.device, dtype=parameter.dtype)
+    out = unet(x, torch.tensor([999.0], device=parameter.device), context)
+    v = bool((out.float() - x.float()).mean() < -1)
+    return Prediction("v" if v else "eps", source="one-step test")
 
 
 # ------------------------------------------------------------------------------------------ overrides

@@ -24,7 +24,7 @@ from .unet import UNetExtras
 
 @dataclass(frozen=True)
 class WeightPatch:
-    target: str                                   # "unet" or "text"
+    target: str                                   # "unet", "text" (first text encoder) or "text_2" (SDXL: bigG)
     module: str                                   # module path in that network ("input_blocks.1.1.proj_in")
     delta: Callable[[torch.Tensor], torch.Tensor]  # W (float32) -> ΔW (float32, W's shape)
     strength: float = 1.0
@@ -43,26 +43,27 @@ class CallInfo:
     uncond_rows: list[bool]
 
 
-ResidualProvider = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, CallInfo], "UNetExtras | None"]
+# p(x, t, cond, info): ``cond`` is the call's ``Cond`` (``crossattn`` = the UNet's context, ``vector`` its y)
+ResidualProvider = Callable[[torch.Tensor, torch.Tensor, object, CallInfo], "UNetExtras | None"]
 
 
 @dataclass
 class JobPatches:
     weights: list[WeightPatch] = field(default_factory=list)
     text_hooks: list[tuple[str, Callable]] = field(default_factory=list)     # (module path, forward hook)
-    unet_wrappers: list[Callable] = field(default_factory=list)    # w(apply, x, t, context, extras) -> out
+    unet_wrappers: list[Callable] = field(default_factory=list)    # w(apply, x, t, cond, extras) -> out
     block_wrappers: dict[str, list[Callable]] = field(default_factory=dict)  # w(apply, h, emb, context) -> h
-    residuals: list[ResidualProvider] = field(default_factory=list)  # p(x, t, context, info) -> UNetExtras
-    model_wrappers: list[Callable] = field(default_factory=list)   # w(apply, x, sigma, context, info) -> x0
+    residuals: list[ResidualProvider] = field(default_factory=list)  # p(x, t, cond, info) -> UNetExtras
+    model_wrappers: list[Callable] = field(default_factory=list)   # w(apply, x, sigma, cond, info) -> x0
     after_cfg: list[Callable] = field(default_factory=list)        # f(denoised, x, sigma, info) -> denoised
     step_callbacks: list[Callable] = field(default_factory=list)   # f(progress) after each sampler step
 
     def add_block_wrapper(self, block: str, wrapper: Callable) -> None:
         self.block_wrappers.setdefault(block, []).append(wrapper)
 
-    def unet_extras(self, x, t, context, info: CallInfo) -> UNetExtras | None:
+    def unet_extras(self, x, t, cond, info: CallInfo) -> UNetExtras | None:
         """The residual providers' contributions summed, with the block wrappers."""
-        found = [e for e in (p(x, t, context, info) for p in self.residuals) if e is not None]
+        found = [e for e in (p(x, t, cond, info) for p in self.residuals) if e is not None]
         if not found and not self.block_wrappers:
             return None
         return UNetExtras(_sum_lists([e.input_residuals for e in found]),
@@ -98,9 +99,11 @@ class ModelPatcher:
     def _network(model, target: str) -> torch.nn.Module:
         if target == "unet":
             return model.unet
-        if target == "text":
-            return model.text_model
-        raise ValueError(f"weight patch target must be 'unet' or 'text', not {target!r}")
+        encoders = model.text_models
+        names = ["text"] + [f"text_{i + 1}" for i in range(1, len(encoders))]
+        if target in names:
+            return encoders[names.index(target)]
+        raise ValueError(f"weight patch target must be one of {', '.join(['unet', *names])}, not {target!r}")
 
     @staticmethod
     def _parameter(network: torch.nn.Module, module: str, param: str) -> torch.nn.Parameter:

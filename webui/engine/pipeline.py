@@ -6,6 +6,12 @@ CFG denoiser, then VAE decode. img2img trims the schedule by the denoising stren
 inpainting blends latents for normal checkpoints and feeds mask + masked-image latents to 9-channel
 inpainting checkpoints.
 
+Model families differ only in data: the loaded model's text encoders, vector conditioning (SDXL's ``y``),
+latent scale, prediction type and noise schedule come with it (``checkpoint.StableDiffusionModel``), and
+conditioning travels as ``Cond`` (cross-attention tokens + vector). A refiner (A1111's
+``refiner_checkpoint`` / ``refiner_switch_at``) takes over the same sampler state at the switch point with
+its own conditioning (``denoiser.switching_denoiser``).
+
 A1111's timestep samplers (DDIM, UniPC: ``vp_latent`` specs with their own schedule) keep two quirks of
 its ``sd_samplers_timesteps.py`` here: img2img noises the latent to timestep ``ts[t_enc]`` but samples
 over ``ts[:t_enc]`` (first model call one timestep lower), and inpainting blends the kept region into
@@ -26,12 +32,15 @@ from PIL import Image, ImageOps
 from . import images as im
 from .checkpoint import StableDiffusionModel, load_checkpoint, load_vae, read_checkpoint
 from .control import Interrupted, JobControl, Progress, ProgressCallback, Skipped
-from .denoiser import ModelDenoiser, SamplingState, cfg_denoiser, masked_denoiser, masked_model_input
+from .denoiser import (ModelDenoiser, SamplingState, cfg_denoiser, masked_denoiser, masked_model_input,
+                       switching_denoiser)
+from .files import CheckpointError
+from .vector import SizeConditioning
 from .patches import JobPatches, ModelPatcher
 from .devices import CpuAllocator, resolve_device, resolve_precision
 from .sampling import registry
 from .sampling.noise import BrownianTreeNoiseSampler
-from .sampling.schedules import DiscreteSchedule, sd_alphas_cumprod
+from .sampling.schedules import DiscreteSchedule
 from .seeds import ImageRNG, image_seeds, resolve_seed
 from .prompts.chunks import EMPHASIS_MODES
 from .prompts.composable import ExtraNetworkTag, extra_network_tags
@@ -102,6 +111,14 @@ class GenerationRequest:
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
+    # SDXL's size conditioning, (height, width) / (top, left); None: A1111's (the image size, (0, 0))
+    original_size: tuple[int, int] | None = None
+    crops_coords_top_left: tuple[int, int] | None = None
+    target_size: tuple[int, int] | None = None
+    # refiner: a checkpoint file that takes over when this fraction of the schedule is done (A1111's fields;
+    # the interfaces resolve the listed name to the file)
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float = 0.8
 
     def validate(self) -> None:
         problems = []
@@ -127,6 +144,13 @@ class GenerationRequest:
             problems.append(f"emphasis must be one of {', '.join(EMPHASIS_MODES)} (got {self.emphasis!r})")
         if self.comma_padding_backtrack is not None and not 0 <= self.comma_padding_backtrack <= 74:
             problems.append(f"comma padding backtrack must be within 0..74 (got {self.comma_padding_backtrack})")
+        for name in ("original_size", "crops_coords_top_left", "target_size"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or not all(isinstance(v, int) and 0 <= v <= 16384
+                                                                  for v in value)):
+                problems.append(f"{name} must be two whole numbers within 0..16384 (got {value!r})")
+        if not 0.0 <= self.refiner_switch_at <= 1.0:
+            problems.append(f"refiner switch at must be within 0..1 (got {self.refiner_switch_at})")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -148,6 +172,7 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)   # A1111 infotext extras (Denoising strength, Mask blur...)
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)   # told to the user (an unknown <kind:...> tag)
+    refiner_switched: bool = False                      # the refiner took over (A1111 records it then)
 
 
 @dataclass
@@ -164,19 +189,35 @@ class Engine:
     """One resident model on one device. Not thread-safe: the job queue runs one job at a time."""
 
     def __init__(self, device: str | None = None, precision: str = "auto", *, no_half: bool = False,
-                 no_half_vae: bool = False):
+                 no_half_vae: bool = False, prediction: str | None = None):
+        """``prediction``: "eps" / "v" forces the prediction type of every model loaded (``--prediction``)."""
         self.device = resolve_device(device)
         self.precision = resolve_precision(self.device, precision, no_half=no_half, no_half_vae=no_half_vae)
+        self.prediction = prediction
         self._allocator = CpuAllocator.tune() if self.device.type == "cpu" else None
         self.model: StableDiffusionModel | None = None
         self.vae_path: Path | None = None
         self._tokenizer = None
         self._text_encoder: TextEncoder | None = None
+        self._text_encoders: list[TextEncoder] = []
         self.embeddings_dir: Path | None = None
         self.hash_cache: Path | None = None
         self._embeddings: EmbeddingDatabase | None = None
         self._patcher = ModelPatcher()
-        self.schedule = DiscreteSchedule(sd_alphas_cumprod()).to(self.device)
+        self._schedules: dict[int, DiscreteSchedule] = {}
+        self._refiner: StableDiffusionModel | None = None
+
+    @property
+    def schedule(self) -> DiscreteSchedule:
+        """The resident model's noise schedule on the device (SD's when none is loaded)."""
+        return self._schedule_of(self.model)
+
+    def _schedule_of(self, model: StableDiffusionModel | None) -> DiscreteSchedule:
+        key = id(model.schedule) if model is not None else 0
+        if key not in self._schedules:
+            base = model.schedule if model is not None else DiscreteSchedule.sd()
+            self._schedules = {k: v for k, v in self._schedules.items() if k == 0} | {key: base.to(self.device)}
+        return self._schedules[key]
 
     # ---- model residency -------------------------------------------------------------------
     def load(self, path: str | Path, vae_path: str | Path | None = None) -> StableDiffusionModel:
@@ -192,20 +233,25 @@ class Engine:
         self.unload()
         try:
             model = load_checkpoint(path, device=self.device, dtype=self.precision.unet,
-                                    vae_dtype=self.precision.vae, state_dict=state_dict)
+                                    vae_dtype=self.precision.vae, state_dict=state_dict, prediction=self.prediction)
         except Exception:
             if previous is not None:
                 self.load(*previous)
             raise
         del state_dict                           # unmaps the file
         self.model = model
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer()
-        self._text_encoder = TextEncoder(model.text_model, self._tokenizer)
+        self._text_encoders = self._encoders_of(model)
+        self._text_encoder = self._text_encoders[0]
         self._embeddings = None
         if vae_path is not None:
             self.set_vae(vae_path)
         return model
+
+    def _encoders_of(self, model: StableDiffusionModel) -> list[TextEncoder]:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer()
+        return [TextEncoder(text_model, self._tokenizer, spec)
+                for text_model, spec in zip(model.text_models, model.family.text)]
 
     def set_vae(self, vae_path: str | Path | None) -> None:
         """Replace the VAE with an external file; ``None`` restores the checkpoint's own."""
@@ -223,7 +269,9 @@ class Engine:
     def unload(self) -> None:
         self._patcher.forget()
         self.model = None
+        self._refiner = None
         self._text_encoder = None
+        self._text_encoders = []
         self._embeddings = None
         self.vae_path = None
         gc.collect()
@@ -245,19 +293,45 @@ class Engine:
         """Textual-inversion embeddings of ``embeddings_dir`` for the loaded model, reread when files change."""
         self._require_model()
         if self._embeddings is None or self._embeddings.folder != self.embeddings_dir:
-            self._embeddings = EmbeddingDatabase(self.embeddings_dir, self._text_encoder.width,
+            widths = {e.name: e.width for e in self._text_encoders}
+            self._embeddings = EmbeddingDatabase(self.embeddings_dir, widths,
                                                  lambda text: self._text_encoder.tokenize([text])[0])
         self._embeddings.refresh()
         return self._embeddings
 
-    def prompt_encoder(self, request: GenerationRequest) -> PromptEncoder:
+    def prompt_encoder(self, request: GenerationRequest, model: StableDiffusionModel | None = None) -> PromptEncoder:
+        """The prompt encoder of the resident model (or ``model``, the refiner) for ``request``."""
         given = {key: getattr(request, key) for key in PROMPT_SETTINGS if getattr(request, key) is not None}
         options = PromptOptions(clip_skip=request.clip_skip, **given)
-        return PromptEncoder(self._text_encoder, self.embeddings, options, self.hash_cache)
+        sizes = SizeConditioning.for_image(request.width, request.height, original_size=request.original_size,
+                                           crops_coords_top_left=request.crops_coords_top_left,
+                                           target_size=request.target_size)
+        if model is None or model is self.model:
+            model, encoders, embeddings = self._require_model(), self._text_encoders, self.embeddings
+        else:
+            encoders, embeddings = self._encoders_of(model), None
+        return PromptEncoder(encoders, embeddings, options, self.hash_cache, vector_kind=model.family.vector,
+                             sizes=sizes)
+
+    def refiner(self, path: str | Path) -> StableDiffusionModel:
+        """The refiner checkpoint, loaded once and kept beside the resident model (without its VAE: the
+        base model's decodes). Its latent space must be the resident model's."""
+        model = self._require_model()
+        if self._refiner is not None and self._refiner.path == str(path):
+            return self._refiner
+        self._refiner = None
+        gc.collect()
+        refiner = load_checkpoint(path, device=self.device, dtype=self.precision.unet, prediction=self.prediction,
+                                  with_vae=False)
+        if refiner.family.latent_scale != model.family.latent_scale:
+            raise CheckpointError(f"{path}: a {refiner.family.label} model cannot refine {model.family.label} "
+                                  "images (their latent spaces differ)")
+        self._refiner = refiner
+        return refiner
 
     @property
     def is_inpainting_model(self) -> bool:
-        return self._require_model().family.unet_in_channels == 9
+        return self._require_model().family.is_inpainting
 
     # ---- building blocks -------------------------------------------------------------------
     @torch.inference_mode()
@@ -294,8 +368,11 @@ class Engine:
         request.validate()
         model = self._require_model()
         spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
+        refiner = self.refiner(request.refiner_checkpoint) if request.refiner_checkpoint else None
         steps, batch = request.steps, request.batch_size
-        full_sigmas = sigmas = registry.build_sigmas(spec, scheduler_key, self.schedule, steps)
+        options = {"sdxl": True} if (model.family.is_sdxl and scheduler_key != "automatic"
+                                     and registry.effective_scheduler(spec, scheduler_key) == "align_your_steps") else {}
+        full_sigmas = sigmas = registry.build_sigmas(spec, scheduler_key, self.schedule, steps, **options)
         extra: dict = {}
         seed = resolve_seed(request.seed)
         all_seeds = image_seeds(seed, batch * request.n_iter)
@@ -320,29 +397,52 @@ class Engine:
         for prepare in hooks.prepare:
             prepare(ctx)
         _run_extra_networks(tags, hooks.networks, ctx)
+        switched = []
         with self._patcher.applied(model, ctx.patches):
             results, interrupted = self._sample_job(request, ctx, prompt, spec, sigmas, full_sigmas, all_seeds,
-                                                    prepared, noise_sigma, progress, control)
+                                                    prepared, noise_sigma, progress, control, refiner, switched)
         return GenerationResult(results, seed, spec.name, registry.scheduler_label(spec, scheduler_key),
-                                extra, interrupted, ctx.warnings)
+                                extra, interrupted, ctx.warnings, refiner_switched=bool(switched))
+
+    def _conditioning(self, request, model: StableDiffusionModel, prompt: str, schedule_steps: int,
+                      encoder: PromptEncoder | None = None):
+        """(cond MultiCond, uncond CondSchedule, empty-prompt padding or None) of ``model`` for a job."""
+        encoder = encoder or self.prompt_encoder(request, model)
+        uncond = encoder.schedule(request.negative_prompt, schedule_steps, negative=True)
+        cond = encoder.multicond(prompt, schedule_steps)
+        empty = encoder.encode([""])[0] if request.pad_cond_uncond else None
+        return cond, uncond, empty
 
     def _sample_job(self, request, ctx: JobContext, prompt, spec, sigmas, full_sigmas, all_seeds, prepared,
-                    noise_sigma, progress, control) -> tuple[list[GeneratedImage], bool]:
+                    noise_sigma, progress, control, refiner=None, switched=None) -> tuple[list[GeneratedImage], bool]:
         model, batch, patches = ctx.model, request.batch_size, ctx.patches
         encoder = self.prompt_encoder(request)
         schedule_steps = request.steps * 2 if spec.second_order else request.steps   # A1111 counts model calls
-        uncond = encoder.schedule(request.negative_prompt, schedule_steps)
-        cond = encoder.multicond(prompt, schedule_steps)
-        empty = encoder.encode([""])[0] if request.pad_cond_uncond else None
+        cond, uncond, empty = self._conditioning(request, model, prompt, schedule_steps, encoder)
         ctx.infotext.update(encoder.infotext())
-        image_cond = self._image_conditioning(request, prepared, batch) if self.is_inpainting_model else None
+        needs_image_cond = model.family.is_inpainting or (refiner is not None and refiner.family.is_inpainting)
+        image_cond = self._image_conditioning(request, prepared, batch) if needs_image_cond else None
         latent_shape = (4, request.height // 8, request.width // 8)
-        model_denoiser = ModelDenoiser(model.unet, self.schedule, model.family.prediction, patches)
+        model_denoiser = ModelDenoiser(model.unet, self.schedule, model.prediction.kind, patches)
+        check = None if control is None else control.check
+        second = None
+        if refiner is not None:
+            r_cond, r_uncond, r_empty = self._conditioning(request, refiner, prompt, schedule_steps)
+            r_model = ModelDenoiser(refiner.unet, self._schedule_of(refiner), refiner.prediction.kind)
+            r_image_cond = image_cond if refiner.family.is_inpainting else None
+            switch_at = refiner_switch_flags(self.schedule, sigmas, request.refiner_switch_at)
+
+            def second(state):
+                return cfg_denoiser(r_model, r_cond, r_uncond, request.cfg_scale, image_cond=r_image_cond, check=check,
+                                    empty=r_empty, state=state)
 
         def make_denoiser(state):   # a fresh one per batch: its call count (the schedule's step) starts at 0
-            denoiser = cfg_denoiser(model_denoiser, cond, uncond, request.cfg_scale, image_cond=image_cond,
-                                    check=None if control is None else control.check, empty=empty,
-                                    patches=patches, state=state)
+            denoiser = cfg_denoiser(model_denoiser, cond, uncond, request.cfg_scale,
+                                    image_cond=image_cond if model.family.is_inpainting else None,
+                                    check=check, empty=empty, patches=patches, state=state)
+            if second is not None:
+                denoiser = switching_denoiser(denoiser, second(state), switch_at, state,
+                                              on_switch=lambda: switched.append(True))
             if prepared is not None and prepared.keep_mask is not None:
                 blend = masked_model_input if spec.vp_latent else masked_denoiser
                 denoiser = blend(denoiser, prepared.init_latent, prepared.keep_mask)
@@ -467,6 +567,17 @@ class Engine:
         return torch.cat([mask, latent], dim=1)
 
 
+def refiner_switch_flags(schedule: DiscreteSchedule, sigmas: torch.Tensor, switch_at: float) -> list[bool]:
+    """Per schedule sigma: whether the refiner runs from there, by A1111's rule (``apply_refiner``): the
+    sigma's nearest timestep ``t`` in the model's table, done when ``(999 - t) / 1000 >= switch_at``."""
+    table = schedule.sigmas.detach().to("cpu")
+    flags = []
+    for sigma in sigmas.detach().to("cpu"):
+        t = int(torch.argmin((table - sigma).abs()))
+        flags.append((len(table) - 1 - t) / len(table) >= switch_at)
+    return flags
+
+
 def _run_extra_networks(tags: list[ExtraNetworkTag], networks: Mapping[str, ExtraNetworkHandler],
                         ctx: JobContext) -> None:
     by_kind: dict[str, list[ExtraNetworkTag]] = {}
@@ -504,6 +615,7 @@ def _progress_reporter(progress: ProgressCallback | None, iteration: int, iterat
         callback.last_denoised = d["denoised"]
         if state is not None:
             state.sampling_step = d["i"]
+            state.steps_reported = d["i"] + 1
         if progress is not None or step_callbacks:
             report = Progress(d["i"] + 1, total, iteration, iterations, d["x"], d["denoised"])
             for step_callback in step_callbacks:

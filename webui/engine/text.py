@@ -95,13 +95,25 @@ def clean_text(text: str) -> str:
 
 
 class TextEncoder:
-    """SD1-style prompt encoder over a transformers CLIPTextModel."""
+    """A prompt encoder over one transformers CLIP text model, as its family uses it (``spec``, a
+    ``families.TextSpec``; None: SD 1.x's CLIP-L -- last layer, EOS padding, no pooled output).
 
-    def __init__(self, model: transformers.CLIPTextModel, tokenizer: transformers.CLIPTokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    What the UNet gets (``spec.layer``): ``"last"`` -- the last hidden state after the final norm, or with
+    clip skip n the n-th hidden state from the end through the final norm (SD 1.x); ``"penultimate_norm"``
+    -- the penultimate layer's output through the final norm (SD 2.x); ``"penultimate"`` -- the
+    penultimate layer's output as is (SDXL). Clip skip applies to ``"last"`` encoders only (as A1111).
+    After the first end-of-text token a row is filled with ``spec.pad`` when it is set (the OpenCLIP models:
+    0, as open_clip's tokenizer and A1111 pad); ``spec.pooled``: the projected pooled output is returned too.
+    """
+
+    def __init__(self, model, tokenizer: transformers.CLIPTokenizer, spec=None):
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.bos_id, self.eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id  # SD1: EOS
         self.comma_id = tokenizer.get_vocab().get(",</w>")
+        self.layer = "last" if spec is None else spec.layer
+        self.fill_id = None if spec is None else spec.pad
+        self.name = "clip_l" if spec is None else spec.name
 
     def tokenize(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt, without BOS/EOS and untruncated."""
@@ -122,32 +134,60 @@ class TextEncoder:
     def width(self) -> int:
         return self.model.config.hidden_size
 
-    def encode_ids(self, ids: list[list[int]], clip_skip: int = 1, fixes=None) -> torch.Tensor:
-        """Encode rows of 77 ids -> [B, 77, hidden] (last layer, or hidden_states[-clip_skip], after final LN).
+    @property
+    def pooled(self) -> bool:
+        return self.spec is not None and self.spec.pooled
 
-        ``fixes``: per row, ``[(offset, embedding), ...]``: the token-embedding vectors from ``offset + 1``
-        (after BOS) are replaced by the embedding's vectors (textual inversion), through a forward hook on
-        this model's own token-embedding module for this call only.
+    @property
+    def _text_model(self):
+        return getattr(self.model, "text_model", self.model)
+
+    def _input_ids(self, ids: list[list[int]]) -> torch.Tensor:
+        rows = [list(row) for row in ids]
+        if self.fill_id is not None:
+            for row in rows:
+                if self.eos_id in row:
+                    end = row.index(self.eos_id) + 1
+                    row[end:] = [self.fill_id] * (len(row) - end)
+        return torch.tensor(rows, dtype=torch.long).to(next(self.model.parameters()).device)
+
+    def encode_ids(self, ids: list[list[int]], clip_skip: int = 1, fixes=None, *, with_pooled: bool = False):
+        """Encode rows of 77 ids -> ``[B, 77, hidden]`` as the family uses it (see the class), and with
+        ``with_pooled`` also the pooled, projected output ``[B, projection]`` (None when the encoder has none).
+
+        ``fixes``: per row, ``[(offset, vectors), ...]``: the token-embedding vectors from ``offset + 1``
+        (after BOS) are replaced by ``vectors`` (``[n, hidden]``, or an object with ``vectors``: textual
+        inversion), through a forward hook on this model's own token-embedding module for this call only.
         """
         layers = self.model.config.num_hidden_layers
         if not 1 <= clip_skip <= layers:
             raise ValueError(f"clip_skip must be in 1..{layers}, got {clip_skip}")
-        input_ids = torch.tensor(ids, dtype=torch.long).to(next(self.model.parameters()).device)
-        text_model = getattr(self.model, "text_model", self.model)
+        input_ids = self._input_ids(ids)
+        text_model = self._text_model
         hook = None
         if fixes and any(fixes):
             hook = text_model.embeddings.token_embedding.register_forward_hook(_insert_vectors(fixes))
         try:
-            if clip_skip == 1:
-                return self.model(input_ids=input_ids).last_hidden_state
-            out = self.model(input_ids=input_ids, output_hidden_states=True)
-            return text_model.final_layer_norm(out.hidden_states[-clip_skip])
+            pooled = None
+            if self.layer == "last" and clip_skip == 1 and not self.pooled:
+                z = self.model(input_ids=input_ids).last_hidden_state
+            else:
+                out = self.model(input_ids=input_ids, output_hidden_states=True)
+                if self.layer == "last":
+                    z = out.last_hidden_state if clip_skip == 1 else \
+                        text_model.final_layer_norm(out.hidden_states[-clip_skip])
+                elif self.layer == "penultimate_norm":
+                    z = text_model.final_layer_norm(out.hidden_states[-2])
+                else:
+                    z = out.hidden_states[-2]
+                pooled = getattr(out, "text_embeds", None) if self.pooled else None
         finally:
             if hook is not None:
                 hook.remove()
+        return (z, pooled) if with_pooled else z
 
     def encode(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
-        """[B, 77, hidden] conditioning for SD1 (prompts longer than 75 tokens are truncated)."""
+        """[B, 77, hidden] conditioning (prompts longer than 75 tokens are truncated)."""
         return self.encode_ids([self.pad_ids(t) for t in self.tokenize(prompts)], clip_skip)
 
 
@@ -157,7 +197,7 @@ def _insert_vectors(fixes):
         rows = []
         for row_fixes, row in zip(fixes, output):
             for offset, embedding in row_fixes:
-                vectors = embedding.vectors.to(row.device, row.dtype)
+                vectors = getattr(embedding, "vectors", embedding).to(row.device, row.dtype)
                 n = min(row.shape[0] - offset - 1, vectors.shape[0])
                 row = torch.cat([row[:offset + 1], vectors[:n], row[offset + 1 + n:]])
             rows.append(row)

@@ -10,14 +10,23 @@ A prompt with edits or alternation is encoded as one batch of its distinct texts
 parts are encoded separately and weighted (``multicond``). During sampling the denoiser asks each
 schedule for the conditioning of its current model call (A1111 counts calls: the schedule of a
 second-order sampler spans twice the steps).
+
+Families with several text encoders (SDXL: CLIP-L and OpenCLIP bigG) chunk the text once (the encoders
+share the tokenizer) and run every encoder on the same chunks, each with its own padding, layer, textual
+inversion vectors and emphasis rescale, as A1111's per-embedder classes do; the outputs are concatenated
+along the width. The pooled output of the first chunk feeds the vector conditioning (``vector.py``);
+an empty negative prompt is all zeros there (A1111's ``force_zero_negative_prompt`` for SDXL).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from ..cond import Cond
 from ..text import TextEncoder
+from ..vector import SizeConditioning, vector as make_vector
 from . import composable, schedule as sched
 from .chunks import PromptChunker
 from .embeddings import Embedding, EmbeddingDatabase
@@ -37,8 +46,12 @@ PROMPT_SETTINGS = ("emphasis", "comma_padding_backtrack", "use_old_scheduling") 
 
 @dataclass
 class CondSchedule:
-    """``[(last_step, cond [T, D]), ...]``: ``cond`` applies to the model calls up to ``last_step``."""
-    entries: list[tuple[int, torch.Tensor]]
+    """``[(last_step, cond), ...]``: ``cond`` (a ``Cond``: ``[T, D]`` and the vector ``[V]`` or None; a bare
+    ``[T, D]`` tensor is taken as a Cond without vector) applies to the model calls up to ``last_step``."""
+    entries: list[tuple[int, Cond]]
+
+    def __post_init__(self) -> None:
+        self.entries = [(end, c if isinstance(c, Cond) else Cond(c)) for end, c in self.entries]
 
     def index(self, step: int) -> int:
         for i, (end, _) in enumerate(self.entries):
@@ -46,7 +59,7 @@ class CondSchedule:
                 return i
         return 0                            # past the end: A1111 falls back to the first entry
 
-    def at(self, step: int) -> torch.Tensor:
+    def at(self, step: int) -> Cond:
         return self.entries[self.index(step)][1]
 
 
@@ -56,34 +69,56 @@ class MultiCond:
     parts: list[tuple[CondSchedule, float]]
     _stacked: dict = field(default_factory=dict, repr=False)   # entry indices -> stacked conds
 
-    def at(self, step: int) -> tuple[torch.Tensor, list[float]]:
-        """``([parts, T, D], weights)``; parts of different lengths are padded by repeating their last vector.
-        The stacked tensor is built once per combination of entries (the same object on later calls)."""
+    def at(self, step: int) -> tuple[Cond, list[float]]:
+        """``(Cond [parts, T, D] / [parts, V], weights)``; parts of different lengths are padded by repeating
+        their last token vector. The stacked Cond is built once per combination of entries (the same object
+        on later calls)."""
         key = tuple(s.index(step) for s, _ in self.parts)
         if key not in self._stacked:
             conds = [s.entries[i][1] for (s, _), i in zip(self.parts, key)]
-            longest = max(c.shape[0] for c in conds)
-            conds = [c if c.shape[0] == longest else torch.cat([c, c[-1:].expand(longest - c.shape[0], -1)])
+            longest = max(c.tokens for c in conds)
+            conds = [c if c.tokens == longest else
+                     Cond(torch.cat([c.crossattn, c.crossattn[-1:].expand(longest - c.tokens, -1)]), c.vector)
                      for c in conds]
-            self._stacked[key] = torch.stack(conds)
+            self._stacked[key] = Cond.stack(conds)
         return self._stacked[key], [w for _, w in self.parts]
 
 
 @dataclass
 class PromptEncoder:
-    text_encoder: TextEncoder
+    """``text_encoder``: one ``TextEncoder`` or the family's encoders in order (SDXL: CLIP-L, bigG);
+    ``vector_kind`` / ``sizes``: the vector conditioning of SDXL-style models (``vector.py``)."""
+    text_encoder: TextEncoder | Sequence[TextEncoder]
     embeddings: EmbeddingDatabase | None = None
     options: PromptOptions = field(default_factory=PromptOptions)
     hash_cache: object = None
     used_embeddings: dict[str, Embedding] = field(default_factory=dict)
     emphasis_used: bool = False
     ti_hashes: str = ""
+    vector_kind: str | None = None
+    sizes: SizeConditioning | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_encoder, TextEncoder):
+            self.encoders = [self.text_encoder]
+        else:
+            self.encoders = list(self.text_encoder)
+            self.text_encoder = self.encoders[0]
+        if self.vector_kind is not None and not any(e.pooled for e in self.encoders):
+            raise ValueError(f"vector conditioning {self.vector_kind!r} needs a text encoder with a pooled output")
 
     def chunker(self) -> PromptChunker:
         return make_chunker(self.text_encoder, self.embeddings, self.options)
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:
+        """``[len(texts), 77 * chunks, D]``: the cross-attention conditioning (all encoders side by side)."""
+        return self.encode_with_pooled(texts)[0]
+
+    @torch.inference_mode()
+    def encode_with_pooled(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cross-attention conditioning and the pooled output of the first chunk ``[len(texts), P]``
+        (None without a pooled encoder); emphasis does not touch the pooled output (as A1111)."""
         chunker = self.chunker()
         split: dict[str, list] = {}
         for text in texts:
@@ -91,17 +126,23 @@ class PromptEncoder:
                 split[text] = chunker.split(text).chunks
         per_text = [split[text] for text in texts]
         used: dict[str, Embedding] = {}
-        outputs = []
+        outputs, pooled = [], None
         for i in range(max(len(c) for c in per_text)):
             batch = [c[i] if i < len(c) else chunker.empty_chunk() for c in per_text]
-            fixes = [chunk.fixes for chunk in batch]
-            for row in fixes:
-                for _, embedding in row:
+            for chunk in batch:
+                for _, embedding in chunk.fixes:
                     used[embedding.name] = embedding
-            z = self.text_encoder.encode_ids([chunk.tokens for chunk in batch], self.options.clip_skip,
-                                             fixes=fixes).float()
-            outputs.append(apply_emphasis(z, torch.tensor([chunk.weights for chunk in batch], device=z.device),
-                                          self.options.emphasis))
+            parts = []
+            for encoder in self.encoders:
+                fixes = [[(offset, e.vectors_for(encoder.name)) for offset, e in chunk.fixes] for chunk in batch]
+                z, pool = encoder.encode_ids([chunk.tokens for chunk in batch], self.options.clip_skip, fixes=fixes,
+                                             with_pooled=True)
+                if i == 0 and pool is not None:
+                    pooled = pool.float()
+                z = z.float()
+                parts.append(apply_emphasis(z, torch.tensor([chunk.weights for chunk in batch], device=z.device),
+                                            self.options.emphasis))
+            outputs.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
         self.used_embeddings.update(used)
         if used:
             # as A1111: each encoding call puts its own embeddings in front of those recorded before
@@ -109,12 +150,20 @@ class PromptEncoder:
             self.ti_hashes = ", ".join(hashes + ([self.ti_hashes] if self.ti_hashes else []))
         if self.options.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
             self.emphasis_used = True
-        return torch.cat(outputs, dim=1)
+        return torch.cat(outputs, dim=1), pooled
 
-    def schedule(self, prompt: str, steps: int) -> CondSchedule:
+    def schedule(self, prompt: str, steps: int, *, negative: bool = False) -> CondSchedule:
+        """``negative``: this is the negative prompt (SDXL: an empty one gives zeros, the refiner's aesthetic
+        score is the negative one)."""
         entries = sched.schedule(prompt, steps, old_scheduling=self.options.use_old_scheduling)
-        conds = self.encode([text for _, text in entries])
-        return CondSchedule([(end, cond) for (end, _), cond in zip(entries, conds)])
+        texts = [text for _, text in entries]
+        crossattn, pooled = self.encode_with_pooled(texts)
+        if self.vector_kind is None:
+            return CondSchedule([(end, Cond(c)) for (end, _), c in zip(entries, crossattn)])
+        if negative and all(text == "" for text in texts):
+            crossattn, pooled = torch.zeros_like(crossattn), torch.zeros_like(pooled)
+        vectors = make_vector(self.vector_kind, pooled, self.sizes, negative=negative)
+        return CondSchedule([(end, Cond(c, v)) for (end, _), c, v in zip(entries, crossattn, vectors)])
 
     def multicond(self, prompt: str, steps: int) -> MultiCond:
         cache: dict[str, CondSchedule] = {}

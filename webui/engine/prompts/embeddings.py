@@ -2,11 +2,13 @@
 
 Formats (as A1111 reads them): A1111/original textual inversion (``string_to_param: {"*": [n, D]}``,
 with ``step``, ``sd_checkpoint``, ``sd_checkpoint_name``), diffusers concepts (``{"<token>": [D]}``,
-one vector) and kohya / safetensors ``{"emb_params": [n, D]}`` (any single tensor). ``.safetensors`` are
+one vector), kohya / safetensors ``{"emb_params": [n, D]}`` (any single tensor), and SDXL embeddings
+``{"clip_l": [n, 768], "clip_g": [n, 1280]}`` (one set of vectors per text encoder). ``.safetensors`` are
 read from the header-checked memory map, ``.pt/.bin`` only with ``weights_only=True``: nothing in an
 embedding file is ever run. An embedding is named after its file (``bad-hands-5.pt`` -> ``bad-hands-5``)
-and matched in a prompt by the tokens of that name. Embeddings whose width differs from the loaded text
-encoder's are listed as skipped (an SD 2.x embedding next to an SD 1.x model).
+and matched in a prompt by the tokens of that name. Embeddings made for other text encoders than the
+loaded model's are listed as skipped with the reason (an SD 2.x embedding next to an SD 1.x model, an
+SD 1.x one next to an SDXL model).
 """
 from __future__ import annotations
 
@@ -29,13 +31,16 @@ class EmbeddingError(ValueError):
 
 @dataclass
 class Embedding:
+    """``vectors``: ``(n, D)`` float32 on the CPU (SDXL files: the vectors of the first part); ``parts``: per text
+    encoder (``clip_l``, ``clip_g``) for SDXL files, empty for single-tensor files."""
     name: str
-    vectors: torch.Tensor                 # (n, D) float32, CPU
+    vectors: torch.Tensor
     path: Path
     step: int | None = None
     sd_checkpoint: str | None = None
     sd_checkpoint_name: str | None = None
     _sha256: str | None = field(default=None, repr=False)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -43,7 +48,24 @@ class Embedding:
 
     @property
     def width(self) -> int:
-        return self.vectors.shape[-1]
+        """The vectors' width (SDXL files: the parts' widths added, as A1111 reports the shape)."""
+        return sum(v.shape[-1] for v in self.parts.values()) if self.parts else self.vectors.shape[-1]
+
+    def vectors_for(self, encoder: str) -> torch.Tensor:
+        """The vectors for the text encoder named ``encoder`` (``clip_l``, ``clip_h``, ``clip_g``)."""
+        return self.parts.get(encoder, self.vectors) if self.parts else self.vectors
+
+    def describe(self) -> str:
+        if self.parts:
+            return "an SDXL embedding (" + ", ".join(f"{k} {v.shape[-1]}" for k, v in self.parts.items()) + ")"
+        return f"an embedding of width {self.width}"
+
+    def fits(self, widths: dict[str, int]) -> bool:
+        """Usable with text encoders ``{name: width}``: SDXL parts for every encoder of a multi-encoder
+        model, else one tensor of the single encoder's width."""
+        if len(widths) > 1:
+            return all(name in self.parts and self.parts[name].shape[-1] == w for name, w in widths.items())
+        return not self.parts and self.vectors.shape[-1] == next(iter(widths.values()))
 
     def short_hash(self, cache_file: Path | None = None) -> str:
         """The first 12 hex digits of the file's SHA-256 (A1111's ``TI hashes`` value)."""
@@ -62,7 +84,16 @@ def _tensor_of(data, path: Path) -> tuple[torch.Tensor, dict]:
         tensor = next(iter(params.values()))
         extra = {k: data.get(k) for k in ("step", "sd_checkpoint", "sd_checkpoint_name")}
     elif "clip_g" in data and "clip_l" in data:
-        raise EmbeddingError(f"{path}: an SDXL embedding (clip_g/clip_l); SDXL models are not supported yet")
+        parts = {}
+        for key in ("clip_l", "clip_g"):
+            value = data[key]
+            if not isinstance(value, torch.Tensor) or value.ndim not in (1, 2) or not value.is_floating_point():
+                raise EmbeddingError(f"{path}: {key} is not a 1-D or 2-D float tensor")
+            parts[key] = value.detach().reshape(-1, value.shape[-1]).to(torch.float32).clone()
+        if parts["clip_l"].shape[0] != parts["clip_g"].shape[0]:
+            raise EmbeddingError(f"{path}: clip_l has {parts['clip_l'].shape[0]} vectors, clip_g "
+                                 f"{parts['clip_g'].shape[0]}; an SDXL embedding has as many of each")
+        return parts["clip_l"], {"parts": parts}
     else:
         tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
         if len(tensors) != 1 or len(data) != 1:
@@ -85,27 +116,36 @@ def load_embedding(path: str | os.PathLike) -> Embedding:
     step = extra.get("step")
     return Embedding(path.stem, vectors, path, step=step if isinstance(step, int) else None,
                      sd_checkpoint=_str_or_none(extra.get("sd_checkpoint")),
-                     sd_checkpoint_name=_str_or_none(extra.get("sd_checkpoint_name")))
+                     sd_checkpoint_name=_str_or_none(extra.get("sd_checkpoint_name")), parts=extra.get("parts", {}))
 
 
 def _str_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _model_widths(widths: dict[str, int]) -> str:
+    named = ", ".join(f"{name} {width}" if name else f"width {width}" for name, width in widths.items())
+    return f"not for this model's text encoder{'s' if len(widths) > 1 else ''} ({named})"
+
+
 class EmbeddingDatabase:
-    """The embeddings of one folder, for a text encoder of width ``width``.
+    """The embeddings of one folder, for the text encoders ``width``: ``{name: width}`` (an int: one encoder of
+    that width, or -1 to accept every file unchecked).
 
     ``refresh()`` rereads the folder when its files changed (cheap: one directory walk of stats).
-    ``loaded``: name -> Embedding usable with this model; ``skipped``: name -> Embedding of another width;
-    ``errors``: file -> message for files that could not be read. ``find(tokens, i)`` -> the embedding whose
-    name's tokens start at ``tokens[i]`` (longest first) and how many prompt tokens it covers.
+    ``loaded``: name -> Embedding usable with this model; ``skipped``: name -> Embedding made for other text
+    encoders, ``skip_reasons``: name -> why; ``errors``: file -> message for files that could not be read.
+    ``find(tokens, i)`` -> the embedding whose name's tokens start at ``tokens[i]`` (longest first) and how many prompt tokens it covers.
     """
 
-    def __init__(self, folder: Path | None, width: int, tokenize, log=None):
-        self.folder, self.width, self._tokenize, self._log = folder, width, tokenize, log
+    def __init__(self, folder: Path | None, width: int | dict[str, int], tokenize, log=None):
+        self.folder, self._tokenize, self._log = folder, tokenize, log
+        self.widths = width if isinstance(width, dict) else None if width == -1 else {"": width}
+        self.width = sum(self.widths.values()) if self.widths else -1
         self.loaded: dict[str, Embedding] = {}
         self.skipped: dict[str, Embedding] = {}
         self.errors: dict[str, str] = {}
+        self.skip_reasons: dict[str, str] = {}     # skipped name -> why (made for other text encoders)
         self._signature = None
         self._lock = threading.Lock()
         self._by_first_token: dict[int, list[tuple[tuple[int, ...], Embedding]]] = {}
@@ -130,7 +170,7 @@ class EmbeddingDatabase:
             scanned = self._scan()
             if not force and scanned == self._signature:
                 return
-            loaded, skipped, errors, by_first = {}, {}, {}, {}
+            loaded, skipped, errors, by_first, reasons = {}, {}, {}, {}, {}
             for path, _, _ in scanned:
                 try:
                     embedding = load_embedding(path)
@@ -141,8 +181,9 @@ class EmbeddingDatabase:
                     continue
                 if embedding.name in loaded or embedding.name in skipped:
                     errors[str(path)] = f"{path}: another embedding is already named {embedding.name!r}"
-                elif embedding.width != self.width:
+                elif self.widths is not None and not embedding.fits(self.widths):
                     skipped[embedding.name] = embedding
+                    reasons[embedding.name] = f"{path.name}: {embedding.describe()}, {_model_widths(self.widths)}"
                 else:
                     loaded[embedding.name] = embedding
                     ids = tuple(self._tokenize(embedding.name))
@@ -151,6 +192,7 @@ class EmbeddingDatabase:
             for entries in by_first.values():
                 entries.sort(key=lambda entry: -len(entry[0]))
             self.loaded, self.skipped, self.errors, self._by_first_token = loaded, skipped, errors, by_first
+            self.skip_reasons = reasons
             self._signature = scanned
 
     def find(self, tokens: list[int], i: int) -> tuple[Embedding | None, int]:

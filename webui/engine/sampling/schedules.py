@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "sd_alphas_cumprod", "DiscreteSchedule", "uniform", "karras", "exponential", "polyexponential",
+    "sd_alphas_cumprod", "zero_terminal_snr", "DiscreteSchedule", "uniform", "karras", "exponential", "polyexponential",
     "sgm_uniform", "normal", "simple", "ddim", "kl_optimal", "align_your_steps", "SCHEDULE_FUNCTIONS",
 ]
 
@@ -31,6 +31,23 @@ def sd_alphas_cumprod(n: int = 1000, beta_start: float = 0.00085, beta_end: floa
     """
     betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+
+
+# A1111's (and ComfyUI's) stand-in for alphas_cumprod[-1] = 0, which would make sigma_max infinite
+ZERO_SNR_LAST_ALPHA_CUMPROD = 4.8973451890853435e-08
+
+
+def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The schedule rescaled to zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and
+    Sample Steps are Flawed", Algorithm 1, on sqrt(alphas_cumprod)), as A1111 applies it to ``ztsnr``
+    v-prediction models: shift so the last value is 0, scale so the first is unchanged; the last entry is
+    then set to a tiny positive value so that sigma_max stays finite (about 4519)."""
+    root = alphas_cumprod.to(torch.float32).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    out = root ** 2
+    out[-1] = ZERO_SNR_LAST_ALPHA_CUMPROD
+    return out.to(torch.float32)
 
 
 class DiscreteSchedule:
