@@ -73,11 +73,15 @@ def test_infotext_fills_every_field_it_names():
     assert fields == {"prompt": "a red circle, top left", "negative_prompt": "blue", "steps": 31,
                       "sampler_name": "DPM++ 2M", "scheduler": "Karras", "cfg_scale": 5.5, "seed": 99,
                       "width": 96, "height": 64, "denoising_strength": 0.4, "checkpoint": "webui-demo-64px",
-                      "clip_skip": 1}   # A1111: a text without "Clip skip" means 1
+                      "clip_skip": 1,   # A1111: a text without "Clip skip" means 1
+                      "refiner_checkpoint": "None"}   # and one without "Refiner" means no refiner
     assert mapping.fields_from_infotext(text.replace("Seed: 99", "Seed: 99, Clip skip: 2"))["clip_skip"] == 2
+    refined = mapping.fields_from_infotext(text.replace("Seed: 99", 'Seed: 99, Refiner: "xl-refiner [0123456789]", '
+                                                                    "Refiner switch at: 0.7"))
+    assert (refined["refiner_checkpoint"], refined["refiner_switch_at"]) == ("xl-refiner [0123456789]", 0.7)
     # the legacy combined name is split as A1111 does
     legacy = mapping.fields_from_infotext("cat\nSteps: 20, Sampler: DPM++ 2M Karras, Seed: 1")
     assert (legacy["sampler_name"], legacy["scheduler"]) == ("DPM++ 2M", "Karras")
     # and the fields make a valid request again
     request = mapping.request_from_fields({k: v for k, v in fields.items() if k != "checkpoint"})
-    assert (request.width, request.height, request.seed) == (96, 64, 99)
+    assert (request.width, request.height, request.seed, request.refiner_checkpoint) == (96, 64, 99, None)

@@ -7,9 +7,24 @@ import sys
 from pathlib import Path
 
 from .paths import PROJECT_ROOT, Paths, default_checkpoint
-from .server import add_server_args
+from .server import PREDICTIONS, add_server_args
 
 SUBCOMMANDS = ("txt2img", "img2img")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WxH`` -> (height, width), the order of SDXL's size conditioning."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1024x1024 (got {text!r})")
+    return int(height), int(width)
+
+
+def _pair(text: str) -> tuple[int, int]:
+    top, sep, left = text.partition(",")
+    if not sep or not top.strip().isdigit() or not left.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected TOP,LEFT, e.g. 0,0 (got {text!r})")
+    return int(top), int(left)
 
 
 def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
@@ -38,6 +53,14 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"))
     p.add_argument("--no-half", action="store_true", help="keep every network in float32")
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
+    p.add_argument("--prediction", choices=PREDICTIONS,
+                   help="force what the model predicts (default: from the file: SD 2.x measured, v_pred keys)")
+    p.add_argument("--refiner", type=Path, metavar="FILE", help="a checkpoint that takes over at --refiner-switch-at")
+    p.add_argument("--refiner-switch-at", type=float, default=0.8,
+                   help="fraction of the schedule after which the refiner runs (default 0.8)")
+    p.add_argument("--original-size", type=_size, metavar="WxH", help="SDXL size conditioning (default: the image size)")
+    p.add_argument("--target-size", type=_size, metavar="WxH", help="SDXL size conditioning (default: the image size)")
+    p.add_argument("--crop-top-left", type=_pair, metavar="TOP,LEFT", help="SDXL crop conditioning (default 0,0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("-o", "--output", type=Path,
                    help="a .png path for one image, or a folder for images and grid "
@@ -142,6 +165,7 @@ def run_generation(args) -> int:
     ckpt = _pick_checkpoint(args, paths)
     _require_file(ckpt, "checkpoint file")     # before importing torch: a typo fails fast
     _require_file(args.vae, "VAE file")
+    _require_file(args.refiner, "refiner file")
     images = {}
     if args.command == "img2img":
         images["init_image"] = _open_image(args.init_image, "init image")
@@ -157,7 +181,9 @@ def run_generation(args) -> int:
         prompt=args.prompt, negative_prompt=args.negative_prompt, sampler_name=args.sampler,
         scheduler=args.scheduler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
         width=args.width or 512, height=args.height or 512, batch_size=args.batch_size, n_iter=args.n_iter,
-        clip_skip=args.clip_skip, emphasis=args.emphasis)
+        clip_skip=args.clip_skip, emphasis=args.emphasis, original_size=args.original_size,
+        target_size=args.target_size, crops_coords_top_left=args.crop_top_left,
+        refiner_checkpoint=str(args.refiner) if args.refiner else None, refiner_switch_at=args.refiner_switch_at)
     if args.command == "img2img":
         request.init_image, request.mask = images["init_image"], images["mask"]
         request.denoising_strength = args.denoising_strength
@@ -175,7 +201,8 @@ def run_generation(args) -> int:
         request.validate()
         from .engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)
-        engine = Engine(args.device, args.precision, no_half=args.no_half, no_half_vae=args.no_half_vae)
+        engine = Engine(args.device, args.precision, no_half=args.no_half, no_half_vae=args.no_half_vae,
+                        prediction=args.prediction)
         loaded = engine.load(ckpt, vae_path=args.vae)
         engine.embeddings_dir, engine.hash_cache = paths.embeddings, paths.hash_cache
         request.width = args.width or loaded.native_size   # validated above with 512 in their place
@@ -184,8 +211,13 @@ def run_generation(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     model = ModelInfo.of(ckpt, args.vae, paths.hash_cache)
-    with StepBar(disable=args.quiet) as bar:
-        result = engine.generate(request, progress=bar.update)
+    refiner = ModelInfo.of(args.refiner, hash_cache=paths.hash_cache) if args.refiner else None
+    try:
+        with StepBar(disable=args.quiet) as bar:
+            result = engine.generate(request, progress=bar.update)
+    except CheckpointError as exc:            # a refiner that is not a checkpoint or does not fit
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.output is not None:
@@ -194,7 +226,7 @@ def run_generation(args) -> int:
         today = datetime.date.today()              # A1111: <kind>-images/<date>, <kind>-grids/<date>
         out = saving.dated_folder(paths.outputs, args.command, today)
         grid_dir = saving.grid_folder(paths.outputs, args.command, today)
-    for path in save_result(request, result, model, out, kind=args.command, grid_dir=grid_dir):
+    for path in save_result(request, result, model, out, kind=args.command, grid_dir=grid_dir, refiner=refiner):
         print(path)
     if request.seed < 0:
         print(f"seed: {result.seed}", file=sys.stderr)

@@ -15,6 +15,8 @@ from pathlib import Path
 from . import __version__
 from .paths import PROJECT_ROOT, Paths
 
+PREDICTIONS = ("eps", "v")   # engine.families.PREDICTIONS (named here so that the flags need no torch import)
+
 LISTEN_WARNING = """
 WARNING: --listen without --gradio-auth: anyone who can reach this machine on port {port} can use the UI,
 its GPU and its files of generated images. Add --gradio-auth user:password (or --gradio-auth-path FILE).
@@ -53,6 +55,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"))
     g.add_argument("--no-half", action="store_true", help="keep every network in float32")
     g.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
+    g.add_argument("--prediction", choices=PREDICTIONS,
+                   help="force what every model predicts (default: from the file: SD 2.x measured, v_pred keys)")
     g.add_argument("--theme", choices=("light", "dark"), help="force the light or dark theme")
 
 
@@ -217,7 +221,7 @@ def run(args) -> int:
     extensions = ExtensionManager(args.extensions_dir or PROJECT_ROOT / "extensions", paths, options, log)
     extensions.load()
     backend = Backend(paths, options, device=args.device, precision=args.precision, no_half=args.no_half,
-                      no_half_vae=args.no_half_vae, extensions=extensions)
+                      no_half_vae=args.no_half_vae, extensions=extensions, prediction=args.prediction)
     app = build_app(backend, args, auth, api_auth)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30))

@@ -117,11 +117,19 @@ class Api:
         except ValueError as exc:
             raise _error(422, f"override_settings: {exc}") from None
         clip_skip = prompt_settings.pop("CLIP_stop_at_last_layers", self.backend.options["CLIP_stop_at_last_layers"])
+        refiner = body.refiner_checkpoint if body.refiner_checkpoint not in (None, "", "None", "none") else None
+        if refiner is not None:
+            refiner = self._checkpoint_name(refiner)
+        sizes = {key: tuple(getattr(body, key)) for key in ("original_size", "crops_coords_top_left", "target_size")
+                 if getattr(body, key) is not None}
         request = GenerationRequest(
             prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=sampler,
             scheduler=body.scheduler or "automatic", steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed,
             width=body.width, height=body.height, batch_size=body.batch_size, n_iter=body.n_iter,
-            clip_skip=clip_skip, **prompt_settings)
+            clip_skip=clip_skip, refiner_checkpoint=refiner,
+            # A1111: no switch point given means the refiner runs from the first step
+            refiner_switch_at=0.0 if body.refiner_switch_at is None else body.refiner_switch_at,
+            **sizes, **prompt_settings)
         if img2img:
             assert isinstance(body, schemas.Img2ImgRequest)
             if not body.init_images:

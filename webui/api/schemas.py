@@ -48,6 +48,10 @@ class Txt2ImgRequest(_Body):
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
+    # SDXL's size conditioning as diffusers names it, (height, width) and (top, left); not in A1111's API
+    original_size: list[int] | None = None
+    crops_coords_top_left: list[int] | None = None
+    target_size: list[int] | None = None
     disable_extra_networks: bool = False
     comments: dict[str, Any] | None = None
     enable_hr: bool = False

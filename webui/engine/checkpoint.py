@@ -52,7 +52,10 @@ class StableDiffusionModel:
 
     @property
     def native_size(self) -> int:
-        """The image side to use when the user picks none (metadata ``webui.native_size`` or the family's)."""
+        """The image side to use when the user picks none (metadata ``webui.native_size``, else the family's;
+        SD 2.x: 768 for the v-prediction models, 512 for the eps ones)."""
+        if self.family.prediction == "detect" and self.prediction.kind == "eps":
+            return families.metadata_native_size(self.metadata) or 512
         return families.native_size(self.family, self.metadata)
 
     def describe(self) -> str:

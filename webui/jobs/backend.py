@@ -64,11 +64,12 @@ class Backend:
 
     def __init__(self, paths: Paths, options: Options, *, device: str | None = None, precision: str = "auto",
                  no_half: bool = False, no_half_vae: bool = False, vae_approx_dir: Path | None = None,
-                 log: Callable[[str], None] = print, extensions=None):
+                 log: Callable[[str], None] = print, extensions=None, prediction: str | None = None):
         self.paths, self.options, self.log = paths, options, log
         self.queue = JobQueue()
         self.status = ModelStatus()
-        self._engine_args = dict(device=device, precision=precision, no_half=no_half, no_half_vae=no_half_vae)
+        self._engine_args = dict(device=device, precision=precision, no_half=no_half, no_half_vae=no_half_vae,
+                                 prediction=prediction)
         self._engine = None
         self._lock = threading.Lock()
         self._model_info = None
@@ -198,18 +199,24 @@ class Backend:
         self.status = ModelStatus("ready", name)
         if self.extensions is not None:
             self.extensions.model_loaded(self._engine.model)
-        self.log(f"model loaded: {name}" + (f" with VAE {vae_path.name}" if vae_path else ""))
+        self.log(f"model loaded: {name} ({self._engine.model.describe()})"
+                 + (f" with VAE {vae_path.name}" if vae_path else ""))
 
     def native_size_of(self, name: str | None) -> int:
-        """The size the UI starts with for a listed checkpoint: its ``webui.native_size`` metadata, else 512."""
-        from ..engine.families import metadata_native_size
-        from ..engine.files import CheckpointError, read_metadata
+        """The size the UI starts with for a listed checkpoint, read without loading it: its
+        ``webui.native_size`` metadata, else its family's (1024 for SDXL, 768 for SD 2.x, 512 for SD 1.x and
+        for files that cannot be read)."""
+        from ..engine import families
+        from ..engine.files import CheckpointError, read_metadata, read_state_dict
 
+        if not name:
+            return 512
         try:
-            metadata = read_metadata(self.checkpoint_path(name)) if name else {}
+            path = self.checkpoint_path(name)
+            size = families.metadata_native_size(read_metadata(path))
+            return size or families.detect_family(read_state_dict(path), name=name, need_vae=False).native_size
         except (ValueError, CheckpointError, OSError):
-            metadata = {}
-        return metadata_native_size(metadata) or 512
+            return 512
 
     @property
     def model_info(self):
@@ -290,7 +297,8 @@ class Backend:
     def submit(self, request, *, kind: str = "txt2img", owner: str | None = None, checkpoint: str | None = None,
                vae: str | None = None, save: bool | None = None, job_id: str | None = None,
                styles: list[str] | None = None, script_args: dict | None = None) -> Job:
-        """Queue a generation. ``checkpoint`` / ``vae``: names as listed (None: keep the resident one).
+        """Queue a generation. ``checkpoint`` / ``vae``: names as listed (None: keep the resident one);
+        ``request.refiner_checkpoint``: a listed checkpoint's name or title (A1111's; "None" or empty: none).
         ``save``: None follows the ``samples_save`` option. ``styles``: names in ``styles.csv``, applied to a
         copy of the request. Prompt-language fields left None take the settings. ``script_args``:
         extension title -> its arguments (UI section values or the API's alwayson_scripts). The job's
@@ -302,6 +310,12 @@ class Backend:
         if styles:
             changes["prompt"], changes["negative_prompt"] = self.styles.apply(request.prompt,
                                                                               request.negative_prompt, styles)
+        refiner = None
+        if request.refiner_checkpoint in ("", "None", "none"):
+            changes["refiner_checkpoint"] = None
+        elif request.refiner_checkpoint is not None:
+            refiner = self.find_checkpoint(request.refiner_checkpoint)
+            changes["refiner_checkpoint"] = str(self.checkpoint_path(refiner))
         request = dataclasses.replace(request, **changes)
         request.validate()
         from ..engine.sampling import registry
@@ -309,12 +323,12 @@ class Backend:
         target = self._resolve_checkpoint(checkpoint) if checkpoint else None
         if vae is not None:
             self.check_vae(vae)
-        return self.queue.submit(lambda job: self._generate(job, request, kind, target, vae, save, script_args),
-                                 kind=kind, owner=owner, job_id=job_id)
+        work = lambda job: self._generate(job, request, kind, target, vae, save, script_args, refiner)  # noqa: E731
+        return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
 
     def _generate(self, job: Job, request, kind: str, target, vae: str | None, save: bool | None,
-                  script_args: dict | None = None) -> GenerationOutput:
-        from .generation import infotexts
+                  script_args: dict | None = None, refiner: str | None = None) -> GenerationOutput:
+        from .generation import ModelInfo, infotexts
 
         if target is not None or vae is not None:
             name, path = target if target is not None else self._loaded[:2]
@@ -329,7 +343,9 @@ class Backend:
         result = engine.generate(request, progress=self._progress_callback(job), control=job.control, hooks=hooks)
         before_save = None if self.extensions is None else (
             lambda image, params: self.extensions.before_image_saved(image, params, result.warnings))
-        texts = infotexts(request, result, self._model_info, before_save)
+        refiner_info = (ModelInfo.of(Path(request.refiner_checkpoint), hash_cache=self.paths.hash_cache)
+                        if refiner is not None and result.refiner_switched else None)
+        texts = infotexts(request, result, self._model_info, before_save, refiner=refiner_info)
         for warning in result.warnings:
             self.log(f"warning: {warning}")
         output = GenerationOutput([g.image for g in result.images], texts, [g.seed for g in result.images],

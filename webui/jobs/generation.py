@@ -24,8 +24,10 @@ class ModelInfo:
                    vae.name if vae else None, model_hash(vae, hash_cache) if vae else None)
 
 
-def infotext_params(request: GenerationRequest, result: GenerationResult, seed: int, model: ModelInfo) -> dict:
-    """The parameters line, in A1111's key order."""
+def infotext_params(request: GenerationRequest, result: GenerationResult, seed: int, model: ModelInfo,
+                    refiner: ModelInfo | None = None) -> dict:
+    """The parameters line, in A1111's key order. ``refiner``: the refiner that took over (``Refiner: name
+    [hash]``, ``Refiner switch at``, as A1111 writes them once the switch happened)."""
     params = {
         "Steps": request.steps,
         "Sampler": result.sampler_name,
@@ -41,16 +43,32 @@ def infotext_params(request: GenerationRequest, result: GenerationResult, seed: 
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
     }
     params.update({k: v for k, v in result.extra.items() if k != "Denoising strength"})
+    params.update(size_params(request))
+    if refiner is not None:
+        params["Refiner"] = f"{refiner.name} [{refiner.hash}]" if refiner.hash else refiner.name
+        params["Refiner switch at"] = request.refiner_switch_at
     params["Version"] = __version__
     return params
 
 
+def size_params(request: GenerationRequest) -> dict:
+    """SDXL's size conditioning where the request set it (``WxH``, crop as ``top,left``)."""
+    params = {}
+    for key, name in (("original_size", "Original size"), ("target_size", "Target size")):
+        value = getattr(request, key)
+        if value is not None:
+            params[name] = f"{value[1]}x{value[0]}"
+    if request.crops_coords_top_left is not None:
+        params["Crop top-left"] = "{},{}".format(*request.crops_coords_top_left)
+    return params
+
+
 def infotexts(request: GenerationRequest, result: GenerationResult, model: ModelInfo,
-              before_save=None) -> list[str]:
+              before_save=None, refiner: ModelInfo | None = None) -> list[str]:
     """One infotext per image; ``before_save(image, params)`` may add keys first (extensions)."""
     texts = []
     for img in result.images:
-        params = infotext_params(request, result, img.seed, model)
+        params = infotext_params(request, result, img.seed, model, refiner)
         if before_save is not None:
             version = params.pop("Version", None)
             before_save(img.image, params)
@@ -60,11 +78,11 @@ def infotexts(request: GenerationRequest, result: GenerationResult, model: Model
 
 
 def save_result(request: GenerationRequest, result: GenerationResult, model: ModelInfo, out: Path,
-                kind: str = "txt2img", grid_dir: Path | None = None) -> list[Path]:
+                kind: str = "txt2img", grid_dir: Path | None = None, refiner: ModelInfo | None = None) -> list[Path]:
     """Save every image with its infotext. ``out``: a ``.png`` file (one image, or ``name-N.png`` for
     several) or a folder (A1111 naming ``NNNNN-SEED.png``; a ``grid-NNNN.png`` too for several images,
     in ``grid_dir`` when given, e.g. ``saving.grid_folder(outputs, kind)``, else in ``out``)."""
-    texts = infotexts(request, result, model)
+    texts = infotexts(request, result, model, refiner=refiner if result.refiner_switched else None)
     out = Path(out)
     if out.suffix.lower() == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)

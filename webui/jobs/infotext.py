@@ -128,6 +128,8 @@ class Infotext:
     model: str | None = None
     denoising_strength: float | None = None
     clip_skip: int = 1
+    refiner: str | None = None                 # "name [hash]"
+    refiner_switch_at: float | None = None
     extra: dict[str, str] = field(default_factory=dict)  # every other key, raw string (unsplit)
 
 
@@ -135,7 +137,7 @@ _TYPED = {
     "Steps": ("steps", int), "Sampler": ("sampler", str), "Schedule type": ("scheduler", str),
     "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Model hash": ("model_hash", str),
     "Model": ("model", str), "Denoising strength": ("denoising_strength", float),
-    "Clip skip": ("clip_skip", int),
+    "Clip skip": ("clip_skip", int), "Refiner": ("refiner", str), "Refiner switch at": ("refiner_switch_at", float),
 }
 
 

@@ -329,6 +329,13 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
                 f["seed"] = gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{kind}_seed", scale=4)
                 tab.random_seed = gr.Button("⚄", elem_id=f"{kind}_random_seed", scale=0, min_width=40)
                 tab.reuse_seed = gr.Button("♻", elem_id=f"{kind}_reuse_seed", scale=0, min_width=40)
+            with gr.Accordion("Refiner", open=False, elem_id=f"{kind}_refiner"):
+                with gr.Row():
+                    f["refiner_checkpoint"] = gr.Dropdown([mapping.NO_REFINER, *backend.checkpoints()],
+                                                          value=mapping.NO_REFINER, label="Checkpoint",
+                                                          elem_id=f"{kind}_refiner_checkpoint", scale=3)
+                    f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
+                                                       elem_id=f"{kind}_refiner_switch_at", scale=2)
             tab.ext_inputs = _extension_sections(backend, tab)
         with gr.Column(scale=1):
             tab.progress = gr.HTML(elem_id=f"{kind}_progress")
@@ -530,6 +537,11 @@ def _wire_results(source: _Tab, i2i: _Tab, tabs) -> None:
 def _send_fields_fn(backend: Backend, tab: _Tab, target: str):
     def send(text):
         values = mapping.fields_from_infotext(text) if text else {}
+        if values.get("refiner_checkpoint", mapping.NO_REFINER) != mapping.NO_REFINER:
+            try:
+                values["refiner_checkpoint"] = backend.find_checkpoint(values["refiner_checkpoint"])
+            except ValueError:
+                values["refiner_checkpoint"] = mapping.NO_REFINER      # a refiner this box does not have
         updates = [gr.update(value=values[n]) if n in values else gr.update() for n in tab.field_names]
         try:
             match = backend.find_checkpoint(values["checkpoint"]) if values.get("checkpoint") else None

@@ -18,12 +18,13 @@ from ..jobs import infotext
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 TXT2IMG_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed",
-                  "width", "height", "batch_size", "n_iter", "clip_skip")
+                  "width", "height", "batch_size", "n_iter", "clip_skip", "refiner_checkpoint", "refiner_switch_at")
+NO_REFINER = "None"
 IMG2IMG_FIELDS = TXT2IMG_FIELDS + ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
                                    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert")
 _INTS = {"steps", "seed", "width", "height", "batch_size", "n_iter", "mask_blur", "inpaint_full_res_padding",
          "clip_skip"}
-_FLOATS = {"cfg_scale", "denoising_strength"}
+_FLOATS = {"cfg_scale", "denoising_strength", "refiner_switch_at"}
 
 
 def _choice(value, options: tuple[str, ...], name: str) -> int:
@@ -69,6 +70,8 @@ def request_from_fields(values: dict) -> GenerationRequest:
             value = bool(value) if isinstance(value, bool) else _choice(value, MASK_MODES, "mask mode") == 1
         elif name in ("prompt", "negative_prompt"):
             value = value or ""
+        elif name == "refiner_checkpoint":
+            value = None if value in (None, "", NO_REFINER) else value
         converted[name] = value
     request = GenerationRequest(**converted)
     request.validate()
@@ -101,11 +104,14 @@ def uploaded_mask(mask: Image.Image) -> Image.Image:
 
 def fields_from_infotext(text: str) -> dict:
     """Infotext -> the UI fields it names (prompt, negative, steps, sampler, schedule type, CFG, seed, size,
-    denoising strength, clip skip: 1 when the text has none, as A1111) plus ``"checkpoint"`` (the model's name) when present; absent keys stay absent."""
+    denoising strength, clip skip: 1 when the text has none, as A1111; the refiner's title and switch point,
+    "None" when the text names no refiner) plus ``"checkpoint"`` (the model's name) when present; absent keys
+    stay absent."""
     info = infotext.parse_typed(text)
     out: dict = {"prompt": info.prompt, "negative_prompt": info.negative_prompt}
     pairs = {"steps": info.steps, "sampler_name": info.sampler, "scheduler": info.scheduler,
              "cfg_scale": info.cfg_scale, "seed": info.seed, "width": info.width, "height": info.height,
-             "denoising_strength": info.denoising_strength, "checkpoint": info.model, "clip_skip": info.clip_skip}
+             "denoising_strength": info.denoising_strength, "checkpoint": info.model, "clip_skip": info.clip_skip,
+             "refiner_checkpoint": info.refiner or NO_REFINER, "refiner_switch_at": info.refiner_switch_at}
     out.update({k: v for k, v in pairs.items() if v is not None})
     return out
