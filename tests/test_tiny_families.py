@@ -42,6 +42,12 @@ class Case:
         return self._pipe
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with tf.one_thread():
+        yield
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return tmp_path_factory.mktemp("families")
@@ -103,11 +109,11 @@ def test_key_layout(case):
         assert UNET_PREFIX + "input_blocks.1.1.norm.weight" not in sd  # level 0 has no attention
     if family == "sdxl":
         assert text_prefixes == {"conditioner.embedders.0", "conditioner.embedders.1"}
-        l = tf.SDXL_CLIP_L_PREFIX
-        assert sd[l + "embeddings.token_embedding.weight"].shape == (49408, 64)
-        assert sd[l + "encoder.layers.2.self_attn.q_proj.weight"].shape == (64, 64)
-        assert sd[l + "embeddings.position_ids"].dtype == torch.int64
-        assert torch.equal(sd[l + "embeddings.position_ids"], torch.arange(77)[None])
+        prefix = tf.SDXL_CLIP_L_PREFIX
+        assert sd[prefix + "embeddings.token_embedding.weight"].shape == (49408, 64)
+        assert sd[prefix + "encoder.layers.2.self_attn.q_proj.weight"].shape == (64, 64)
+        assert sd[prefix + "embeddings.position_ids"].dtype == torch.int64
+        assert torch.equal(sd[prefix + "embeddings.position_ids"], torch.arange(77)[None])
         assert sd[UNET_PREFIX + "middle_block.1.transformer_blocks.1.attn2.to_k.weight"].shape == (128, 192)
     if family == "sdxl-refiner":
         assert text_prefixes == {"conditioner.embedders.0"}
@@ -173,12 +179,14 @@ def test_diffusers_reads_our_tensors(case):
 
     if case.family == "sdxl":
         clip_l = pipe.text_encoder
-        l = tf.SDXL_CLIP_L_PREFIX
+        prefix = tf.SDXL_CLIP_L_PREFIX
         assert pipe.tokenizer.pad_token_id == 49407
-        _assert_same(clip_l.embeddings.token_embedding.weight, sd[l + "embeddings.token_embedding.weight"])
-        _assert_same(clip_l.encoder.layers[2].self_attn.q_proj.weight, sd[l + "encoder.layers.2.self_attn.q_proj.weight"])
-    else:
-        assert pipe.text_encoder is None if case.family == "sdxl-refiner" else True
+        _assert_same(clip_l.embeddings.token_embedding.weight, sd[prefix + "embeddings.token_embedding.weight"])
+        _assert_same(clip_l.encoder.layers[2].self_attn.q_proj.weight,
+                     sd[prefix + "encoder.layers.2.self_attn.q_proj.weight"])
+    elif case.family == "sdxl-refiner":
+        assert pipe.text_encoder is None and pipe.tokenizer is None
+        assert pipe.config.requires_aesthetics_score is True
 
 
 def test_diffusers_unet_matches_ours(case):
@@ -194,8 +202,10 @@ def test_diffusers_unet_matches_ours(case):
     kwargs, y = {}, None
     if config.adm_in_channels is not None:
         pooled = torch.randn(2, tf.SDXL_OPEN_CLIP.proj_dim, generator=g)
-        n = 6 if case.family == "sdxl" else 5
-        numbers = torch.tensor([[1024.0, 768, 0, 16, 1024, 768, 6][:n], [512.0, 512, 8, 0, 512, 512, 2.5][:n]])
+        if case.family == "sdxl":  # original size, crop top-left, target size
+            numbers = torch.tensor([[1024.0, 768, 0, 16, 1024, 768], [512.0, 512, 8, 0, 512, 512]])
+        else:  # original size, crop top-left, aesthetic score
+            numbers = torch.tensor([[1024.0, 768, 0, 16, 6], [512.0, 512, 8, 0, 2.5]])
         y = tf.sdxl_vector(pooled, numbers)
         kwargs = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": numbers}}
     with torch.no_grad():
@@ -259,3 +269,12 @@ def test_diffusers_pipeline_runs(cases, name):
         latents = case.pipe("a cat", negative_prompt="", height=64, width=64, num_inference_steps=2,
                             output_type="latent", **kwargs).images
     assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
+
+
+def test_family_names():
+    assert tf.family_unet_config("sdxl-inpaint") == tf.family_unet_config("sdxl", inpaint=True)
+    assert tf.family_unet_config("sd2-inpaint").in_channels == 9
+    with pytest.raises(ValueError):
+        tf.family_unet_config("sd3")
+    with pytest.raises(ValueError):
+        tf.family_state_dict("sdxl-refiner", inpaint=True)

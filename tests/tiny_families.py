@@ -41,10 +41,11 @@ Layouts (tiny sizes; real sizes in brackets):
 What diffusers (0.42, ``diffusers/loaders/single_file_utils.py``) does with these files -- worth knowing when
 comparing against it:
 
-* With ``config=<folder>`` nothing is inferred from the keys for the pipeline or its configs (the model type
-  detection -- ``infer_diffusers_model_type``, which would look for ``resblocks.9`` / a 1024-wide ``attn2.to_k``
-  and so would *not* recognise these tiny files -- is only used without ``config``). Each text encoder is
-  picked by key *presence*: ``cond_stage_model.model.token_embedding.weight`` (SD 2.x OpenCLIP),
+* ``config=<folder>`` is required: without it diffusers infers the model type from the keys
+  (``infer_diffusers_model_type`` looks for ``resblocks.9`` of bigG, a 1024-wide ``attn2.to_k``...), calls
+  every tiny file "v1" (or "inpainting") and would fetch SD 1.5's configs from the Hub. With it, the pipeline
+  and every component config come from the folder; each text encoder's weights are still picked by key
+  *presence*: ``cond_stage_model.model.token_embedding.weight`` (SD 2.x OpenCLIP),
   ``conditioner.embedders.0.transformer...position_embedding.weight`` whose width equals the config's hidden
   size (SDXL CLIP-L), ``conditioner.embedders.1.model.positional_embedding`` of matching width (bigG), and
   ``conditioner.embedders.0.model.text_projection`` (refiner). SDXL's two encoders are told apart only by
@@ -66,6 +67,10 @@ comparing against it:
   negative prompt embeddings and pooled embeddings instead of encoding "". A1111 encodes "" instead; pass
   ``negative_prompt=""`` explicitly to compare. ``add_watermarker`` defaults to on only when
   ``invisible-watermark`` is installed (it is not here).
+* Config folders: SD 2.x uses DDIMScheduler (as stable-diffusion-2-1), SDXL EulerDiscreteScheduler, both with
+  SD's scaled-linear betas (0.00085 .. 0.012), ``steps_offset`` 1, "leading" spacing; VAE ``scaling_factor``
+  0.18215 (SD 2.x) / 0.13025 (SDXL). The UNet's ``attention_head_dim`` holds head counts per level (diffusers'
+  legacy naming), ``transformer_layers_per_block`` per level with the mid block taking the last entry.
 * Tokenizers: SD 2.x's ``tokenizer`` and SDXL's ``tokenizer_2`` pad with "!" (id 0, as open_clip does);
   SDXL's ``tokenizer`` (CLIP-L) pads with ``<|endoftext|>`` (49407).
 * CLIPTextModel in transformers >= 5.6 has no ``text_model.`` level (``text_encoder.encoder.layers``), while
@@ -74,6 +79,7 @@ comparing against it:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -139,14 +145,20 @@ _UNETS = {"sd2": SD2_UNET, "sdxl": SDXL_UNET, "sdxl-refiner": SDXL_REFINER_UNET}
 V_LIKE_OUT_BIAS = -3.0
 
 
-def _check_family(family: str) -> None:
+def _family(family: str, inpaint: bool) -> tuple[str, bool]:
+    """``family`` checked; "sd2-inpaint" / "sdxl-inpaint" are accepted for (family, inpaint=True)."""
+    if family in ("sd2-inpaint", "sdxl-inpaint"):
+        family, inpaint = family.removesuffix("-inpaint"), True
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise ValueError(f"family must be one of {FAMILIES} (or sd2-inpaint, sdxl-inpaint), got {family!r}")
+    if inpaint and family == "sdxl-refiner":
+        raise ValueError("there is no SDXL refiner inpainting model")
+    return family, inpaint
 
 
 def family_unet_config(family: str, *, inpaint: bool = False) -> UNetConfig:
     """The tiny UNet of ``family`` (9 input channels with ``inpaint``)."""
-    _check_family(family)
+    family, inpaint = _family(family, inpaint)
     config = _UNETS[family]
     return dataclasses.replace(config, in_channels=9) if inpaint else config
 
@@ -259,16 +271,31 @@ def _open_clip(config: OpenCLIPTextConfig, prefix: str, generator: torch.Generat
         return {prefix + k: v for k, v in open_clip_state_dict(config, generator).items()}
 
 
+@contextlib.contextmanager
+def one_thread():
+    """torch on one CPU thread for the block: these tiny, memory-bound tensor jobs are several times faster
+    that way when other processes keep the cores busy (and no slower when they do not)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def family_state_dict(family: str, *, inpaint: bool = False, v_like: bool = False, v_pred: bool = False,
                       seed: int = 0) -> dict[str, torch.Tensor]:
     """A float32 state dict of ``family`` in its original single-file layout (see the module docstring)."""
-    _check_family(family)
+    with one_thread():
+        return _family_state_dict(family, inpaint=inpaint, v_like=v_like, v_pred=v_pred, seed=seed)
+
+
+def _family_state_dict(family: str, *, inpaint: bool, v_like: bool, v_pred: bool, seed: int):
+    family, inpaint = _family(family, inpaint)
     if v_like and family != "sd2":
         raise ValueError("v_like is the SD 2.x 768-v stand-in; SDXL v-prediction files use v_pred")
     if v_pred and family == "sd2":
         raise ValueError("v_pred markers are an SDXL convention; use v_like for SD 2.x")
-    if inpaint and family == "sdxl-refiner":
-        raise ValueError("there is no SDXL refiner inpainting model")
     generator = torch.Generator().manual_seed(seed)
     sd = _unet_and_vae(family_unet_config(family, inpaint=inpaint), generator, seed)
     if family == "sd2":
@@ -294,7 +321,8 @@ def family_state_dict(family: str, *, inpaint: bool = False, v_like: bool = Fals
 def write_family_checkpoint(path, family: str, *, inpaint: bool = False, v_like: bool = False,
                             v_pred: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32,
                             metadata: dict[str, str] | None = None) -> Path:
-    """Write a tiny ``family`` checkpoint ("sd2", "sdxl" or "sdxl-refiner") as .safetensors.
+    """Write a tiny ``family`` checkpoint ("sd2", "sdxl", "sdxl-refiner"; "sd2-inpaint" and "sdxl-inpaint"
+    are the same as ``inpaint=True``) as .safetensors.
 
     ``inpaint``: 9-channel UNet input (sd2, sdxl). ``v_like`` (sd2): A1111's one-step test says v-prediction.
     ``v_pred`` (sdxl): root ``v_pred`` / ``ztsnr`` markers. Floating tensors are stored as ``dtype``
@@ -408,9 +436,7 @@ def family_diffusers_config_dir(tmp_path, family: str, *, inpaint: bool = False,
     ``{"rescale_betas_zero_snr": True}`` for a ``ztsnr`` file)."""
     import diffusers
 
-    _check_family(family)
-    if inpaint and family == "sdxl-refiner":
-        raise ValueError("there is no SDXL refiner inpainting model")
+    family, inpaint = _family(family, inpaint)
     version = diffusers.__version__
     name = f"{family}{'_inpaint' if inpaint else ''}{'_v' if v_like else ''}"
     if scheduler:
@@ -492,6 +518,7 @@ def load_diffusers_pipeline(path, config_dir, family: str, *, inpaint: bool = Fa
     """``<the family's pipeline>.from_single_file(path, config=config_dir, local_files_only=True, ...)``."""
     import diffusers
 
+    family, inpaint = _family(family, inpaint)
     cls = getattr(diffusers, PIPELINES[(family, inpaint)])
     if family == "sd2":
         kwargs = {"safety_checker": None, "requires_safety_checker": False, **kwargs}

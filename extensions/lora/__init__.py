@@ -67,7 +67,7 @@ class LoraLibrary:
             if identity not in per_model:
                 if len(per_model) >= 16:
                     per_model.pop(next(iter(per_model)))
-                per_model[identity] = read_lora(path, model.unet, model.text_model)
+                per_model[identity] = read_lora(path, model.unet, model.text_models)
             return per_model[identity]
 
     def listing(self) -> list[dict]:
@@ -126,6 +126,12 @@ def setup(hooks):
                 continue
             identity = file_identity(path)
             lora_file = library.parsed(path, identity, ctx.model)
+            made_for = lora_file.trained_for
+            widths = [m.config.hidden_size for m in ctx.model.text_models]
+            if made_for is not None and made_for.mismatch(ctx.model.unet.config.context_dim, widths):
+                ctx.warnings.append(f"LoRA {name}: made for {made_for.label()}, this model is "
+                                    f"{ctx.model.family.label}: not applied")
+                continue
             ctx.patches.weights.extend(weight_patches(lora_file, identity, te, unet))
             ignored = lora_file.unknown_keys + lora_file.mismatched
             if ignored:

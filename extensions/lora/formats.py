@@ -18,6 +18,11 @@ Formats read (any of them may appear with kohya names or with dotted diffusers/P
   ``lora_adapter_metadata`` header entry (``lora_alpha``, ``alpha_pattern``, ``use_rslora``), else none
   (scale 1).
 
+Text encoders: ``lora_te_`` / ``text_encoder.`` name the first (SD 1.x / 2.x: the only one), SDXL's
+``lora_te1_`` / ``lora_te2_`` (kohya) and ``text_encoder.`` / ``text_encoder_2.`` (diffusers, PEFT) name
+CLIP-L and OpenCLIP bigG (which we hold as a transformers CLIP model, so its module names are the ones
+these files use).
+
 Module names are resolved only through tables built from the model's own module names -- our LDM
 names and their diffusers equivalents (``webui.engine.diffusers_names``) -- with ``.`` -> ``_`` applied
 to those names for kohya keys; a key is never rewritten from ``_`` back to ``.``. Every key that does
@@ -41,8 +46,8 @@ from webui.engine.diffusers_names import unet_module_names
 from webui.engine.files import read_metadata, read_state_dict
 
 
-# kohya names: "lora_unet_" / "lora_te_" + a module path with "." -> "_"
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_")
+# kohya names: "lora_unet_" / "lora_te_" (SDXL: "lora_te1_", "lora_te2_") + a module path with "." -> "_"
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 # dotted UNet names: one of these + our (LDM) or the diffusers module path
 _UNET_PREFIXES = ("", "unet.", "diffusion_model.", "model.diffusion_model.")
 
@@ -62,7 +67,7 @@ class LoraModule:
     """One adapted module. ``tensors`` uses the format's own parameter names (older diffusers names are
     stored under the PEFT ones: ``lora_A.weight`` / ``lora_B.weight``); ``alpha`` comes from the module's
     ``.alpha`` key (PEFT: else from diffusers' header metadata); None: none given, scale 1."""
-    target: str          # "unet" or "text"
+    target: str          # "unet", "text" (first text encoder) or "text_2" (SDXL's bigG)
     module: str          # our module path inside that network
     kind: str            # "lora" (incl. LoCon), "loha", "lokr", "peft", "full"
     tensors: dict[str, torch.Tensor]
@@ -131,15 +136,73 @@ class LoraFile:
     unknown_keys: list[str]      # keys that name no module of this model, or that no format uses
     metadata: dict[str, str]     # safetensors header metadata (ss_* keys etc.)
     mismatched: list[str] = field(default_factory=list)  # modules left out: shapes do not fit the model
+    trained_for: "TrainedFor | None" = None
 
 
-def read_lora(path: str | os.PathLike, unet: nn.Module | None, text_model: nn.Module | None) -> LoraFile:
+# cross-attention widths of the released families (what their key/value projections take in)
+_CONTEXT_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 1280: "the SDXL refiner"}
+_DOWN_NAMES = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_linear_layer.down.weight", "hada_w1_b",
+               "hada_w2_b")
+
+
+@dataclass(frozen=True)
+class TrainedFor:
+    """What a LoRA file says about the model it was made for: kohya's ``ss_base_model_version``, the width
+    its cross-attention key/value adapters take in (the model's context width), whether it has adapters for
+    a second text encoder (SDXL), and the width of its first text encoder's adapters."""
+    base_version: str | None = None
+    context_dim: int | None = None
+    two_text_encoders: bool = False
+    text_width: int | None = None
+
+    def label(self) -> str:
+        if self.context_dim is not None:
+            return _CONTEXT_FAMILIES.get(self.context_dim, f"a model with cross-attention width {self.context_dim}")
+        if self.base_version:
+            return self.base_version
+        if self.two_text_encoders:
+            return "SDXL"
+        return {768: "SD 1.x", 1024: "SD 2.x"}.get(self.text_width, f"a text encoder of width {self.text_width}")
+
+    def mismatch(self, context_dim: int, text_widths: list[int]) -> bool:
+        """True when the file cannot be for a model with this context width and these text encoders."""
+        if self.context_dim is not None and self.context_dim != context_dim:
+            return True
+        if self.two_text_encoders and len(text_widths) < 2:
+            return True
+        if self.text_width is not None and len(text_widths) == 1 and self.text_width != text_widths[0]:
+            return True
+        if self.context_dim is None and self.text_width is None and self.base_version:
+            xl = self.base_version.startswith("sdxl")
+            return xl != (len(text_widths) > 1)
+        return False
+
+
+def trained_for(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> TrainedFor:
+    """Read ``TrainedFor`` from a LoRA file's keys and shapes (and kohya's metadata)."""
+    context = text_width = None
+    two = False
+    for key, tensor in state_dict.items():
+        if key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")):
+            two = True
+        if tensor.ndim < 2 or not key.endswith(_DOWN_NAMES):
+            continue
+        if "attn2" in key and ("to_k" in key or "to_v" in key):
+            context = context or int(tensor.shape[1])
+        elif key.startswith(("lora_te_", "text_encoder.")) and ("q_proj" in key or "k_proj" in key):
+            text_width = text_width or int(tensor.shape[1])
+    version = (metadata or {}).get("ss_base_model_version") or None
+    return TrainedFor(version, context, two, text_width)
+
+
+def read_lora(path: str | os.PathLike, unet: nn.Module | None, text_model) -> LoraFile:
     """Read a LoRA-family file safely (``webui.engine.files``: no code from the file runs) and resolve
-    its modules against ``unet`` (our LDM-layout UNet) and ``text_model`` (CLIPTextModel)."""
+    its modules against ``unet`` (our LDM-layout UNet) and ``text_model`` (a CLIPTextModel, or the model's
+    text encoders in order: ``StableDiffusionModel.text_models``)."""
     return parse_lora(read_state_dict(path), unet, text_model, read_metadata(path))
 
 
-def parse_lora(state_dict: Mapping[str, torch.Tensor], unet: nn.Module | None, text_model: nn.Module | None,
+def parse_lora(state_dict: Mapping[str, torch.Tensor], unet: nn.Module | None, text_model,
                metadata: Mapping[str, str] | None = None) -> LoraFile:
     """Group ``state_dict``'s keys into modules of ``unet`` / ``text_model`` and recognise each one's format."""
     metadata = dict(metadata or {})
@@ -188,7 +251,8 @@ def parse_lora(state_dict: Mapping[str, torch.Tensor], unet: nn.Module | None, t
             mismatched.append(f"{file_names[(target, module)]}: {e}")
             continue
         modules.append(entry)
-    return LoraFile(modules=modules, unknown_keys=unknown, metadata=metadata, mismatched=mismatched)
+    return LoraFile(modules=modules, unknown_keys=unknown, metadata=metadata, mismatched=mismatched,
+                    trained_for=trained_for(state_dict, metadata))
 
 
 def _product(a: torch.Tensor, b: torch.Tensor, core: torch.Tensor | None) -> torch.Tensor:
@@ -220,10 +284,11 @@ def _recognise(params: Mapping[str, object]) -> tuple[str | None, set[str]]:
 class _NameTables:
     """File module names -> (target, our module path), built from the networks' own module names."""
 
-    def __init__(self, unet: nn.Module | None, text_model: nn.Module | None):
+    def __init__(self, unet: nn.Module | None, text_model):
         self.kohya: dict[str, tuple[str, str]] = {}
         self.dotted: dict[str, tuple[str, str]] = {}
         self.weights: dict[tuple[str, str], torch.Tensor] = {}
+        encoders = [] if text_model is None else [text_model] if isinstance(text_model, nn.Module) else list(text_model)
         if unet is not None:
             ours = self._weighted("unet", unet)
             spellings = [(name, name) for name in sorted(ours)]
@@ -231,12 +296,17 @@ class _NameTables:
             for spelling, name in spellings:
                 self._add("unet", name, "lora_unet_" + spelling.replace(".", "_"),
                           [prefix + spelling for prefix in _UNET_PREFIXES])
-        if text_model is not None:
-            for name in sorted(self._weighted("text", text_model)):
+        for index, encoder in enumerate(encoders):
+            target = "text" if index == 0 else f"text_{index + 1}"
+            kohya = ("lora_te_",) if len(encoders) == 1 else (f"lora_te{index + 1}_",)
+            dotted = "text_encoder." if index == 0 else f"text_encoder_{index + 1}."
+            nested = hasattr(encoder, "text_model")     # CLIPTextModelWithProjection keeps the level
+            for name in sorted(self._weighted(target, encoder)):
                 # files say "text_model.encoder...": transformers 5's CLIPTextModel has no "text_model" level
-                full = name if name.startswith("text_model.") else "text_model." + name
-                self._add("text", name, "lora_te_" + full.replace(".", "_"),
-                          ["text_encoder." + full, "text_encoder." + name])
+                full = name if nested or name.startswith("text_model.") else "text_model." + name
+                bare = name.removeprefix("text_model.")
+                for prefix in kohya:
+                    self._add(target, name, prefix + full.replace(".", "_"), [dotted + full, dotted + bare])
 
     def _weighted(self, target: str, root: nn.Module) -> set[str]:
         """Names of the modules of ``root`` that hold a ``weight`` (recorded for the shape checks)."""
