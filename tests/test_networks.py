@@ -283,13 +283,6 @@ def test_truncated_file_is_refused(root, tiny):
         load_checkpoint(path)
 
 
-def test_sd2_is_recognised_but_not_supported(full_sd):
-    sd2 = {k.replace("cond_stage_model.transformer.text_model.", "cond_stage_model.model."): v
-           for k, v in full_sd.items()}
-    with pytest.raises(CheckpointError, match="SD 2.x is recognised but not supported yet"):
-        families.detect_family(sd2)
-
-
 # ----------------------------------------------------------------------------------------- memory
 
 def _rss_bytes() -> int:
@@ -320,7 +313,7 @@ def test_unloading_frees_memory(root):
     assert after[-1] - after[0] < 0.5 * size, [f"{r / 2**20:.0f} MiB" for r in after]
 
 
-# ------------------------------------------------- layouts of families to come (SD 2.x, SDXL)
+# --------------------------------------------------------- SD 2.x and SDXL UNet layouts vs diffusers
 
 def _diffusers_unet_folder(path, config: dict):
     (path / "unet").mkdir(parents=True, exist_ok=True)
