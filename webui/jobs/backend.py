@@ -317,14 +317,32 @@ class Backend:
             refiner = self.find_checkpoint(request.refiner_checkpoint)
             changes["refiner_checkpoint"] = str(self.checkpoint_path(refiner))
         request = dataclasses.replace(request, **changes)
+        target = self._resolve_checkpoint(checkpoint) if checkpoint else None
+        if refiner is not None:
+            self._check_refiner(refiner, (target or self._loaded)[1])
         request.validate()
         from ..engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)        # unknown names fail now, not queued
-        target = self._resolve_checkpoint(checkpoint) if checkpoint else None
         if vae is not None:
             self.check_vae(vae)
         work = lambda job: self._generate(job, request, kind, target, vae, save, script_args, refiner)  # noqa: E731
         return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
+
+    def _check_refiner(self, name: str, base: Path | None) -> None:
+        """A refiner must work in the base model's latent space (read from the files' keys, nothing loaded)."""
+        from ..engine import families
+        from ..engine.files import CheckpointError, read_state_dict
+
+        def family(path: Path):
+            return families.detect_family(read_state_dict(path), name=path.name, need_vae=False)
+        try:
+            refiner = family(self.checkpoint_path(name))
+            model = family(base) if base is not None else None
+        except CheckpointError as exc:
+            raise ValueError(f"refiner {name}: {exc}") from None
+        if model is not None and refiner.latent_scale != model.latent_scale:
+            raise ValueError(f"refiner {name} is a {refiner.label} model; it cannot refine {model.label} images "
+                             f"({base.name}): their latent spaces differ")
 
     def _generate(self, job: Job, request, kind: str, target, vae: str | None, save: bool | None,
                   script_args: dict | None = None, refiner: str | None = None) -> GenerationOutput:
