@@ -1,2 +1,2 @@
 """A lightweight, self-hosted Stable Diffusion web UI."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
