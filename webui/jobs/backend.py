@@ -31,10 +31,11 @@ class ModelStatus:
     state: str = "none"            # none | loading | ready | error
     name: str | None = None        # checkpoint name (as listed)
     message: str = ""
+    detail: str = ""               # ready: the family and prediction ("SDXL, eps-prediction")
 
     def describe(self) -> str:
         if self.state == "ready":
-            return f"Model: {self.name}"
+            return f"Model: {self.name}" + (f" ({self.detail})" if self.detail else "")
         if self.state == "loading":
             return f"Loading {self.name} ..."
         if self.state == "error":
@@ -191,12 +192,12 @@ class Backend:
             self._model_info = ModelInfo.of(path, vae_path, self.paths.hash_cache)
         except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
             loaded = self._engine.model is not None
-            self.status = (ModelStatus("ready", self._loaded[0], "") if loaded and previous.state == "ready"
-                           else ModelStatus("error", name, str(exc)))
+            self.status = (ModelStatus("ready", self._loaded[0], "", previous.detail)
+                           if loaded and previous.state == "ready" else ModelStatus("error", name, str(exc)))
             raise
         self._loaded = (name, path, vae_choice)
         self._taesd = None
-        self.status = ModelStatus("ready", name)
+        self.status = ModelStatus("ready", name, detail=self._engine.model.describe())
         if self.extensions is not None:
             self.extensions.model_loaded(self._engine.model)
         self.log(f"model loaded: {name} ({self._engine.model.describe()})"
