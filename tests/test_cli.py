@@ -290,3 +290,34 @@ def test_size_defaults_to_the_models_native_size(tmp_path):
     ok(app("txt2img", "--ckpt", ckpt, "-p", "x", "--steps", "2", "--width", "64", "--data-dir", tmp_path, "-o", out))
     with Image.open(out) as img:
         assert img.size == (64, 80)   # a size the user gives wins
+
+
+# ------------------------------------------------------------------------------------- SDXL, refiner
+
+def test_sdxl_with_refiner_sizes_and_prediction(tmp_path):
+    from tests.tiny_families import write_family_checkpoint
+
+    base = write_family_checkpoint(tmp_path / "xl.safetensors", "sdxl")
+    refiner = write_family_checkpoint(tmp_path / "xl-refiner.safetensors", "sdxl-refiner")
+    common = ("--ckpt", base, "--data-dir", tmp_path, "--prompt", "a cat", "--steps", "4", "--seed", "3", *SIZE,
+              "--quiet")
+    plain = ok(app("txt2img", *common, "-o", tmp_path / "plain.png"))
+    assert "Refiner" not in read_infotext(printed_paths(plain)[0])
+    refined = printed_paths(ok(app("txt2img", *common, "--refiner", refiner, "--refiner-switch-at", "0.5",
+                                   "--original-size", "128x96", "--crop-top-left", "8,0",
+                                   "-o", tmp_path / "refined.png")))[0]
+    parsed = info(refined)
+    assert parsed.refiner.startswith("xl-refiner [") and parsed.refiner_switch_at == 0.5
+    assert (parsed.extra["Original size"], parsed.extra["Crop top-left"]) == ("128x96", "8,0")
+    assert np.abs(pixels(refined) - pixels(tmp_path / "plain.png")).max() > 2
+    # the prediction override reaches the engine: v instead of eps is another picture
+    forced = printed_paths(ok(app("txt2img", *common, "--prediction", "v", "-o", tmp_path / "v.png")))[0]
+    assert np.abs(pixels(forced) - pixels(tmp_path / "plain.png")).max() > 2
+    bad = app("txt2img", *common, "--original-size", "128")
+    assert bad.returncode == 2 and "WIDTHxHEIGHT" in bad.stderr
+    wrong = app("txt2img", *common, "--refiner", files_sd1(tmp_path))
+    assert wrong.returncode == 2 and "SD 1.x model cannot refine SDXL" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def files_sd1(folder: Path) -> Path:
+    return write_tiny_checkpoint(folder / "sd1.safetensors")

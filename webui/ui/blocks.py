@@ -177,14 +177,19 @@ def build(backend: Backend, *, theme: str | None = None) -> tuple[gr.Blocks, dic
                 return f"**Error:** {_escape(str(exc))}"
             return backend.status.describe()
 
-        def on_refresh(current):
+        refiners = [t2i.fields["refiner_checkpoint"], i2i.fields["refiner_checkpoint"]]
+
+        def on_refresh(current, *refiner_choices):
             names = list(backend.checkpoints())
             vaes = [VAE_AUTOMATIC, VAE_NONE, *backend.vaes()]
-            return gr.update(choices=names, value=current if current in names else None), gr.update(choices=vaes)
+            refiner_updates = [gr.update(choices=[mapping.NO_REFINER, *names],
+                                         value=r if r in names else mapping.NO_REFINER) for r in refiner_choices]
+            return (gr.update(choices=names, value=current if current in names else None), gr.update(choices=vaes),
+                    *refiner_updates)
 
         checkpoint.input(on_checkpoint, [checkpoint, vae], [status], concurrency_limit=None)
         vae.input(on_checkpoint, [checkpoint, vae], [status], concurrency_limit=None)
-        refresh.click(on_refresh, [checkpoint], [checkpoint, vae], concurrency_limit=None)
+        refresh.click(on_refresh, [checkpoint, *refiners], [checkpoint, vae, *refiners], concurrency_limit=None)
         timer.tick(lambda: backend.status.describe(), None, [status], show_progress="hidden",
                    concurrency_limit=None)
 
