@@ -40,7 +40,7 @@ def latent_rgb(family_name: str, metadata: dict[str, str] | None = None) -> tupl
                 return factors.float(), bias.float()
         except (ValueError, KeyError, TypeError):
             pass  # malformed metadata: the family's factors still give a usable preview
-    if family_name == "sdxl":
+    if family_name.startswith("sdxl"):       # base, inpainting and refiner share SDXL's latent space
         return torch.tensor(_SDXL_FACTORS), torch.zeros(3)
     return torch.tensor(_SD1_FACTORS), torch.zeros(3)
 
@@ -91,7 +91,7 @@ TAESD_FILES = {"sdxl": ("taesdxl_decoder.safetensors", "taesdxl_decoder.pth"),
 
 def find_taesd(folder: Path, family_name: str) -> Path | None:
     """The TAESD decoder file for this family in ``folder`` (``models/vae_approx``), if there is one."""
-    for name in TAESD_FILES["sdxl" if family_name == "sdxl" else "sd"]:
+    for name in TAESD_FILES["sdxl" if family_name.startswith("sdxl") else "sd"]:
         path = folder / name
         if path.is_file():
             return path
