@@ -351,7 +351,7 @@ def test_registry_order_and_defaults():
     names = [s.name for s in registry.SAMPLERS]
     assert [s.name for s in registry.SAMPLERS if s.own_schedule is not None] == ["DDIM", "UniPC"]
     assert names == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
-                     "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "UniPC"]
+                     "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "UniPC", "LCM"]
     by = {s.name: s for s in registry.SAMPLERS}
     assert {n for n, s in by.items() if s.default_scheduler == "karras"} == {
         "DPM++ 2M", "DPM++ SDE", "DPM++ 2S a", "DPM2", "DPM2 a"}
@@ -360,12 +360,13 @@ def test_registry_order_and_defaults():
     assert {n for n, s in by.items() if s.discard_penultimate_sigma} == {"DPM2", "DPM2 a", "DPM++ 3M SDE"}
     assert {n for n, s in by.items() if s.noise == "brownian"} == {
         "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"}
-    assert {n for n, s in by.items() if s.noise == "ancestral"} == {"Euler a", "DPM2 a", "DPM++ 2S a"}
+    assert {n for n, s in by.items() if s.noise == "ancestral"} == {"Euler a", "DPM2 a", "DPM++ 2S a", "LCM"}
+    assert [n for n, s in by.items() if s.lcm] == ["LCM"]
     assert all(s.deterministic == (s.noise is None) for s in registry.SAMPLERS)
     assert by["DPM++ 2M SDE Heun"].options == {"solver_type": "heun"}
     assert registry.SCHEDULERS["sgm_uniform"] == "SGM Uniform" and list(registry.SCHEDULERS)[:4] == [
         "automatic", "uniform", "karras", "exponential"]
-    for spec in registry.SAMPLERS[:-2]:  # each k-diffusion row's function is the algorithm named in the case table
+    for spec in registry.SAMPLERS[:-3]:  # each k-diffusion row's function is the algorithm named in the case table
         assert spec.function is SAMPLER_CASES[spec.name][0]
 
 

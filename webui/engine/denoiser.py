@@ -34,12 +34,20 @@ class ModelDenoiser:
     ``Cond`` (its ``crossattn`` is the UNet's context, its ``vector`` the UNet's ``y``) or a bare context tensor.
 
     ``patches`` (a job's ``JobPatches``): residual providers and block wrappers reach the UNet through
-    ``UNetExtras``; UNet wrappers are called as ``w(apply, x, t, cond, extras)``."""
+    ``UNetExtras``; UNet wrappers are called as ``w(apply, x, t, cond, extras)``.
 
-    def __init__(self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction: str = "eps", patches=None):
+    ``lcm_stride``: run as a latent consistency model (A1111's ``LCMCompVisDenoiser``): ``schedule`` is then
+    the sub-schedule of LCM's original timesteps (``DiscreteSchedule.every(stride)``), a sigma is mapped to
+    the nearest of them (model timestep ``index * stride + stride - 1``), and the clean estimate gets LCM's
+    boundary scalings: ``c_skip * x + c_out * x0`` with ``c_skip = 0.25 / (T^2 + 0.25)``,
+    ``c_out = T / sqrt(T^2 + 0.25)``, ``T = 10 * timestep`` (sigma_data 0.5)."""
+
+    def __init__(self, unet: torch.nn.Module, schedule: DiscreteSchedule, prediction: str = "eps", patches=None,
+                 lcm_stride: int | None = None):
         if prediction not in ("eps", "v"):
             raise ValueError(f"unknown prediction type {prediction!r}")
         self.unet, self.schedule, self.prediction, self.patches = unet, schedule, prediction, patches
+        self.lcm_stride = lcm_stride
         self.dtype = next(unet.parameters()).dtype
 
     def _unet(self, model_in, t, cond: Cond, info):
@@ -65,10 +73,17 @@ class ModelDenoiser:
         if image_cond is not None:
             model_in = torch.cat([model_in, image_cond.to(x.dtype)], dim=1)
         t = self.schedule.sigma_to_t(sigma)
+        if self.lcm_stride is not None:
+            t = (t * self.lcm_stride + (self.lcm_stride - 1)).to(x.dtype)
         out = self._unet(model_in, t, cond, info).to(x.dtype)
         if self.prediction == "v":
-            return x * (1.0 / (s**2 + 1.0)) - out * s * c_in
-        return x - out * s
+            x0 = x * (1.0 / (s**2 + 1.0)) - out * s * c_in
+        else:
+            x0 = x - out * s
+        if self.lcm_stride is None:
+            return x0
+        scaled = (t * 10.0).view(-1, *([1] * (x.ndim - 1)))
+        return x * (0.25 / (scaled**2 + 0.25)) + x0 * (scaled / (scaled**2 + 0.25).sqrt())
 
 
 def _wrap_unet(wrapper, inner):

@@ -40,7 +40,7 @@ from .patches import JobPatches, ModelPatcher
 from .devices import CpuAllocator, resolve_device, resolve_precision
 from .sampling import registry
 from .sampling.noise import BrownianTreeNoiseSampler
-from .sampling.schedules import DiscreteSchedule
+from .sampling.schedules import LCM_ORIGINAL_STEPS, DiscreteSchedule
 from .seeds import ImageRNG, image_seeds, resolve_seed
 from .prompts.chunks import EMPHASIS_MODES
 from .prompts.composable import ExtraNetworkTag, extra_network_tags
@@ -372,7 +372,8 @@ class Engine:
         steps, batch = request.steps, request.batch_size
         options = {"sdxl": True} if (model.family.is_sdxl and scheduler_key != "automatic"
                                      and registry.effective_scheduler(spec, scheduler_key) == "align_your_steps") else {}
-        full_sigmas = sigmas = registry.build_sigmas(spec, scheduler_key, self.schedule, steps, **options)
+        full_sigmas = sigmas = registry.build_sigmas(spec, scheduler_key, self._sampling_schedule(spec), steps,
+                                                     **options)
         extra: dict = {}
         seed = resolve_seed(request.seed)
         all_seeds = image_seeds(seed, batch * request.n_iter)
@@ -404,6 +405,18 @@ class Engine:
         return GenerationResult(results, seed, spec.name, registry.scheduler_label(spec, scheduler_key),
                                 extra, interrupted, ctx.warnings, refiner_switched=bool(switched))
 
+    def _sampling_schedule(self, spec, model: StableDiffusionModel | None = None) -> DiscreteSchedule:
+        """The schedule the sigmas are built on and the denoiser maps sigmas with: the model's, or for LCM
+        the sub-schedule of its original timesteps."""
+        schedule = self._schedule_of(model or self.model)
+        return schedule.every(len(schedule) // LCM_ORIGINAL_STEPS) if spec.lcm else schedule
+
+    def _model_denoiser(self, spec, model: StableDiffusionModel, patches=None) -> ModelDenoiser:
+        schedule = self._schedule_of(model)
+        stride = len(schedule) // LCM_ORIGINAL_STEPS if spec.lcm else None
+        return ModelDenoiser(model.unet, self._sampling_schedule(spec, model), model.prediction.kind, patches,
+                             lcm_stride=stride)
+
     def _conditioning(self, request, model: StableDiffusionModel, prompt: str, schedule_steps: int,
                       encoder: PromptEncoder | None = None):
         """(cond MultiCond, uncond CondSchedule, empty-prompt padding or None) of ``model`` for a job."""
@@ -423,12 +436,12 @@ class Engine:
         needs_image_cond = model.family.is_inpainting or (refiner is not None and refiner.family.is_inpainting)
         image_cond = self._image_conditioning(request, prepared, batch) if needs_image_cond else None
         latent_shape = (4, request.height // 8, request.width // 8)
-        model_denoiser = ModelDenoiser(model.unet, self.schedule, model.prediction.kind, patches)
+        model_denoiser = self._model_denoiser(spec, model, patches)
         check = None if control is None else control.check
         second = None
         if refiner is not None:
             r_cond, r_uncond, r_empty = self._conditioning(request, refiner, prompt, schedule_steps)
-            r_model = ModelDenoiser(refiner.unet, self._schedule_of(refiner), refiner.prediction.kind)
+            r_model = self._model_denoiser(spec, refiner)
             r_image_cond = image_cond if refiner.family.is_inpainting else None
             switch_at = refiner_switch_flags(self.schedule, sigmas, request.refiner_switch_at)
 

@@ -32,7 +32,9 @@ class SamplerSpec:
     noise: 'ancestral' (fresh noise per step: A1111 draws it from the per-image RNG), 'brownian' (a Brownian
     tree seeded with the images' seeds) or None. deterministic: no noise after the initial latent.
     options: keyword arguments the function gets for this entry (e.g. ``solver_type='heun'``).
-    second_order: two model calls per step (A1111 uses it for progress accounting).
+    second_order: two model calls per step (A1111 uses it for progress accounting). lcm: the model is run
+    as a latent consistency model (A1111's ``LCMCompVisDenoiser``): its sigmas, schedule types included, are
+    built on LCM's 50 original timesteps and the denoiser applies LCM's boundary scalings.
     own_schedule: ``(schedule, steps) -> sigmas`` used for "Automatic" instead of a schedule type (A1111's
     timestep samplers DDIM / UniPC pick their own timesteps). own_img2img: ``(schedule, steps, t_enc) ->
     (noise sigma, sigmas)``, their own img2img trimming, used with "Automatic". vp_latent: like A1111's timestep samplers, the
@@ -51,6 +53,7 @@ class SamplerSpec:
     own_schedule: Callable | None = field(default=None, hash=False, compare=False)
     own_img2img: Callable | None = field(default=None, hash=False, compare=False)
     vp_latent: bool = False
+    lcm: bool = False
 
 
 def _alphas_cumprod(schedule: schedules.DiscreteSchedule) -> torch.Tensor:
@@ -98,8 +101,8 @@ def _brownian(name, function, aliases, **kw) -> SamplerSpec:
     return SamplerSpec(name, function, aliases, noise="brownian", deterministic=False, **kw)
 
 
-# A1111's order (samplers_k_diffusion, then the timestep samplers). Left out: DPM fast, DPM adaptive and
-# Restart (between "DPM2 a" and the timestep samplers in A1111), PLMS, DDIM CFG++, LCM.
+# A1111's order (samplers_k_diffusion, the timestep samplers, then LCM). Left out: DPM fast, DPM adaptive and
+# Restart (between "DPM2 a" and the timestep samplers in A1111), PLMS, DDIM CFG++.
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", k.sample_dpmpp_2m, ("k_dpmpp_2m",), default_scheduler="karras"),
     _brownian("DPM++ SDE", k.sample_dpmpp_sde, ("k_dpmpp_sde",), default_scheduler="karras", second_order=True),
@@ -124,6 +127,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
                 vp_latent=True),
     SamplerSpec("UniPC", sample_unipc, ("unipc",), own_schedule=_unipc_schedule, own_img2img=_unipc_img2img,
                 vp_latent=True),
+    _ancestral("LCM", k.sample_lcm, ("k_lcm",), lcm=True),
 )
 
 # key -> A1111 label, in A1111's order. "beta" (needs scipy.stats.beta.ppf) is not available.

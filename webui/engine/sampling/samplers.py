@@ -36,7 +36,7 @@ __all__ = [
     "to_d", "get_ancestral_step", "lms_coefficients",
     "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_dpm_2_ancestral",
     "sample_lms", "sample_dpmpp_2s_ancestral", "sample_dpmpp_2m", "sample_dpmpp_sde", "sample_dpmpp_2m_sde",
-    "sample_dpmpp_3m_sde",
+    "sample_dpmpp_3m_sde", "sample_lcm",
 ]
 
 
@@ -417,4 +417,21 @@ def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, callback=None, noise_sampler=Non
                 x = x + noise_sampler(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
+    return x
+
+
+@torch.no_grad()
+def sample_lcm(denoiser, x, sigmas, *, callback=None, noise_sampler=None):
+    """LCM: Luo et al. (2023), "Latent Consistency Models", multistep sampling (their Algorithm 1): jump to
+    the consistency model's clean estimate, then re-noise it to the next sigma with fresh noise (A1111's and
+    k-diffusion's ``sample_lcm``). The denoiser must apply LCM's boundary scalings (the engine's LCM mode)."""
+    sigmas = _host_sigmas(sigmas)
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = denoiser(x, sigmas[i] * s_in)
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * noise_sampler(sigmas[i], sigmas[i + 1])
     return x

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "sd_alphas_cumprod", "zero_terminal_snr", "DiscreteSchedule", "uniform", "karras", "exponential", "polyexponential",
+    "sd_alphas_cumprod", "zero_terminal_snr", "DiscreteSchedule", "LCM_ORIGINAL_STEPS", "uniform", "karras", "exponential", "polyexponential",
     "sgm_uniform", "normal", "simple", "ddim", "kl_optimal", "align_your_steps", "SCHEDULE_FUNCTIONS",
 ]
 
@@ -50,6 +50,9 @@ def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return out.to(torch.float32)
 
 
+LCM_ORIGINAL_STEPS = 50   # the timesteps LCM models were distilled on (A1111's "LCM Original Timesteps")
+
+
 class DiscreteSchedule:
     """Mapping between continuous noise levels and the model's discrete timesteps.
 
@@ -68,6 +71,7 @@ class DiscreteSchedule:
         if acp.ndim != 1 or acp.numel() < 2:
             raise ValueError("alphas_cumprod must be a 1-D tensor with at least 2 entries")
         sigmas = ((1 - acp) / acp) ** 0.5
+        self.alphas_cumprod = acp
         self.quantize = quantize
         self._tables = {torch.device("cpu"): (sigmas, sigmas.log())}
         self.sigma_min = float(sigmas[0])
@@ -80,6 +84,14 @@ class DiscreteSchedule:
     def sd(cls, **kwargs) -> "DiscreteSchedule":
         """The schedule of SD 1.x / 2.x / SDXL (scaled linear, 1000 steps)."""
         return cls(sd_alphas_cumprod(), **kwargs)
+
+    def every(self, stride: int) -> "DiscreteSchedule":
+        """The sub-schedule of every ``stride``-th timestep ending at the last one (``len - 1 - k * stride``,
+        in increasing order): LCM's 50 "original" timesteps (A1111's ``LCMCompVisDenoiser`` table) for
+        stride 20 of 1000. Index ``i`` of it is the model's timestep ``i * stride + stride - 1``."""
+        acp = self.alphas_cumprod
+        picked = torch.stack([acp[len(acp) - 1 - k * stride] for k in range(len(acp) // stride)]).flip(0)
+        return DiscreteSchedule(picked, quantize=True, device=self.device)
 
     def _move(self, device: torch.device) -> None:
         self.device = device
