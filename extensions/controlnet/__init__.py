@@ -1,8 +1,10 @@
 """ControlNet, built on the extension hook (docs/extensions.md).
 
 Files: ``models/controlnet/`` (original ``control_model.*`` or diffusers format; ``.safetensors``, or
-``.pth/.pt`` read with weights_only). Up to 3 units in the UI; over the API
-``alwayson_scripts: {"controlnet": {"args": [{unit}, ...]}}`` with sd-webui-controlnet's unit fields.
+``.pth/.pt`` read with weights_only), for SD 1.x, SD 2.x and SDXL; a unit whose ControlNet belongs to
+another family than the loaded checkpoint is not applied, and the warning names both families. Up to 3
+units in the UI; over the API ``alwayson_scripts: {"controlnet": {"args": [{unit}, ...]}}`` with
+sd-webui-controlnet's unit fields.
 Each enabled unit adds a residual provider to the job's patches; nothing else in the app changes.
 """
 from __future__ import annotations
@@ -114,9 +116,9 @@ def setup(hooks):
                 continue
             path = nets.find(unit.model, files)
             net = nets.load(path, ctx.device, dtype)
-            problem = net.compatible_with(ctx.model.unet.config)
-            if problem:
-                ctx.warnings.append(f"ControlNet unit {n}: {path.name} does not fit this checkpoint ({problem})")
+            problem = net.compatible_with(ctx.model.unet.config, getattr(ctx.model.family, "label", None))
+            if problem:                          # e.g. an SD 1.x ControlNet with an SDXL checkpoint
+                ctx.warnings.append(f"ControlNet unit {n}: {path.stem} is {problem}: not applied")
                 continue
             hint = hint_tensor(prepare_hint(unit, image, width, height), ctx.device, dtype)
             ctx.patches.residuals.append(control_residuals(net, hint, unit))

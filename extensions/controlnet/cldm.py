@@ -2,9 +2,15 @@
 
 A trainable copy of the UNet's encoder (time embedding, input blocks, middle block) plus a small conv
 stack that turns the hint image into latent-sized features (``input_hint_block``) and one zero-initialised
-1x1 conv per encoder output (``zero_convs``, ``middle_block_out``). ``forward`` returns 13 residuals for
-SD 1.x: one per input block, then the middle one; the UNet adds them to its skip connections and to its
-middle-block output.
+1x1 conv per encoder output (``zero_convs``, ``middle_block_out``). ``forward`` returns one residual per
+input block, then the middle one (13 for SD 1.x / 2.x, 10 for SDXL); the UNet adds them to its skip
+connections and to its middle-block output.
+
+Families: SD 1.x (conv projections, 8 heads), SD 2.x (linear projections, 64 channels per head) and SDXL
+(no attention at the first level, several transformer blocks per level, 64 channels per head, and the
+``label_emb`` MLP that embeds the size vector ``y`` into the time embedding, as the UNet does). Shapes
+give the rest (depths per level, middle depth, context width, ``adm_in_channels``); ``family_label`` and
+``compatible_with`` tell a ControlNet of another family than the loaded checkpoint by name.
 
 Module attribute names equal the original checkpoint keys under ``control_model.``, so original files
 load with ``load_state_dict`` and no key table; diffusers-format files are renamed with the UNet's own
@@ -128,13 +134,26 @@ class ControlNet(nn.Module):
         residuals.append(self.middle_block_out(h))
         return residuals
 
-    def compatible_with(self, unet_config: UNetConfig) -> str | None:
-        """Why this ControlNet cannot drive a UNet of ``unet_config`` (None when it can)."""
+    def compatible_with(self, unet_config: UNetConfig, model_label: str | None = None) -> str | None:
+        """Why this ControlNet cannot drive a UNet of ``unet_config`` (None when it can), as the rest of a
+        sentence that starts with the file's name + " is": "an SD 1.x ControlNet (context 768); the loaded
+        model is SDXL (context 2048)". ``model_label``: the loaded model's family in words (``Family.label``);
+        without it the family is told from the context width. Where a side is not a released family, or
+        both sides are the same family, the differing numbers follow ("; they differ in context_dim ...")."""
+        wrong = mismatches(self.config, unet_config)
+        if not wrong:
+            return None
         mine, theirs = self.config, unet_config
-        fields = ("model_channels", "channel_mult", "num_res_blocks", "context_dim")
-        wrong = [f"{f} {getattr(mine, f)} vs {getattr(theirs, f)}" for f in fields
-                 if getattr(mine, f) != getattr(theirs, f)]
-        return "ControlNet and model differ: " + ", ".join(wrong) if wrong else None
+        numbers = _numbers if mine.context_dim != theirs.context_dim else _numbers_with_vector
+        my_label, their_label = family_label(mine), model_label or family_label(theirs)
+        style = " SDXL-style" if mine.adm_in_channels is not None else ""
+        text = (f"{_article(my_label)} {my_label} ControlNet ({numbers(mine)})" if my_label
+                else f"a custom{style} ControlNet ({numbers(mine)})")
+        text += (f"; the loaded model is {their_label} ({numbers(theirs)})" if their_label
+                 else f"; the loaded model has {numbers(theirs)}")
+        if my_label is None or their_label is None or my_label in (their_label, family_label(theirs)):
+            text += "; they differ in " + ", ".join(wrong)
+        return text
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], *, name: str = "state dict",
@@ -157,6 +176,45 @@ def load_controlnet(path: str | os.PathLike, device: str | torch.device = "cpu",
     sd = read_state_dict(path)
     return ControlNet.from_state_dict(sd, name=str(path), device=device, dtype=dtype, metadata=read_metadata(path),
                                       release=getattr(sd, "release_pages", None))
+
+
+# ----------------------------------------------------------------------------- families
+
+# The released ControlNets' families, by context width and whether the network takes SDXL's size vector.
+RELEASED_FAMILIES = {(768, False): "SD 1.x", (1024, False): "SD 2.x", (2048, True): "SDXL"}
+
+
+def family_label(config: UNetConfig) -> str | None:
+    """"SD 1.x" / "SD 2.x" / "SDXL" for the released families' context widths (768, 1024, 2048 with a size
+    vector); None for any other (custom) size."""
+    return RELEASED_FAMILIES.get((config.context_dim, config.adm_in_channels is not None))
+
+
+def mismatches(control: UNetConfig, unet: UNetConfig) -> list[str]:
+    """What keeps a ControlNet of ``control`` from driving a UNet of ``unet``, as "field mine vs theirs":
+    the residuals' count and widths (model_channels, channel_mult, num_res_blocks), the text width, the size
+    vector (SDXL's y), and latent channels (the ControlNet reads the first ``in_channels`` of the UNet's
+    input, so an inpainting UNet's 9 channels feed a 4-channel ControlNet). Transformer depths and heads may
+    differ: the ControlNet's encoder is its own."""
+    fields = ("model_channels", "channel_mult", "num_res_blocks", "context_dim", "adm_in_channels")
+    wrong = [f"{f} {getattr(control, f)} vs {getattr(unet, f)}" for f in fields
+             if getattr(control, f) != getattr(unet, f)]
+    if control.in_channels > unet.in_channels:
+        wrong.append(f"in_channels {control.in_channels} vs {unet.in_channels}")
+    return wrong
+
+
+def _numbers(config: UNetConfig) -> str:
+    return f"context {config.context_dim}"
+
+
+def _numbers_with_vector(config: UNetConfig) -> str:
+    vector = f"size vector {config.adm_in_channels}" if config.adm_in_channels else "no size vector"
+    return f"context {config.context_dim}, {vector}"
+
+
+def _article(label: str) -> str:
+    return "an" if label.startswith(("S", "A", "E", "I", "O", "U")) else "a"   # "an SD 1.x", "an SDXL"
 
 
 # ----------------------------------------------------------------------------- formats and configs
@@ -215,6 +273,12 @@ def controlnet_config(sd: Mapping[str, torch.Tensor], overrides: Mapping[str, ob
     if first is None or first.ndim != 4:
         raise CheckpointError("ControlNet layout not understood: key 'input_blocks.0.0.weight' is missing")
     model_channels, in_channels = first.shape[:2]
+    empty = [f"input_blocks.{n}.1" for n in families.block_indices(sd, "input_blocks.")
+             if f"input_blocks.{n}.1.norm.weight" in sd
+             and not families.block_indices(sd, f"input_blocks.{n}.1.transformer_blocks.")]
+    if empty:   # diffusers' '-mid' / '-small' SDXL ControlNets converted to this layout
+        raise CheckpointError(f"ControlNet with attention blocks that hold no transformer layers ({', '.join(empty)}, "
+                              "as in the '-mid' and '-small' SDXL ControlNets): not supported")
     view[family.unet_prefix + "out.2.weight"] = torch.empty((in_channels, model_channels, 3, 3), device="meta")
     return families.unet_config(view, family, overrides)
 
@@ -241,12 +305,23 @@ def _diffusers_layout(sd: Mapping[str, torch.Tensor]) -> UNetConfig:
         raise CheckpointError(f"diffusers ControlNet has down_blocks {levels}, expected 0..N-1")
     mult = tuple(shape(f"down_blocks.{lv}.resnets.0.conv2.weight")[0] // model_channels for lv in levels)
     depths = tuple(len(families.block_indices(sd, f"down_blocks.{lv}.attentions.0.transformer_blocks.")) for lv in levels)
+    middle = len(families.block_indices(sd, "mid_block.attentions.0.transformer_blocks."))
+    # diffusers builds a Transformer2DModel (norm, proj_in, proj_out) even for transformer_layers_per_block 0
+    # (the "-mid" / "-small" SDXL ControlNets); our encoder has no such block
+    empty = [f"down_blocks.{lv}.attentions" for lv, d in zip(levels, depths)
+             if not d and f"down_blocks.{lv}.attentions.0.norm.weight" in sd]
+    if not middle and "mid_block.attentions.0.norm.weight" in sd:
+        empty.append("mid_block.attentions")
+    if empty:
+        raise CheckpointError(f"diffusers ControlNet with attention blocks that hold no transformer layers "
+                              f"({', '.join(empty)}: transformer_layers_per_block 0, as in the '-mid' and '-small' "
+                              "SDXL ControlNets): not supported")
     adm = sd.get("add_embedding.linear_1.weight")
     return UNetConfig(in_channels=in_channels, out_channels=in_channels, model_channels=model_channels,
                       channel_mult=mult, num_res_blocks=len(families.block_indices(sd, "down_blocks.0.resnets.")),
                       attention_levels=tuple(i for i, d in enumerate(depths) if d), transformer_depth=depths,
-                      transformer_depth_middle=len(families.block_indices(sd, "mid_block.attentions.0.transformer_blocks.")),
-                      num_heads=1, adm_in_channels=None if adm is None else adm.shape[1])
+                      transformer_depth_middle=middle, num_heads=1,   # heads do not change names
+                      adm_in_channels=None if adm is None else adm.shape[1])
 
 
 def diffusers_to_original(sd: Mapping[str, torch.Tensor], *, name: str = "state dict") -> dict[str, torch.Tensor]:

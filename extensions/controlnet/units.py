@@ -4,8 +4,9 @@ A unit is what one "ControlNet Unit N" panel (or one dict of ``alwayson_scripts.
 ``control_residuals`` turns a loaded network and a prepared hint into a residual provider for the job's
 ``JobPatches``: active only while ``guidance_start <= step / steps <= guidance_end`` (sd-webui-controlnet
 measures with A1111's ``sampling_step``); "My prompt is more important" scales the 13 residuals by
-``0.825 ** (12 - i)``; "ControlNet is more important" does that and leaves the negative prompt's rows
-without control.
+``0.825 ** (12 - i)`` (SDXL's 10 by the first 10 of those, as sd-webui-controlnet does); "ControlNet is
+more important" does that and leaves the negative prompt's rows without control. SDXL networks also get
+the job's size vector (``Cond.vector``) as ``y``.
 """
 from __future__ import annotations
 
@@ -141,7 +142,10 @@ def control_residuals(net, hint: torch.Tensor, unit: Unit):
     """A residual provider (``JobPatches.residuals``) for one unit."""
     soft = unit.control_mode != 0
     count = len(net.input_blocks) + 1
-    scales = [unit.weight * (0.825 ** float(count - 1 - i)) if soft else unit.weight for i in range(count)]
+    # sd-webui-controlnet's soft weights are 0.825 ** (12 - i) for SD 1.x's 13 residuals; for SDXL-style
+    # networks (10 residuals) it keeps the first 10 of those 13, so the middle block's gets 0.825 ** 3
+    top = 12 if net.config.adm_in_channels is not None else count - 1
+    scales = [unit.weight * (0.825 ** float(top - i)) if soft else unit.weight for i in range(count)]
 
     features = None          # the hint's features: computed on the first call, the same for every call after
     masks: dict[tuple, torch.Tensor] = {}   # uncond rows -> 0/1 row mask, made once per batch layout
