@@ -98,7 +98,7 @@ def weight_patches(lora_file, identity: tuple, te: float, unet: float) -> list[W
     """One patch per module; the key (file identity, module, strength) lets the same set stay merged."""
     patches = []
     for module in lora_file.modules:
-        strength = te if module.target == "text" else unet
+        strength = unet if module.target == "unet" else te      # "text", SDXL's "text_2": the text encoders
         if strength == 0:
             continue
         patches.append(WeightPatch(module.target, module.module, module.delta, strength,
