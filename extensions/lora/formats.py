@@ -159,7 +159,9 @@ class TrainedFor:
         if self.context_dim is not None:
             return _CONTEXT_FAMILIES.get(self.context_dim, f"a model with cross-attention width {self.context_dim}")
         if self.base_version:
-            return self.base_version
+            version = self.base_version.lower()
+            return "SDXL" if version.startswith("sdxl") else "SD 2.x" if version.startswith("sd_v2") else \
+                "SD 1.x" if version.startswith("sd_v1") else self.base_version
         if self.two_text_encoders:
             return "SDXL"
         return {768: "SD 1.x", 1024: "SD 2.x"}.get(self.text_width, f"a text encoder of width {self.text_width}")
