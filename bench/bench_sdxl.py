@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import harness  # noqa: E402  (the project root first, for `python bench/...`)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -274,7 +274,7 @@ def build_checkpoint(path: Path, small: bool = False) -> None:
         raise RuntimeError(f"{tmp}: wrote {tmp.stat().st_size} bytes, expected {8 + len(raw) + offset}")
     tmp.rename(path)
     print(f"[build] done in {time.perf_counter() - t0:.0f}s, {path.stat().st_size / 1e9:.2f} GB, "
-          f"build peak RSS {_rss_gb():.2f} GB", flush=True)
+          f"build peak RSS {harness.rss_gb():.2f} GB", flush=True)
 
 
 def _diffusers_unet(u) -> dict:
@@ -369,42 +369,6 @@ def build_diffusers_config(root: Path, small: bool = False) -> Path:
 
 # ------------------------------------------------------------------------------------- children
 
-def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
-
-
-def _rss_now_gb() -> float:
-    """Current resident set (VmRSS), unlike ``_rss_gb``, which is the peak so far."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
-    except (OSError, ValueError):
-        return float("nan")
-
-
-def _cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def _loadavg() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-def _report(**values) -> None:
-    print("RESULT " + json.dumps(values), flush=True)
-
-
-def _image_stats(images) -> dict:
-    import torch
-    pixels = [list(image.getdata()) for image in images]
-    return {"image_std": float(torch.tensor(pixels[0], dtype=torch.float32).std()),
-            "same_twice": pixels[0] == pixels[1]}
-
-
 def child_ours(file: str, threads: int, precision: str) -> None:
     t0 = time.perf_counter()
     import torch
@@ -414,28 +378,28 @@ def child_ours(file: str, threads: int, precision: str) -> None:
     # lazy modules: import them here, as `import diffusers` + the SDXL pipeline already do on their side
     transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection
     import_s = time.perf_counter() - t0
-    rss_imports = _rss_gb()
+    rss_imports = harness.rss_gb()
 
-    loadavg = _loadavg()
-    t0, c0 = time.perf_counter(), _cpu_s()
+    loadavg = harness.loadavg()
+    t0, c0 = time.perf_counter(), harness.cpu_s()
     engine = Engine("cpu", PRECISIONS[precision][0])
     engine.load(file)
-    load_s, load_cpu = time.perf_counter() - t0, _cpu_s() - c0
-    rss_load, rss_now_load = _rss_gb(), _rss_now_gb()
+    load_s, load_cpu = time.perf_counter() - t0, harness.cpu_s() - c0
+    rss_load, rss_now_load = harness.rss_gb(), harness.rss_now_gb()
 
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="Euler", scheduler="automatic",
                                 steps=STEPS, cfg_scale=CFG, seed=SEED, width=SIZE, height=SIZE, batch_size=1)
     gens, cpus, images = [], [], []
     for _ in range(2):
-        t0, c0 = time.perf_counter(), _cpu_s()
+        t0, c0 = time.perf_counter(), harness.cpu_s()
         result = engine.generate(request)
         gens.append(time.perf_counter() - t0)
-        cpus.append(_cpu_s() - c0)
+        cpus.append(harness.cpu_s() - c0)
         images.append(result.images[0].image)
-    _report(side="ours", precision=precision, import_s=import_s, load_s=load_s, gen1_s=gens[0], gen2_s=gens[1],
+    harness.report(side="ours", precision=precision, import_s=import_s, load_s=load_s, gen1_s=gens[0], gen2_s=gens[1],
             load_cpu_s=load_cpu, gen1_cpu_s=cpus[0], gen2_cpu_s=cpus[1], loadavg_1min=loadavg,
-            rss_imports_gb=rss_imports, rss_load_gb=rss_load, rss_now_load_gb=rss_now_load, peak_rss_gb=_rss_gb(),
-            **_image_stats(images))
+            rss_imports_gb=rss_imports, rss_load_gb=rss_load, rss_now_load_gb=rss_now_load, peak_rss_gb=harness.rss_gb(),
+            **harness.image_stats(images))
 
 
 def child_diffusers(file: str, config: str, threads: int, precision: str) -> None:
@@ -444,106 +408,38 @@ def child_diffusers(file: str, config: str, threads: int, precision: str) -> Non
     torch.set_num_threads(threads)
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     import_s = time.perf_counter() - t0
-    rss_imports = _rss_gb()
+    rss_imports = harness.rss_gb()
 
-    loadavg = _loadavg()
-    t0, c0 = time.perf_counter(), _cpu_s()
+    loadavg = harness.loadavg()
+    t0, c0 = time.perf_counter(), harness.cpu_s()
     pipe = StableDiffusionXLPipeline.from_single_file(file, config=config, local_files_only=True,
                                                       torch_dtype=getattr(torch, PRECISIONS[precision][1]))
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    load_s, load_cpu = time.perf_counter() - t0, _cpu_s() - c0
-    rss_load, rss_now_load = _rss_gb(), _rss_now_gb()
+    load_s, load_cpu = time.perf_counter() - t0, harness.cpu_s() - c0
+    rss_load, rss_now_load = harness.rss_gb(), harness.rss_now_gb()
 
     pipe.set_progress_bar_config(disable=True)
     gens, cpus, images = [], [], []
     for _ in range(2):
-        t0, c0 = time.perf_counter(), _cpu_s()
+        t0, c0 = time.perf_counter(), harness.cpu_s()
         image = pipe(PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_inference_steps=STEPS,
                      guidance_scale=CFG, generator=torch.Generator().manual_seed(SEED)).images[0]
         gens.append(time.perf_counter() - t0)
-        cpus.append(_cpu_s() - c0)
+        cpus.append(harness.cpu_s() - c0)
         images.append(image)
-    _report(side="diffusers", precision=precision, import_s=import_s, load_s=load_s, gen1_s=gens[0],
+    harness.report(side="diffusers", precision=precision, import_s=import_s, load_s=load_s, gen1_s=gens[0],
             gen2_s=gens[1], load_cpu_s=load_cpu, gen1_cpu_s=cpus[0], gen2_cpu_s=cpus[1], loadavg_1min=loadavg,
-            rss_imports_gb=rss_imports, rss_load_gb=rss_load, rss_now_load_gb=rss_now_load, peak_rss_gb=_rss_gb(),
-            **_image_stats(images))
+            rss_imports_gb=rss_imports, rss_load_gb=rss_load, rss_now_load_gb=rss_now_load, peak_rss_gb=harness.rss_gb(),
+            **harness.image_stats(images))
 
 
 # ----------------------------------------------------------------------------------------- driver
-
-def _warm_page_cache(path: Path) -> None:
-    """Read the file once so both sides start from the same (warm) page cache."""
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
-
-
-def _cpu_busy(interval: float = 1.0) -> float:
-    """Fraction of all CPUs busy over ``interval`` seconds (Linux /proc/stat; 0 elsewhere)."""
-    def sample():
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]
-    try:
-        total0, idle0 = sample()
-        time.sleep(interval)
-        total1, idle1 = sample()
-    except OSError:
-        return 0.0
-    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
-
-
-def _wait_for_idle(max_wait: float) -> None:
-    """On a shared machine, wait (up to ``max_wait`` s) until other processes leave the CPUs idle."""
-    start = time.monotonic()
-    while time.monotonic() - start < max_wait:
-        if _cpu_busy() < 0.1 and _cpu_busy() < 0.1:
-            return
-    if max_wait > 0:
-        print(f"[bench] CPUs still busy after {max_wait:.0f}s of waiting; timings may be inflated", flush=True)
-
-
-def run_side(side: str, file: Path, config: Path, threads: int, precision: str, idle_wait: float = 120.0) -> dict:
-    _warm_page_cache(file)
-    _wait_for_idle(idle_wait)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--file", str(file),
-           "--config", str(config), "--threads", str(threads), "--precision", precision]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    print(f"[bench] running {side} ...", flush=True)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"{side} child failed with exit code {proc.returncode}")
-    result = json.loads(lines[-1][len("RESULT "):])
-    print(f"[bench] {side}: {json.dumps(result)}", flush=True)
-    return result
-
 
 ROWS = (("load (s)", "load_s"), ("txt2img first run (s)", "gen1_s"), ("txt2img second run (s)", "gen2_s"),
         ("peak RSS (GB)", "peak_rss_gb"), ("RSS after load (GB)", "rss_load_gb"),
         ("current RSS after load (GB)", "rss_now_load_gb"),
         ("import time (s)", "import_s"), ("import + load (s)", "import_load_s"),
         ("load CPU time (s)", "load_cpu_s"), ("txt2img second run CPU time (s)", "gen2_cpu_s"))
-
-
-def best(results: list[dict]) -> dict | None:
-    """Per metric, the best (smallest) value over the rounds: the machine is shared, noise only adds time."""
-    if not results:
-        return None
-    for r in results:
-        r["import_load_s"] = r["import_s"] + r["load_s"]
-    return {key: min(r[key] for r in results) for _, key in ROWS}
-
-
-def table(ours: dict | None, ref: dict | None) -> str:
-    out = ["| metric | ours | diffusers | ours / diffusers |", "|---|---:|---:|---:|"]
-    for label, key in ROWS:
-        a = f"{ours[key]:.2f}" if ours else "-"
-        b = f"{ref[key]:.2f}" if ref else "-"
-        ratio = f"{ours[key] / ref[key]:.2f}" if ours and ref and ref[key] else "-"
-        out.append(f"| {label} | {a} | {b} | {ratio} |")
-    return "\n".join(out)
 
 
 def main() -> None:
@@ -584,8 +480,9 @@ def main() -> None:
     runs: dict[str, list[dict]] = {s: [] for s in ("ours", "diffusers")}
     for _ in range(args.rounds):
         for side in sides:
-            runs[side].append(run_side(side, file, config, args.threads, args.precision, args.idle_wait))
-    ours, ref = best(runs["ours"]), best(runs["diffusers"])
+            runs[side].append(harness.run_side(__file__, side, file, ["--config", str(config), "--precision", args.precision],
+                                                args.threads, args.idle_wait))
+    ours, ref = harness.best(runs["ours"], ROWS), harness.best(runs["diffusers"], ROWS)
 
     import torch
     loads = ", ".join(f"{r['loadavg_1min']:.1f}" for s in sides for r in runs[s])
@@ -598,7 +495,7 @@ def main() -> None:
               f"round(s) interleaved, best value per metric. Load times exclude library imports on both sides "
               f"(shown separately). torch {torch.__version__}, {os.cpu_count()} CPUs, 1-min load average at the "
               f"children's starts: {loads}.")
-    text = table(ours, ref)
+    text = harness.table(ours, ref, ROWS)
     print("\n" + header + "\n\n" + text)
     if not args.no_write:
         out = work / "results_sdxl_small.md" if args.small else ROOT / "bench" / "results_sdxl.md"

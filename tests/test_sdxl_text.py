@@ -116,3 +116,18 @@ def test_empty_negative_prompt_is_zeros_but_keeps_the_size_embedding(engine):
     positive_empty = encoder.schedule("", 10).at(0)          # an empty *prompt* is encoded as text
     assert positive_empty.crossattn.abs().max() > 0
     assert negative.vector.shape == (96 + 6 * 256,)
+
+
+def test_a_prompt_naming_a_skipped_embedding_is_told_why(engine):
+    from webui.engine.pipeline import GenerationRequest
+
+    path = engine.embeddings_dir / "old-style.safetensors"
+    safetensors.torch.save_file({"emb_params": torch.zeros(1, 64)}, str(path))
+    try:
+        result = engine.generate(GenerationRequest(prompt="a cat, old-style", steps=1, width=64, height=64, seed=1))
+        assert result.warnings == ["embedding old-style.safetensors: an embedding of width 64, not for this "
+                                   "model's text encoders (clip_l 64, clip_g 128); the loaded model is SDXL: not used"]
+        clean = engine.generate(GenerationRequest(prompt="a cat, older-styles", steps=1, width=64, height=64, seed=1))
+        assert clean.warnings == []
+    finally:
+        path.unlink()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -405,6 +406,17 @@ class Engine:
         return GenerationResult(results, seed, spec.name, registry.scheduler_label(spec, scheduler_key),
                                 extra, interrupted, ctx.warnings, refiner_switched=bool(switched))
 
+    def _skipped_embeddings_named(self, model: StableDiffusionModel, *texts: str) -> list[str]:
+        """A warning for each embedding a prompt names that was made for other text encoders (it is not used:
+        its name stays ordinary text, as in A1111, which says nothing)."""
+        database = self.embeddings
+        found = []
+        for name, reason in database.skip_reasons.items():
+            pattern = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])", re.IGNORECASE)
+            if any(pattern.search(text) for text in texts):
+                found.append(f"embedding {reason}; the loaded model is {model.family.label}: not used")
+        return found
+
     def _sampling_schedule(self, spec, model: StableDiffusionModel | None = None) -> DiscreteSchedule:
         """The schedule the sigmas are built on and the denoiser maps sigmas with: the model's, or for LCM
         the sub-schedule of its original timesteps."""
@@ -433,6 +445,7 @@ class Engine:
         schedule_steps = request.steps * 2 if spec.second_order else request.steps   # A1111 counts model calls
         cond, uncond, empty = self._conditioning(request, model, prompt, schedule_steps, encoder)
         ctx.infotext.update(encoder.infotext())
+        ctx.warnings.extend(self._skipped_embeddings_named(model, prompt, request.negative_prompt))
         needs_image_cond = model.family.is_inpainting or (refiner is not None and refiner.family.is_inpainting)
         image_cond = self._image_conditioning(request, prepared, batch) if needs_image_cond else None
         latent_shape = (4, request.height // 8, request.width // 8)
