@@ -136,6 +136,7 @@ def _load_text(sd, spec: TextSpec, name: str, device, dtype, overrides, release)
     """One text encoder of the file, under transformers' names (OpenCLIP layouts converted)."""
     prefix = families.text_prefix(sd, spec)
     what = f"{name}: text encoder {spec.label} ({prefix}*)"
+    overrides = {"hidden_act": spec.activation, **(overrides or {})}   # the family's: shapes cannot say it
     text_sd = {k: v for k, v in _sub(sd, prefix).items() if not k.endswith(_IGNORED_SUFFIXES)}
     if spec.layout == "open_clip":
         config = infer_config(what, lambda s, o: open_clip.config(s, projection=spec.pooled, overrides=o),
