@@ -21,9 +21,8 @@ def server(tmp_path_factory):
     ckpts = data / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
     base = write_family_checkpoint(ckpts / "xl-base.safetensors", "sdxl")
-    write_family_checkpoint(ckpts / "xl-refiner.safetensors", "sdxl-refiner")
     with run_app("--data-dir", data, "--ckpt", base, log_dir=data) as app:
-        yield {"url": app.base + "/", "data": data, "log": app.log}
+        yield {"url": app.base + "/", "data": data, "log": app.log, "checkpoints": ckpts}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def page(server):
         browser.close()
 
 
-def test_sdxl_starts_at_its_native_size_and_refines(page, artifacts):  # noqa: F811
+def test_sdxl_starts_at_its_native_size_and_refines(server, page, artifacts):  # noqa: F811
     assert "xl-base.safetensors (SDXL, eps-prediction)" in page.inner_text("#model_status")
     assert page.locator("#txt2img_width input[type=number]").input_value() == "1024"
     set_number(page, "txt2img_width", 64)
@@ -47,6 +46,9 @@ def test_sdxl_starts_at_its_native_size_and_refines(page, artifacts):  # noqa: F
     set_number(page, "txt2img_steps", 4)
     plain = generate(page, "txt2img", "a red cat", seed=11)
     assert "Refiner" not in plain
+    # a refiner copied in while the page is open appears after the refresh button
+    write_family_checkpoint(server["checkpoints"] / "xl-refiner.safetensors", "sdxl-refiner")
+    page.click("#refresh_checkpoints")
     page.click("#txt2img_refiner")                                  # open the accordion
     page.click("#txt2img_refiner_checkpoint input")
     page.click("ul[role=listbox] li:has-text('xl-refiner')")
