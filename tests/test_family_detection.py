@@ -161,3 +161,30 @@ def test_cfg_one_skips_the_unconditional_pass(folder):
         assert rows == [2]
     finally:
         handle.remove()
+
+
+P_G = "conditioner.embedders.1.model."
+MANGLED = {   # what a broken or hostile SDXL file may hold -> words of the CheckpointError it gets
+    "uneven q/k/v": ({P_G + "transformer.resblocks.0.attn.in_proj_weight": torch.zeros(10, 128)}, "shape mismatch"),
+    "1-D projection": ({P_G + "text_projection": torch.zeros(128)}, "layout not understood"),
+    "1-D token embedding": ({P_G + "token_embedding.weight": torch.zeros(128)}, "layout not understood"),
+    "missing MLP": ({P_G + "transformer.resblocks.0.mlp.c_fc.weight": None}, "c_fc.weight' is missing"),
+    "label_emb width": ({"model.diffusion_model.label_emb.0.0.weight": torch.zeros(256, 7)},
+                        "label_emb takes 7 inputs, but this SDXL file's vector has 1632"),
+    "integer weights": ({P_G + "ln_final.weight": torch.zeros(128, dtype=torch.int32)}, "wrong kind"),
+}
+
+
+@pytest.mark.parametrize("name", list(MANGLED))
+def test_mangled_sdxl_files_get_a_checkpoint_error(folder, name):
+    changes, words = MANGLED[name]
+    sd = safetensors.torch.load_file(str(_write(folder, "sdxl")))
+    for key, value in changes.items():
+        if value is None:
+            sd.pop(key)
+        else:
+            sd[key] = value
+    path = folder / "mangled.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    with pytest.raises(CheckpointError, match=words):
+        load_checkpoint(path)

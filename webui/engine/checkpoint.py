@@ -110,6 +110,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
 
     text_models = tuple(_load_text(sd, spec, name, device, dtype, arch.get("clip"), release)
                         for spec in family.text)
+    _check_vector_width(family, unet_config, text_models, name)
     chosen = families.prediction_from_keys(sd, family, prediction)
     if chosen is None:
         chosen = families.detect_prediction(unet)
@@ -130,6 +131,19 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     return StableDiffusionModel(unet=unet, vae=vae, text_models=text_models, family=family, path=name,
                                 metadata=meta, vae_path=None if vae_path is None else str(vae_path),
                                 prediction=chosen, schedule=noise_schedule(chosen))
+
+
+def _check_vector_width(family: Family, config, text_models, name: str) -> None:
+    """SDXL-style files: the UNet's ``label_emb`` must take what the vector is made of (pooled text +
+    256 per size number), else generation would fail on the first step."""
+    if family.vector is None:
+        return
+    numbers = {"sdxl": 6, "sdxl_refiner": 5}[family.vector]
+    pooled = next(m.config.projection_dim for m, spec in zip(text_models, family.text) if spec.pooled)
+    expected = pooled + numbers * 256
+    if config.adm_in_channels != expected:
+        raise CheckpointError(f"{name}: the UNet's label_emb takes {config.adm_in_channels} inputs, but this "
+                              f"{family.label} file's vector has {expected} (pooled text {pooled} + {numbers} x 256)")
 
 
 def _load_text(sd, spec: TextSpec, name: str, device, dtype, overrides, release):
@@ -232,6 +246,11 @@ def _check_keys(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) ->
     if wrong:
         problems.append(f"{len(wrong)} shape mismatch(es), e.g. " +
                         ", ".join(f"{k} expected {e} found {f}" for k, e, f in wrong[:3]))
+    kinds = [(k, sd[k].dtype) for k in sorted(set(sd) & set(expected))
+             if expected[k].is_floating_point() != sd[k].is_floating_point()]
+    if kinds:
+        problems.append(f"{len(kinds)} tensor(s) of the wrong kind, e.g. " +
+                        ", ".join(f"{k} is {dtype} where weights are floating point" for k, dtype in kinds[:3]))
     if problems:
         raise CheckpointError(f"{what}: weights do not match the architecture inferred from the file: "
                               + "; ".join(problems))

@@ -501,6 +501,9 @@ def clip_config(sd: Mapping[str, torch.Tensor], prefix: str,
         )
     except KeyError as e:
         raise _layout_error("text encoder", e) from None
+    except (IndexError, ValueError):
+        raise CheckpointError(f"text encoder layout not understood: {prefix}embeddings.token_embedding.weight has "
+                              f"shape {_shape(sd, prefix + 'embeddings.token_embedding.weight')}") from None
     if overrides:
         values.update(overrides)
     return transformers.CLIPTextConfig(**values)

@@ -82,6 +82,10 @@ def config(sd: Mapping[str, torch.Tensor], *, projection: bool,
         )
     except KeyError as e:
         raise CheckpointError(f"OpenCLIP text encoder layout not understood: key {e.args[0]!r} is missing") from None
+    except (IndexError, ValueError):
+        shapes = {k: tuple(sd[k].shape) for k in ("token_embedding.weight", "positional_embedding",
+                                                  "text_projection") if k in sd}
+        raise CheckpointError(f"OpenCLIP text encoder layout not understood: shapes {shapes}") from None
     if overrides:
         values.update(overrides)
     return transformers.CLIPTextConfig(**values)
