@@ -316,7 +316,7 @@ class Engine:
 
     def refiner(self, path: str | Path) -> StableDiffusionModel:
         """The refiner checkpoint, loaded once and kept beside the resident model (without its VAE: the
-        base model's decodes). Its latent space must be the resident model's."""
+        base model's decodes) while jobs ask for it. Its latent space must be the resident model's."""
         model = self._require_model()
         if self._refiner is not None and self._refiner.path == str(path):
             return self._refiner
@@ -369,7 +369,10 @@ class Engine:
         request.validate()
         model = self._require_model()
         spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
-        refiner = self.refiner(request.refiner_checkpoint) if request.refiner_checkpoint else None
+        if request.refiner_checkpoint:
+            refiner = self.refiner(request.refiner_checkpoint)
+        else:
+            refiner = self._refiner = None     # kept only while jobs ask for it: its memory goes back
         steps, batch = request.steps, request.batch_size
         options = {"sdxl": True} if (model.family.is_sdxl and scheduler_key != "automatic"
                                      and registry.effective_scheduler(spec, scheduler_key) == "align_your_steps") else {}
