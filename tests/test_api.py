@@ -380,3 +380,26 @@ def test_api_beside_the_ui_on_one_port_with_cors_allowed(tmp_path):
             "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}, timeout=30)
         assert good.headers.get("access-control-allow-origin") == "http://good.example"
         assert evil.headers.get("access-control-allow-origin") != "http://evil.example"
+
+
+def test_api_server_fields(server):
+    """Fields acted on by the server rather than the engine (``tests/test_api_fields.py`` walks the rest)."""
+    base, session = server["base"], server["session"]
+    outputs = server["data"] / "outputs"
+    before = sorted(outputs.rglob("*.png")) if outputs.exists() else []
+    # do_not_save_samples wins over save_images, as it does in A1111's processing
+    r = session.post(f"{base}/sdapi/v1/txt2img", json={**GOOD, "save_images": True, "do_not_save_samples": True})
+    assert r.status_code == 200 and (sorted(outputs.rglob("*.png")) if outputs.exists() else []) == before
+    # include_init_images: the parameters echo keeps the input image
+    echo = session.post(f"{base}/sdapi/v1/img2img", json={**GOOD, "init_images": [PNG], "include_init_images": True})
+    plain = session.post(f"{base}/sdapi/v1/img2img", json={**GOOD, "init_images": [PNG]})
+    assert echo.json()["parameters"]["init_images"] == [PNG] and plain.json()["parameters"]["init_images"] is None
+    # override_settings_restore_afterwards: false keeps the override as the setting
+    assert session.get(f"{base}/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+    kept = session.post(f"{base}/sdapi/v1/txt2img", json={**GOOD, "override_settings": {"CLIP_stop_at_last_layers": 2},
+                                                          "override_settings_restore_afterwards": False})
+    assert kept.status_code == 200 and "Clip skip: 2" in json.loads(kept.json()["info"])["infotexts"][0]
+    try:
+        assert session.get(f"{base}/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+    finally:
+        session.post(f"{base}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})

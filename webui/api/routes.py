@@ -52,6 +52,38 @@ def encode_png(image: Image.Image, text: str | None) -> str:
     return saving.png_base64(image, text)
 
 
+# Request fields A1111 has that this server does not act on yet: refused with a 422 naming them whenever they
+# are set to a value that would change what A1111 makes (``tests/test_api_fields.py`` walks the schema).
+def unsupported(body, img2img: bool) -> list[str]:
+    problems = []
+    if body.enable_hr:
+        problems.append("enable_hr (hires fix) is not supported yet")
+    if body.restore_faces:
+        problems.append("restore_faces is not supported: no face restoration model can be loaded here")
+    if body.tiling:
+        problems.append("tiling is not supported yet")
+    if body.script_name:
+        problems.append(f"script_name: no script named {body.script_name!r}; available: none")
+    if body.s_min_uncond:
+        problems.append("s_min_uncond (skipping the negative prompt at low sigmas) is not supported")
+    if body.firstphase_width or body.firstphase_height:
+        problems.append("firstphase_width / firstphase_height are A1111's old hires-fix fields; use hr_scale or "
+                        "hr_resize_x / hr_resize_y")
+    if body.comments:
+        problems.append("comments are not supported")
+    if img2img:
+        if body.init_images and len(body.init_images) > 1:
+            problems.append(f"init_images: one image per request is supported (got {len(body.init_images)})")
+        if body.latent_mask:
+            problems.append("latent_mask is not supported")
+        if not body.mask_round:
+            problems.append("mask_round: false is not supported (masks are rounded, as A1111's default)")
+        if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
+            problems.append("mask_blur_x and mask_blur_y differ: one blur for both axes is supported "
+                            f"(got {body.mask_blur_x} and {body.mask_blur_y}); set mask_blur")
+    return problems
+
+
 class Api:
     """Builds the router; ``cmd_flags`` is what ``GET cmd-flags`` reports."""
 
@@ -73,17 +105,9 @@ class Api:
 
     def _request(self, body: schemas.Txt2ImgRequest, img2img: bool) -> tuple[GenerationRequest, dict]:
         lim = self.limits
-        problems = []
-        if body.enable_hr:
-            problems.append("enable_hr (hires fix) is not supported yet")
-        if body.restore_faces:
-            problems.append("restore_faces is not supported")
-        if body.tiling:
-            problems.append("tiling is not supported yet")
-        if body.subseed_strength:
-            problems.append("subseed_strength (variation seeds) is not supported yet")
-        if body.script_name:
-            problems.append(f"no script named {body.script_name!r}; available: none")
+        if body.infotext:
+            body = self._with_infotext(body)
+        problems = unsupported(body, img2img)
         for name in ("width", "height"):
             value = getattr(body, name)
             if value % 8 or not 64 <= value <= lim.max_size:
@@ -126,7 +150,11 @@ class Api:
             prompt=body.prompt, negative_prompt=body.negative_prompt, sampler_name=sampler,
             scheduler=body.scheduler or "automatic", steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed,
             width=body.width, height=body.height, batch_size=body.batch_size, n_iter=body.n_iter,
-            clip_skip=clip_skip, refiner_checkpoint=refiner,
+            clip_skip=clip_skip, refiner_checkpoint=refiner, subseed=body.subseed,
+            disable_extra_networks=body.disable_extra_networks,
+            subseed_strength=body.subseed_strength, seed_resize_from_w=body.seed_resize_from_w,
+            seed_resize_from_h=body.seed_resize_from_h, eta=body.eta, s_churn=body.s_churn, s_tmin=body.s_tmin,
+            s_tmax=body.s_tmax, s_noise=body.s_noise,
             # A1111: no switch point given means the refiner runs from the first step
             refiner_switch_at=0.0 if body.refiner_switch_at is None else body.refiner_switch_at,
             **sizes, **prompt_settings)
@@ -144,6 +172,8 @@ class Api:
             request.inpaint_full_res = bool(body.inpaint_full_res)
             request.inpaint_full_res_padding = body.inpaint_full_res_padding
             request.inpainting_mask_invert = bool(body.inpainting_mask_invert)
+            request.initial_noise_multiplier = (1.0 if body.initial_noise_multiplier is None
+                                                else body.initial_noise_multiplier)
         try:
             request.validate()
         except ValueError as exc:
@@ -164,12 +194,29 @@ class Api:
             target["vae"] = self._vae_name(str(overrides["sd_vae"]))
         return request, target
 
+    def _with_infotext(self, body):
+        """A1111's ``infotext`` field: the parameters it names fill the fields the request did not set."""
+        from ..ui.mapping import fields_from_infotext
+        given = body.model_fields_set
+        fields = fields_from_infotext(body.infotext)
+        names = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps",
+                 "sampler_name": "sampler_name", "scheduler": "scheduler", "cfg_scale": "cfg_scale", "seed": "seed",
+                 "width": "width", "height": "height", "denoising_strength": "denoising_strength"}
+        changes = {field: fields[key] for key, field in names.items() if key in fields and field not in given}
+        if "clip_skip" in fields and fields["clip_skip"] != 1 and "CLIP_stop_at_last_layers" not in (
+                body.override_settings or {}):
+            changes["override_settings"] = {**(body.override_settings or {}),
+                                            "CLIP_stop_at_last_layers": fields["clip_skip"]}
+        return body.model_copy(update=changes)
+
     def _run(self, body: schemas.Txt2ImgRequest, img2img: bool) -> schemas.GenerationResponse:
         request, target = self._request(body, img2img)
         kind = "img2img" if img2img else "txt2img"
+        save = bool(body.save_images) and not body.do_not_save_samples
         try:
-            job = self.backend.submit(request, kind=kind, owner="api", save=bool(body.save_images),
-                                      job_id=body.force_task_id, styles=list(body.styles or []), **target)
+            job = self.backend.submit(request, kind=kind, owner="api", save=save,
+                                      save_grid=False if body.do_not_save_grid else None, job_id=body.force_task_id,
+                                      styles=list(body.styles or []), **target)
         except DuplicateJobId as exc:
             raise _error(409, str(exc)) from None
         except ValueError as exc:
@@ -183,10 +230,19 @@ class Api:
         info = self._info(request, out, body, job.id)
         images = [encode_png(img, text) for img, text in zip(out.images, out.infotexts)] if body.send_images else []
         parameters = body.model_dump(mode="json")
-        if img2img:
+        if img2img and not body.include_init_images:      # A1111: the echo leaves the input images out
             parameters["init_images"] = None
             parameters["mask"] = None
+        if body.override_settings and not body.override_settings_restore_afterwards:
+            self._keep_overrides(body.override_settings)
         return schemas.GenerationResponse(images=images, parameters=parameters, info=json.dumps(info))
+
+    def _keep_overrides(self, overrides: dict) -> None:
+        """``override_settings_restore_afterwards: false``: the job's overrides become the settings (A1111)."""
+        kept = {key: coerce_option(key, value) for key, value in overrides.items()}
+        if "sd_model_checkpoint" in kept:
+            kept["sd_model_checkpoint"] = self._checkpoint_name(str(kept["sd_model_checkpoint"]))
+        self.backend.options.update(kept)
 
     def _info(self, request: GenerationRequest, out, body, job_id: str) -> dict:
         first = infotext.parse_typed(out.infotexts[0]) if out.infotexts else None
@@ -195,13 +251,15 @@ class Api:
             "prompt": request.prompt, "all_prompts": out.prompts,
             "negative_prompt": request.negative_prompt, "all_negative_prompts": out.negative_prompts,
             "seed": out.seeds[0] if out.seeds else request.seed, "all_seeds": out.seeds,
-            "subseed": -1, "all_subseeds": [-1] * len(out.images), "subseed_strength": 0,
+            "subseed": out.subseeds[0] if out.subseeds else request.subseed, "all_subseeds": out.subseeds,
+            "subseed_strength": request.subseed_strength,
             "width": request.width, "height": request.height,
             "sampler_name": first.sampler if first else request.sampler_name, "cfg_scale": request.cfg_scale,
             "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
             "face_restoration_model": None, "sd_model_name": model.name if model else None,
             "sd_model_hash": model.hash if model else None, "sd_vae_name": model.vae_name if model else None,
-            "sd_vae_hash": model.vae_hash if model else None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "sd_vae_hash": model.vae_hash if model else None, "seed_resize_from_w": request.seed_resize_from_w,
+            "seed_resize_from_h": request.seed_resize_from_h,
             "denoising_strength": request.denoising_strength if request.init_image is not None else None,
             "extra_generation_params": {k: v for k, v in (first.extra if first else {}).items()},
             "index_of_first_image": 0, "infotexts": out.infotexts, "styles": body.styles or [],

@@ -120,6 +120,19 @@ class GenerationRequest:
     # the interfaces resolve the listed name to the file)
     refiner_checkpoint: str | None = None
     refiner_switch_at: float = 0.8
+    # variation seeds (A1111): each image's noise slerped towards its subseed's; noise drawn at another size
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = -1
+    # sampler parameters, None: the sampler's default (k-diffusion's names, A1111's request fields)
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    disable_extra_networks: bool = False       # <kind:...> tags are removed from the prompt, not run
+    initial_noise_multiplier: float = 1.0      # img2img: the noise added to the init latent, scaled
 
     def validate(self) -> None:
         problems = []
@@ -143,6 +156,8 @@ class GenerationRequest:
             problems.append("a mask needs an init image")
         if self.emphasis is not None and self.emphasis not in EMPHASIS_MODES:
             problems.append(f"emphasis must be one of {', '.join(EMPHASIS_MODES)} (got {self.emphasis!r})")
+        if not 0.0 <= self.initial_noise_multiplier <= 1.5:
+            problems.append(f"initial noise multiplier must be within 0..1.5 (got {self.initial_noise_multiplier})")
         if self.comma_padding_backtrack is not None and not 0 <= self.comma_padding_backtrack <= 74:
             problems.append(f"comma padding backtrack must be within 0..74 (got {self.comma_padding_backtrack})")
         for name in ("original_size", "crops_coords_top_left", "target_size"):
@@ -152,6 +167,16 @@ class GenerationRequest:
                 problems.append(f"{name} must be two whole numbers within 0..16384 (got {value!r})")
         if not 0.0 <= self.refiner_switch_at <= 1.0:
             problems.append(f"refiner switch at must be within 0..1 (got {self.refiner_switch_at})")
+        if not 0.0 <= self.subseed_strength <= 1.0:
+            problems.append(f"variation strength must be within 0..1 (got {self.subseed_strength})")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            if value > 0 and (value % 8 or value > 16384):
+                problems.append(f"{name} must be a multiple of 8 up to 16384, or 0 / -1 for off (got {value})")
+        for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise"):
+            value = getattr(self, name)
+            if value is not None and not (0.0 <= value < 1e6):
+                problems.append(f"{name} must be a number >= 0 (got {value})")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -162,6 +187,7 @@ class GeneratedImage:
     seed: int
     prompt: str
     negative_prompt: str
+    subseed: int = -1
 
 
 @dataclass
@@ -174,6 +200,14 @@ class GenerationResult:
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)   # told to the user (an unknown <kind:...> tag)
     refiner_switched: bool = False                      # the refiner took over (A1111 records it then)
+    subseed: int = -1                                   # the job's first variation seed (resolved)
+
+
+@dataclass
+class _JobSeeds:
+    seeds: list[int]
+    subseeds: list[int]
+    sampler_kwargs: dict
 
 
 @dataclass
@@ -381,6 +415,11 @@ class Engine:
         extra: dict = {}
         seed = resolve_seed(request.seed)
         all_seeds = image_seeds(seed, batch * request.n_iter)
+        subseed = resolve_seed(request.subseed)
+        all_subseeds = image_seeds(subseed, batch * request.n_iter)
+        sampler_kwargs, sampler_info = registry.sampler_parameters(
+            spec, eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin, s_tmax=request.s_tmax,
+            s_noise=request.s_noise)
 
         prepared, noise_sigma = None, None
         if request.init_image is not None:
@@ -394,9 +433,14 @@ class Engine:
             extra["Denoising strength"] = request.denoising_strength
             if request.mask is not None:
                 extra.update(self._inpaint_infotext(request, masked=prepared.image_mask is not None))
+            if request.initial_noise_multiplier != 1.0:
+                extra["Noise multiplier"] = request.initial_noise_multiplier
 
+        extra.update(sampler_info)
         hooks = hooks or JobHooks()
         prompt, tags = extra_network_tags(request.prompt)
+        if request.disable_extra_networks:
+            tags = []
         ctx = JobContext(request, model, self.device, JobPatches(), extra, [], hooks.script_args, len(sigmas) - 1,
                          (request.width, request.height), batch)
         for prepare in hooks.prepare:
@@ -404,10 +448,11 @@ class Engine:
         _run_extra_networks(tags, hooks.networks, ctx)
         switched = []
         with self._patcher.applied(model, ctx.patches):
-            results, interrupted = self._sample_job(request, ctx, prompt, spec, sigmas, full_sigmas, all_seeds,
+            seeds = _JobSeeds(all_seeds, all_subseeds, sampler_kwargs)
+            results, interrupted = self._sample_job(request, ctx, prompt, spec, sigmas, full_sigmas, seeds,
                                                     prepared, noise_sigma, progress, control, refiner, switched)
         return GenerationResult(results, seed, spec.name, registry.scheduler_label(spec, scheduler_key),
-                                extra, interrupted, ctx.warnings, refiner_switched=bool(switched))
+                                extra, interrupted, ctx.warnings, refiner_switched=bool(switched), subseed=subseed)
 
     def _skipped_embeddings_named(self, model: StableDiffusionModel, *texts: str) -> list[str]:
         """A warning for each embedding a prompt names that was made for other text encoders (it is not used:
@@ -441,9 +486,11 @@ class Engine:
         empty = encoder.encode([""])[0] if request.pad_cond_uncond else None
         return cond, uncond, empty
 
-    def _sample_job(self, request, ctx: JobContext, prompt, spec, sigmas, full_sigmas, all_seeds, prepared,
-                    noise_sigma, progress, control, refiner=None, switched=None) -> tuple[list[GeneratedImage], bool]:
+    def _sample_job(self, request, ctx: JobContext, prompt, spec, sigmas, full_sigmas, job_seeds: "_JobSeeds",
+                    prepared, noise_sigma, progress, control, refiner=None,
+                    switched=None) -> tuple[list[GeneratedImage], bool]:
         model, batch, patches = ctx.model, request.batch_size, ctx.patches
+        all_seeds = job_seeds.seeds
         encoder = self.prompt_encoder(request)
         schedule_steps = request.steps * 2 if spec.second_order else request.steps   # A1111 counts model calls
         cond, uncond, empty = self._conditioning(request, model, prompt, schedule_steps, encoder)
@@ -483,32 +530,40 @@ class Engine:
             if control is not None:
                 control.new_batch()
             seeds = all_seeds[iteration * batch:(iteration + 1) * batch]
-            rng = ImageRNG(seeds, latent_shape, self.device)
-            x = _start_latent(spec, rng.next(), sigmas, prepared, noise_sigma)
+            subseeds = job_seeds.subseeds[iteration * batch:(iteration + 1) * batch]
+            resize = (request.seed_resize_from_h, request.seed_resize_from_w)
+            rng = ImageRNG(seeds, latent_shape, self.device, subseeds=subseeds,
+                           subseed_strength=request.subseed_strength,
+                           seed_resize_from=resize if min(resize) > 0 else None)
+            noise = rng.first()
+            if prepared is not None and request.initial_noise_multiplier != 1.0:
+                noise = noise * request.initial_noise_multiplier
+            x = _start_latent(spec, noise, sigmas, prepared, noise_sigma)
             noise_sampler = self._noise_sampler(spec, rng, x, full_sigmas, seeds)
             state = SamplingState(0, len(sigmas) - 1)
             reporter = _progress_reporter(progress, iteration, request.n_iter, len(sigmas) - 1, state,
                                           patches.step_callbacks)
-            samples, interrupted = _sample(spec, make_denoiser(state), x, sigmas, noise_sampler, reporter)
+            samples, interrupted = _sample(spec, make_denoiser(state), x, sigmas, noise_sampler, reporter,
+                                           job_seeds.sampler_kwargs)
             if prepared is not None and prepared.keep_mask is not None:
                 samples = samples * (1.0 - prepared.keep_mask) + prepared.init_latent * prepared.keep_mask
-            for img, img_seed in zip(self.decode_latents(samples), seeds):
+            for img, img_seed, img_subseed in zip(self.decode_latents(samples), seeds, subseeds):
                 pil = im.to_pil(img)
                 if prepared is not None and prepared.overlay is not None:
                     pil = im.apply_overlay(pil, prepared.paste_box, prepared.overlay)
-                results.append(GeneratedImage(pil, img_seed, request.prompt, request.negative_prompt))
+                results.append(GeneratedImage(pil, img_seed, request.prompt, request.negative_prompt, img_subseed))
             if interrupted:
                 break
         return results, interrupted
 
     def _noise_sampler(self, spec, rng: ImageRNG, x, sigmas, seeds):
-        """``sigmas``: the full schedule; A1111 spans the Brownian tree over it in img2img too."""
-        if spec.noise == "ancestral":
-            return rng.noise_sampler
+        """``sigmas``: the full schedule; A1111 spans the Brownian tree over it in img2img too. Every other
+        sampler that draws noise (ancestral steps, Euler's churn, DDIM with eta) draws it from the images'
+        own generators, as A1111's ``randn_like`` does."""
         if spec.noise == "brownian":
             positive = sigmas[sigmas > 0]
             return BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seeds)
-        return None
+        return rng.noise_sampler
 
     @staticmethod
     def _inpaint_infotext(request: GenerationRequest, masked: bool) -> dict:
@@ -655,12 +710,13 @@ def _progress_reporter(progress: ProgressCallback | None, iteration: int, iterat
     return callback
 
 
-def _sample(spec, denoiser, x, sigmas, noise_sampler, callback) -> tuple[torch.Tensor, bool]:
+def _sample(spec, denoiser, x, sigmas, noise_sampler, callback, options=None) -> tuple[torch.Tensor, bool]:
     """Run the sampler -> (latent, interrupted). Interrupt and skip keep the last x0 prediction, as
-    A1111 does, so the partial image is still shown and saved."""
+    A1111 does, so the partial image is still shown and saved. ``options``: the request's sampler
+    parameters (``registry.sampler_parameters``)."""
     try:
         samples = spec.function(denoiser, x, sigmas, callback=callback, noise_sampler=noise_sampler,
-                                **spec.options)
+                                **{**spec.options, **(options or {})})
     except (Interrupted, Skipped) as stop:
         last = callback.last_denoised
         return (x if last is None else last), isinstance(stop, Interrupted)

@@ -54,6 +54,7 @@ class GenerationOutput:
     prompts: list[str] = field(default_factory=list)            # as used (styles applied), per image
     negative_prompts: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)           # for the user (unknown <kind:...> tags)
+    subseeds: list[int] = field(default_factory=list)           # variation seeds, per image
 
 
 def _relative_names(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
@@ -297,9 +298,11 @@ class Backend:
     # ---- generation --------------------------------------------------------------------------------
     def submit(self, request, *, kind: str = "txt2img", owner: str | None = None, checkpoint: str | None = None,
                vae: str | None = None, save: bool | None = None, job_id: str | None = None,
-               styles: list[str] | None = None, script_args: dict | None = None) -> Job:
+               styles: list[str] | None = None, script_args: dict | None = None,
+               save_grid: bool | None = None) -> Job:
         """Queue a generation. ``checkpoint`` / ``vae``: names as listed (None: keep the resident one);
         ``request.refiner_checkpoint``: a listed checkpoint's name or title (A1111's; "None" or empty: none).
+        ``save_grid``: None follows the ``grid_save`` option.
         ``save``: None follows the ``samples_save`` option. ``styles``: names in ``styles.csv``, applied to a
         copy of the request. Prompt-language fields left None take the settings. ``script_args``:
         extension title -> its arguments (UI section values or the API's alwayson_scripts). The job's
@@ -326,7 +329,8 @@ class Backend:
         registry.resolve(request.sampler_name, request.scheduler)        # unknown names fail now, not queued
         if vae is not None:
             self.check_vae(vae)
-        work = lambda job: self._generate(job, request, kind, target, vae, save, script_args, refiner)  # noqa: E731
+        work = lambda job: self._generate(job, request, kind, target, vae, save, script_args, refiner,  # noqa: E731
+                                          save_grid)
         return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
 
     def _check_refiner(self, name: str, base: Path | None) -> None:
@@ -346,7 +350,8 @@ class Backend:
                              f"({base.name}): their latent spaces differ")
 
     def _generate(self, job: Job, request, kind: str, target, vae: str | None, save: bool | None,
-                  script_args: dict | None = None, refiner: str | None = None) -> GenerationOutput:
+                  script_args: dict | None = None, refiner: str | None = None,
+                  save_grid: bool | None = None) -> GenerationOutput:
         from .generation import ModelInfo, infotexts
 
         if target is not None or vae is not None:
@@ -371,18 +376,18 @@ class Backend:
                                   interrupted=result.interrupted, model=self._loaded[0],
                                   prompts=[g.prompt for g in result.images],
                                   negative_prompts=[g.negative_prompt for g in result.images],
-                                  warnings=list(result.warnings))
+                                  warnings=list(result.warnings), subseeds=[g.subseed for g in result.images])
         if self.options["samples_save"] if save is None else save:
-            output.paths = self._save(output, kind)
+            output.paths = self._save(output, kind, save_grid)
         return output
 
-    def _save(self, output: GenerationOutput, kind: str) -> list[Path]:
+    def _save(self, output: GenerationOutput, kind: str, save_grid: bool | None = None) -> list[Path]:
         today = datetime.date.today()
         ext = self.options["samples_format"]
         folder = saving.dated_folder(self.paths.outputs, kind, today)
         paths = [saving.save_image(img, folder, seed=seed, infotext=text, extension=ext)
                  for img, seed, text in zip(output.images, output.seeds, output.infotexts)]
-        if len(output.images) > 1 and self.options["grid_save"]:
+        if len(output.images) > 1 and (self.options["grid_save"] if save_grid is None else save_grid):
             paths.append(saving.save_grid(output.images, saving.grid_folder(self.paths.outputs, kind, today),
                                           output.infotexts[0], extension=ext))
         return paths

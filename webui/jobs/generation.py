@@ -25,7 +25,7 @@ class ModelInfo:
 
 
 def infotext_params(request: GenerationRequest, result: GenerationResult, seed: int, model: ModelInfo,
-                    refiner: ModelInfo | None = None) -> dict:
+                    refiner: ModelInfo | None = None, subseed: int = -1) -> dict:
     """The parameters line, in A1111's key order. ``refiner``: the refiner that took over (``Refiner: name
     [hash]``, ``Refiner switch at``, as A1111 writes them once the switch happened)."""
     params = {
@@ -39,6 +39,10 @@ def infotext_params(request: GenerationRequest, result: GenerationResult, seed: 
         "Model": model.name,
         "VAE hash": model.vae_hash,
         "VAE": model.vae_name,
+        "Variation seed": subseed if request.subseed_strength else None,
+        "Variation seed strength": request.subseed_strength or None,
+        "Seed resize from": (f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+                             if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0 else None),
         "Denoising strength": result.extra.get("Denoising strength"),
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
     }
@@ -68,7 +72,7 @@ def infotexts(request: GenerationRequest, result: GenerationResult, model: Model
     """One infotext per image; ``before_save(image, params)`` may add keys first (extensions)."""
     texts = []
     for img in result.images:
-        params = infotext_params(request, result, img.seed, model, refiner)
+        params = infotext_params(request, result, img.seed, model, refiner, img.subseed)
         if before_save is not None:
             version = params.pop("Version", None)
             before_save(img.image, params)

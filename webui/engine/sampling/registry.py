@@ -252,3 +252,38 @@ def build_sigmas(spec: SamplerSpec, scheduler_key: str, schedule: schedules.Disc
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas
+
+
+# A1111's names and defaults of the sampler parameters a request may set (``p.eta``, ``p.s_churn``...)
+_PARAMETER_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
+_PARAMETER_INFOTEXT = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax",
+                       "s_noise": "Sigma noise"}
+
+
+def sampler_parameters(spec: SamplerSpec, *, eta: float | None = None, s_churn: float | None = None,
+                       s_tmin: float | None = None, s_tmax: float | None = None,
+                       s_noise: float | None = None) -> tuple[dict, dict]:
+    """(keyword arguments for ``spec.function``, infotext entries) for the parameters a request set, as A1111
+    hands them to k-diffusion: each goes to the samplers whose function takes it (``s_churn``, ``s_tmin``,
+    ``s_tmax``, ``s_noise``: Euler, Heun, DPM2; ``eta``: the ancestral and SDE samplers, default 1, and
+    DDIM, default 0; ``s_noise`` also to those). Values equal to the default are not written to the
+    infotext (A1111's ``Eta`` / ``Eta DDIM``, ``Sigma churn``, ``Sigma tmin``, ``Sigma tmax``, ``Sigma noise``);
+    ``s_tmax`` 0 means infinity, as in A1111."""
+    import inspect
+
+    accepted = inspect.signature(spec.function).parameters
+    kwargs, infotext = {}, {}
+    if eta is not None and "eta" in accepted:
+        default = accepted["eta"].default
+        kwargs["eta"] = float(eta)
+        if eta != default:
+            infotext["Eta DDIM" if spec.name == "DDIM" else "Eta"] = eta
+    given = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax or (None if s_tmax is None else float("inf")),
+             "s_noise": s_noise}
+    for name, value in given.items():
+        if value is None or name not in accepted:
+            continue
+        kwargs[name] = float(value)
+        if value != _PARAMETER_DEFAULTS[name]:
+            infotext[_PARAMETER_INFOTEXT[name]] = value
+    return kwargs, infotext
