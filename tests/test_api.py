@@ -286,7 +286,11 @@ BAD = [  # (name, method, path, body or raw bytes, auth, expected status, text i
     ("unknown option", "post", "options", {"no_such_option": 1}, "ok", 422, "unknown option"),
     ("bad option type", "post", "options", {"samples_save": "maybe"}, "ok", 422, "true or false"),
     ("unknown override", "post", "txt2img", {**GOOD, "override_settings": {"x": 1}}, "ok", 422, "override_settings"),
-    ("hires fix", "post", "txt2img", {**GOOD, "enable_hr": True}, "ok", 422, "not supported"),
+    ("unknown hires upscaler", "post", "txt2img", {**GOOD, "enable_hr": True, "hr_upscaler": "4x-Nope"}, "ok", 422,
+     "unknown upscaler '4x-Nope'; available: None, Lanczos, Nearest, Latent"),
+    ("hires fix on img2img", "post", "img2img", {**GOOD, "init_images": [PNG], "enable_hr": True}, "ok", 422,
+     "txt2img feature"),
+    ("restore faces", "post", "txt2img", {**GOOD, "restore_faces": True}, "ok", 422, "restore_faces"),
     ("unknown script", "post", "txt2img", {**GOOD, "script_name": "x/y plot"}, "ok", 422, "no script named"),
     ("no init image", "post", "img2img", GOOD, "ok", 422, "init_images"),
     ("invalid base64", "post", "img2img", {**GOOD, "init_images": ["!!!notbase64"]}, "ok", 422, "not valid base64"),
@@ -403,3 +407,15 @@ def test_api_server_fields(server):
         assert session.get(f"{base}/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
     finally:
         session.post(f"{base}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
+
+
+def test_hires_fix_over_the_api(api, server):
+    result = api.txt2img(prompt="a large red circle on a white background, top left", seed=3, width=64, height=64,
+                         steps=4, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5)
+    assert result.image.size == (96, 96)
+    params = infotext.parse(result.info["infotexts"][0])
+    assert (params["Size-1"], params["Hires upscale"], params["Hires upscaler"], params["Denoising strength"]) == \
+        ("64", "1.5", "Latent", "0.5")
+    base, session = server["base"], server["session"]
+    assert [u["name"] for u in session.get(f"{base}/sdapi/v1/upscalers").json()] == ["None", "Lanczos", "Nearest"]
+    assert session.get(f"{base}/sdapi/v1/latent-upscale-modes").json()[0] == {"name": "Latent"}

@@ -55,7 +55,7 @@ FIELDS = {
     "do_not_save_samples": (True, (USED, None)),     # the job's save flag: tests/test_api.py::test_api_server_fields
     "do_not_save_grid": (True, (USED, None)),
     "eta": (0.5, (USED, lambda r, t: r.eta == 0.5)),
-    "denoising_strength": (0.4, (USED, None)),       # txt2img: hires fix's (refused with it); img2img below
+    "denoising_strength": (0.4, (USED, None)),       # txt2img: hires fix's (tests/test_hires_fix.py); img2img below
     "s_min_uncond": (0.5, (REFUSED, "s_min_uncond")),
     "s_churn": (1.5, (USED, lambda r, t: r.s_churn == 1.5)),
     "s_tmax": (3.0, (USED, lambda r, t: r.s_tmax == 3.0)),
@@ -70,15 +70,20 @@ FIELDS = {
     "target_size": ([64, 96], (USED, lambda r, t: r.target_size == (64, 96))),
     "disable_extra_networks": (True, (USED, lambda r, t: r.disable_extra_networks)),
     "comments": ({"a": 1}, (REFUSED, "comments")),
-    "enable_hr": (True, (REFUSED, "enable_hr")),
+    "enable_hr": (True, (USED, lambda r, t: r.enable_hr)),
     "firstphase_width": (256, (REFUSED, "firstphase_width")),
     "firstphase_height": (256, (REFUSED, "firstphase_height")),
-    # hires fix's fields act only with enable_hr (refused above), as in A1111
-    "hr_scale": (1.5, (USED, None)), "hr_upscaler": ("Latent", (USED, None)),
-    "hr_second_pass_steps": (5, (USED, None)), "hr_resize_x": (128, (USED, None)),
-    "hr_resize_y": (128, (USED, None)), "hr_checkpoint_name": ("tiny", (USED, None)),
-    "hr_sampler_name": ("Euler", (USED, None)), "hr_scheduler": ("karras", (USED, None)),
-    "hr_prompt": ("x", (USED, None)), "hr_negative_prompt": ("y", (USED, None)),
+    # hires fix's fields act only with enable_hr, as in A1111 (the walk probes them with it)
+    "hr_scale": (1.5, (USED, lambda r, t: r.hr_scale == 1.5)),
+    "hr_upscaler": ("Lanczos", (USED, lambda r, t: r.hr_upscaler == "Lanczos")),
+    "hr_second_pass_steps": (5, (USED, lambda r, t: r.hr_second_pass_steps == 5)),
+    "hr_resize_x": (128, (USED, lambda r, t: r.hr_resize_x == 128)),
+    "hr_resize_y": (128, (USED, lambda r, t: r.hr_resize_y == 128)),
+    "hr_checkpoint_name": ("tiny", (USED, lambda r, t: r.hr_checkpoint_name == "tiny.safetensors")),
+    "hr_sampler_name": ("Heun", (USED, lambda r, t: r.hr_sampler_name == "Heun")),
+    "hr_scheduler": ("karras", (USED, lambda r, t: r.hr_scheduler == "karras")),
+    "hr_prompt": ("x", (USED, lambda r, t: r.hr_prompt == "x")),
+    "hr_negative_prompt": ("y", (USED, lambda r, t: r.hr_negative_prompt == "y")),
     "force_task_id": ("task-1", (USED, None)),       # the task's id: tests/test_api.py
     "script_name": ("X/Y/Z plot", (REFUSED, "script_name")),
     "script_args": ([1, 2], (USED, None)),           # only with script_name
@@ -106,6 +111,9 @@ IMG2IMG_FIELDS = {
     "latent_mask": (_png(), (REFUSED, "latent_mask")),
     "include_init_images": (True, (USED, None)),     # the parameters echo: test_api_server_fields
     "denoising_strength": (0.4, (USED, lambda r, t: r.denoising_strength == 0.4)),
+    "enable_hr": (True, (REFUSED, "hires fix is a txt2img feature")),
+    # hires fix's fields: nothing without enable_hr, which img2img refuses
+    **{name: (FIELDS[name][0], (USED, None)) for name in FIELDS if name.startswith("hr_")},
 }
 
 
@@ -122,6 +130,8 @@ def _request(api, schema, field, value):
     base = {"prompt": "p", "steps": 4, "width": 64, "height": 64}
     if schema is schemas.Img2ImgRequest:
         base["init_images"] = [_png()]
+    elif field.startswith("hr_"):
+        base["enable_hr"] = True
     body = schema(**{**base, field: value})
     return api._request(body, schema is schemas.Img2ImgRequest)
 

@@ -56,8 +56,8 @@ def encode_png(image: Image.Image, text: str | None) -> str:
 # are set to a value that would change what A1111 makes (``tests/test_api_fields.py`` walks the schema).
 def unsupported(body, img2img: bool) -> list[str]:
     problems = []
-    if body.enable_hr:
-        problems.append("enable_hr (hires fix) is not supported yet")
+    if body.enable_hr and img2img:
+        problems.append("enable_hr: hires fix is a txt2img feature")
     if body.restore_faces:
         problems.append("restore_faces is not supported: no face restoration model can be loaded here")
     if body.tiling:
@@ -151,7 +151,7 @@ class Api:
             scheduler=body.scheduler or "automatic", steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed,
             width=body.width, height=body.height, batch_size=body.batch_size, n_iter=body.n_iter,
             clip_skip=clip_skip, refiner_checkpoint=refiner, subseed=body.subseed,
-            disable_extra_networks=body.disable_extra_networks,
+            disable_extra_networks=body.disable_extra_networks, **self._hires_fields(body),
             subseed_strength=body.subseed_strength, seed_resize_from_w=body.seed_resize_from_w,
             seed_resize_from_h=body.seed_resize_from_h, eta=body.eta, s_churn=body.s_churn, s_tmin=body.s_tmin,
             s_tmax=body.s_tmax, s_noise=body.s_noise,
@@ -193,6 +193,23 @@ class Api:
         if "sd_vae" in overrides:
             target["vae"] = self._vae_name(str(overrides["sd_vae"]))
         return request, target
+
+    def _hires_fields(self, body) -> dict:
+        """Hires fix's request fields (only with ``enable_hr``, as in A1111). ``denoising_strength`` of a txt2img
+        request is the second pass's (A1111's API default 0.75)."""
+        if not body.enable_hr or isinstance(body, schemas.Img2ImgRequest):
+            return {}
+        checkpoint = body.hr_checkpoint_name
+        if checkpoint in ("", "Use same checkpoint", "None"):
+            checkpoint = None
+        return dict(
+            enable_hr=True, hr_scale=body.hr_scale, hr_upscaler=body.hr_upscaler or None,
+            hr_second_pass_steps=body.hr_second_pass_steps, hr_resize_x=body.hr_resize_x, hr_resize_y=body.hr_resize_y,
+            hr_sampler_name=None if body.hr_sampler_name in (None, "", "Use same sampler") else body.hr_sampler_name,
+            hr_scheduler=None if body.hr_scheduler in (None, "", "Use same scheduler") else body.hr_scheduler,
+            hr_prompt=body.hr_prompt, hr_negative_prompt=body.hr_negative_prompt,
+            hr_checkpoint_name=None if checkpoint is None else self._checkpoint_name(checkpoint),
+            denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)
 
     def _with_infotext(self, body):
         """A1111's ``infotext`` field: the parameters it names fill the fields the request did not set."""
@@ -443,11 +460,14 @@ class Api:
 
         @r.get("/upscalers")
         def upscalers():
-            return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+            from ..engine.upscale import IMAGE_UPSCALERS
+            return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                    for name in IMAGE_UPSCALERS]
 
         @r.get("/latent-upscale-modes")
         def latent_upscale_modes():
-            return []
+            from ..engine.upscale import LATENT_UPSCALE_MODES
+            return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
         @r.get("/memory")
         def memory():

@@ -20,6 +20,7 @@ the model's input (``mask_before_denoising``) instead of into its prediction.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import re
 from dataclasses import dataclass, field
@@ -133,6 +134,43 @@ class GenerationRequest:
     s_noise: float | None = None
     disable_extra_networks: bool = False       # <kind:...> tags are removed from the prompt, not run
     initial_noise_multiplier: float = 1.0      # img2img: the noise added to the init latent, scaled
+    # hires fix (txt2img): a second, img2img pass at a larger size with ``denoising_strength`` (A1111's fields;
+    # ``hr_checkpoint_name`` is a file, resolved by the interfaces)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None             # a latent mode or an image upscaler (upscale.py); None: "Latent"
+    hr_second_pass_steps: int = 0              # 0: the first pass's steps
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None         # None / "": the first pass's
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""                        # "": the first pass's
+    hr_negative_prompt: str = ""
+    hr_checkpoint_name: str | None = None
+
+    def _hires_problems(self) -> list[str]:
+        from .upscale import check_upscaler, hires_target
+        problems = []
+        if self.init_image is not None:
+            problems.append("hires fix is a txt2img feature")
+        if self.refiner_checkpoint:
+            problems.append("hires fix together with a refiner is not supported")
+        if not 1.0 <= self.hr_scale <= 8.0:
+            problems.append(f"hires upscale must be within 1..8 (got {self.hr_scale})")
+        if self.hr_second_pass_steps < 0:
+            problems.append(f"hires steps must be 0 (the first pass's) or more (got {self.hr_second_pass_steps})")
+        for name in ("hr_resize_x", "hr_resize_y"):
+            if not 0 <= getattr(self, name) <= 16384:
+                problems.append(f"{name} must be within 0..16384 (got {getattr(self, name)})")
+        try:
+            check_upscaler(self.hr_upscaler)
+        except ValueError as exc:
+            problems.append(f"hr_upscaler: {exc}")
+        if not problems and self.width >= 64 and self.height >= 64:
+            target = hires_target(self.width, self.height, self.hr_scale, self.hr_resize_x, self.hr_resize_y)
+            if min(target.final_size) < 64 or max(target.width, target.height) > 16384:
+                problems.append(f"hires fix would make {target.final_size[0]}x{target.final_size[1]} images")
+        return problems
 
     def validate(self) -> None:
         problems = []
@@ -156,6 +194,8 @@ class GenerationRequest:
             problems.append("a mask needs an init image")
         if self.emphasis is not None and self.emphasis not in EMPHASIS_MODES:
             problems.append(f"emphasis must be one of {', '.join(EMPHASIS_MODES)} (got {self.emphasis!r})")
+        if self.enable_hr:
+            problems.extend(self._hires_problems())
         if not 0.0 <= self.initial_noise_multiplier <= 1.5:
             problems.append(f"initial noise multiplier must be within 0..1.5 (got {self.initial_noise_multiplier})")
         if self.comma_padding_backtrack is not None and not 0 <= self.comma_padding_backtrack <= 74:
@@ -349,8 +389,9 @@ class Engine:
                              sizes=sizes)
 
     def refiner(self, path: str | Path) -> StableDiffusionModel:
-        """The refiner checkpoint, loaded once and kept beside the resident model (without its VAE: the
-        base model's decodes) while jobs ask for it. Its latent space must be the resident model's."""
+        """The refiner (or hires fix's second-pass checkpoint), loaded once and kept beside the resident model
+        (without its VAE: the base model's decodes) while jobs ask for it. Its latent space must be the
+        resident model's."""
         model = self._require_model()
         if self._refiner is not None and self._refiner.path == str(path):
             return self._refiner
@@ -403,8 +444,9 @@ class Engine:
         request.validate()
         model = self._require_model()
         spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
-        if request.refiner_checkpoint:
-            refiner = self.refiner(request.refiner_checkpoint)
+        second_model = request.refiner_checkpoint or (request.hr_checkpoint_name if request.enable_hr else None)
+        if second_model:
+            refiner = self.refiner(second_model) if request.refiner_checkpoint else None
         else:
             refiner = self._refiner = None     # kept only while jobs ask for it: its memory goes back
         steps, batch = request.steps, request.batch_size
@@ -437,6 +479,8 @@ class Engine:
                 extra["Noise multiplier"] = request.initial_noise_multiplier
 
         extra.update(sampler_info)
+        if request.enable_hr:
+            extra.update(self._hires_infotext(request, spec, scheduler_key))
         hooks = hooks or JobHooks()
         prompt, tags = extra_network_tags(request.prompt)
         if request.disable_extra_networks:
@@ -464,6 +508,92 @@ class Engine:
             if any(pattern.search(text) for text in texts):
                 found.append(f"embedding {reason}; the loaded model is {model.family.label}: not used")
         return found
+
+    @staticmethod
+    def _hires_infotext(request: GenerationRequest, spec, scheduler_key: str) -> dict:
+        """A1111's hires fix keys, in the order its txt2img processing adds them."""
+        from .upscale import hires_target
+        info: dict = {"Denoising strength": request.denoising_strength}
+        if request.hr_checkpoint_name:
+            info["Hires checkpoint"] = Path(request.hr_checkpoint_name).stem
+        if request.hr_sampler_name and request.hr_sampler_name != spec.name:
+            info["Hires sampler"] = request.hr_sampler_name
+        if request.hr_scheduler:
+            hr_spec, hr_key = registry.resolve(request.hr_sampler_name or spec.name, request.hr_scheduler)
+            if hr_key != scheduler_key:
+                info["Hires schedule type"] = registry.scheduler_label(hr_spec, hr_key)
+        if request.hr_prompt and request.hr_prompt != request.prompt:
+            info["Hires prompt"] = request.hr_prompt
+        if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+            info["Hires negative prompt"] = request.hr_negative_prompt
+        key, value = hires_target(request.width, request.height, request.hr_scale, request.hr_resize_x,
+                                  request.hr_resize_y).infotext
+        info[key] = value
+        if request.hr_second_pass_steps:
+            info["Hires steps"] = request.hr_second_pass_steps
+        if request.hr_upscaler is not None:
+            info["Hires upscaler"] = request.hr_upscaler
+        return info
+
+    def _hires_pass(self, request: GenerationRequest, ctx: JobContext, prompt: str, samples: torch.Tensor,
+                    seeds: list[int], subseeds: list[int], progress, control, iteration: int,
+                    first_pass_steps: int) -> tuple[torch.Tensor, bool]:
+        """A1111's ``sample_hr_pass``: the first pass's latents upscaled (in latent space, or decoded, upscaled
+        as images and encoded again), cropped to the asked aspect ratio, then an img2img pass over them with
+        the hires sampler, schedule type, steps, prompts and ``denoising_strength``. -> (latents, interrupted)"""
+        from . import upscale
+        model = ctx.model
+        if request.hr_checkpoint_name:
+            model = self.refiner(request.hr_checkpoint_name)
+        target = upscale.hires_target(request.width, request.height, request.hr_scale, request.hr_resize_x,
+                                      request.hr_resize_y)
+        mode = request.hr_upscaler if request.hr_upscaler is not None else upscale.DEFAULT_LATENT_MODE
+        if mode in upscale.LATENT_UPSCALE_MODES:
+            latents = upscale.upscale_latent(samples, target.height, target.width, mode)
+        else:
+            images = [upscale.upscale_image(im.to_pil(img), target.width, target.height, mode)
+                      for img in self.decode_latents(samples)]
+            latents = self.encode_images(torch.stack([im.to_tensor(i) for i in images]).to(self.device))
+        latents = upscale.truncate(latents, target)
+        height, width = latents.shape[2] * 8, latents.shape[3] * 8
+        hr_request = dataclasses.replace(
+            request, width=width, height=height, prompt=request.hr_prompt or request.prompt,
+            negative_prompt=request.hr_negative_prompt or request.negative_prompt)
+        spec, scheduler_key = registry.resolve(request.hr_sampler_name or request.sampler_name,
+                                               request.hr_scheduler or request.scheduler)
+        steps = request.hr_second_pass_steps or request.steps
+        sigmas = registry.build_sigmas(spec, scheduler_key, self._sampling_schedule(spec, model), steps)
+        t_enc = int(min(request.denoising_strength, 0.999) * steps)
+        if spec.own_img2img is not None and scheduler_key == "automatic":
+            noise_sigma, sigmas = spec.own_img2img(self._schedule_of(model), steps, t_enc)
+        else:
+            sigmas = sigmas[steps - t_enc - 1:]
+            noise_sigma = sigmas[0]
+        encoder = self.prompt_encoder(hr_request, model)
+        schedule_steps = steps * 2 if spec.second_order else steps
+        text, _ = extra_network_tags(hr_request.prompt)
+        uncond = encoder.schedule(hr_request.negative_prompt, schedule_steps, negative=True,
+                                  first_pass_steps=first_pass_steps)
+        cond = encoder.multicond(text, schedule_steps, first_pass_steps=first_pass_steps)
+        empty = encoder.encode([""])[0] if request.pad_cond_uncond else None
+        image_cond = (self._image_conditioning(hr_request, None, latents.shape[0])
+                      if model.family.is_inpainting else None)
+        patches = ctx.patches if model is ctx.model else None
+        state = SamplingState(0, len(sigmas) - 1)
+        denoiser = cfg_denoiser(self._model_denoiser(spec, model, patches), cond, uncond, request.cfg_scale,
+                                image_cond=image_cond, check=None if control is None else control.check, empty=empty,
+                                patches=patches, state=state)
+        resize = (request.seed_resize_from_h, request.seed_resize_from_w)
+        rng = ImageRNG(seeds, tuple(latents.shape[1:]), self.device, subseeds=subseeds,
+                       subseed_strength=request.subseed_strength, seed_resize_from=resize if min(resize) > 0 else None)
+        prepared = _Img2ImgInputs(latents, None, None)
+        x = _start_latent(spec, rng.first(), sigmas, prepared, noise_sigma)
+        noise_sampler = self._noise_sampler(spec, rng, x, sigmas, seeds)
+        reporter = _progress_reporter(progress, iteration, request.n_iter, len(sigmas) - 1, state,
+                                      ctx.patches.step_callbacks if patches is not None else ())
+        kwargs, _ = registry.sampler_parameters(spec, eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin,
+                                                s_tmax=request.s_tmax, s_noise=request.s_noise)
+        return _sample(spec, denoiser, x, sigmas, noise_sampler, reporter, kwargs)
 
     def _sampling_schedule(self, spec, model: StableDiffusionModel | None = None) -> DiscreteSchedule:
         """The schedule the sigmas are built on and the denoiser maps sigmas with: the model's, or for LCM
@@ -545,6 +675,9 @@ class Engine:
                                           patches.step_callbacks)
             samples, interrupted = _sample(spec, make_denoiser(state), x, sigmas, noise_sampler, reporter,
                                            job_seeds.sampler_kwargs)
+            if request.enable_hr and prepared is None and not interrupted:
+                samples, interrupted = self._hires_pass(request, ctx, prompt, samples, seeds, subseeds, progress,
+                                                        control, iteration, schedule_steps)
             if prepared is not None and prepared.keep_mask is not None:
                 samples = samples * (1.0 - prepared.keep_mask) + prepared.init_latent * prepared.keep_mask
             for img, img_seed, img_subseed in zip(self.decode_latents(samples), seeds, subseeds):

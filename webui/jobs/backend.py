@@ -320,10 +320,17 @@ class Backend:
         elif request.refiner_checkpoint is not None:
             refiner = self.find_checkpoint(request.refiner_checkpoint)
             changes["refiner_checkpoint"] = str(self.checkpoint_path(refiner))
+        hires_model = None
+        if request.enable_hr and request.hr_checkpoint_name not in (None, "", "None", "Use same checkpoint"):
+            hires_model = self.find_checkpoint(request.hr_checkpoint_name)
+            changes["hr_checkpoint_name"] = str(self.checkpoint_path(hires_model))
+        elif request.hr_checkpoint_name is not None:
+            changes["hr_checkpoint_name"] = None
         request = dataclasses.replace(request, **changes)
         target = self._resolve_checkpoint(checkpoint) if checkpoint else None
-        if refiner is not None:
-            self._check_refiner(refiner, (target or self._loaded)[1])
+        for second in (refiner, hires_model):
+            if second is not None:
+                self._check_refiner(second, (target or self._loaded)[1])
         request.validate()
         from ..engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)        # unknown names fail now, not queued
@@ -334,7 +341,8 @@ class Backend:
         return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
 
     def _check_refiner(self, name: str, base: Path | None) -> None:
-        """A refiner must work in the base model's latent space (read from the files' keys, nothing loaded)."""
+        """A refiner (or hires fix's checkpoint) must work in the base model's latent space (read from the
+        files' keys, nothing loaded)."""
         from ..engine import families
         from ..engine.files import CheckpointError, read_state_dict
 
@@ -369,6 +377,9 @@ class Backend:
             lambda image, params: self.extensions.before_image_saved(image, params, result.warnings))
         refiner_info = (ModelInfo.of(Path(request.refiner_checkpoint), hash_cache=self.paths.hash_cache)
                         if refiner is not None and result.refiner_switched else None)
+        if "Hires checkpoint" in result.extra:          # A1111's short title: name [hash]
+            info = ModelInfo.of(Path(request.hr_checkpoint_name), hash_cache=self.paths.hash_cache)
+            result.extra["Hires checkpoint"] = f"{info.name} [{info.hash}]"
         texts = infotexts(request, result, self._model_info, before_save, refiner=refiner_info)
         for warning in result.warnings:
             self.log(f"warning: {warning}")

@@ -248,7 +248,8 @@ class _Tab:
     def __init__(self, kind: str):
         self.kind = kind
         self.fields: dict[str, gr.components.Component] = {}
-        self.field_names: tuple[str, ...] = mapping.TXT2IMG_FIELDS if kind == "txt2img" else mapping.IMG2IMG_FIELDS
+        self.field_names: tuple[str, ...] = (mapping.TXT2IMG_FIELDS + mapping.HIRES_FIELDS if kind == "txt2img"
+                                             else mapping.IMG2IMG_FIELDS)
 
 
 def _generation_tab(kind: str, backend: Backend) -> _Tab:
@@ -330,6 +331,8 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
             if kind == "img2img":
                 f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                                     elem_id="img2img_denoising_strength")
+            else:
+                _hires_section(backend, f)
             with gr.Row():
                 f["seed"] = gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{kind}_seed", scale=4)
                 tab.random_seed = gr.Button("⚄", elem_id=f"{kind}_random_seed", scale=0, min_width=40)
@@ -357,6 +360,40 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
     tab.texts = gr.State([])
     tab.selected = gr.State(0)
     return tab
+
+
+def _hires_section(backend: Backend, f: dict) -> None:
+    """A1111's "Hires. fix" section of txt2img (its labels and element ids)."""
+    from ..engine.upscale import upscaler_names
+
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+        f["enable_hr"] = gr.Checkbox(False, label="Hires. fix", elem_id="txt2img_enable_hr")
+        with gr.Row():
+            f["hr_upscaler"] = gr.Dropdown(upscaler_names(), value="Latent", label="Upscaler",
+                                           elem_id="txt2img_hr_upscaler")
+            f["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                  elem_id="txt2img_hires_steps")
+            f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                                elem_id="txt2img_denoising_strength")
+        with gr.Row():
+            f["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+            f["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                         elem_id="txt2img_hr_resize_x")
+            f["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                         elem_id="txt2img_hr_resize_y")
+        with gr.Row():
+            f["hr_checkpoint_name"] = gr.Dropdown([mapping.SAME_CHECKPOINT, *backend.checkpoints()],
+                                                  value=mapping.SAME_CHECKPOINT, label="Hires checkpoint",
+                                                  elem_id="hr_checkpoint")
+            f["hr_sampler_name"] = gr.Dropdown([mapping.SAME_SAMPLER, *SAMPLER_NAMES], value=mapping.SAME_SAMPLER,
+                                               label="Hires sampling method", elem_id="hr_sampler")
+            f["hr_scheduler"] = gr.Dropdown([mapping.SAME_SCHEDULER, *SCHEDULER_LABELS],
+                                            value=mapping.SAME_SCHEDULER, label="Hires schedule type",
+                                            elem_id="hr_scheduler")
+        f["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                    placeholder="Prompt for hires fix pass. Leave empty to use the same prompt.")
+        f["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2, elem_id="hires_neg_prompt",
+                                             placeholder="Leave empty to use the same negative prompt.")
 
 
 @dataclass

@@ -20,11 +20,16 @@ MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 TXT2IMG_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed",
                   "width", "height", "batch_size", "n_iter", "clip_skip", "refiner_checkpoint", "refiner_switch_at")
 NO_REFINER = "None"
+SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
+HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
+                "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+                "hr_negative_prompt")
+_SAME = {"hr_checkpoint_name": SAME_CHECKPOINT, "hr_sampler_name": SAME_SAMPLER, "hr_scheduler": SAME_SCHEDULER}
 IMG2IMG_FIELDS = TXT2IMG_FIELDS + ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
                                    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert")
 _INTS = {"steps", "seed", "width", "height", "batch_size", "n_iter", "mask_blur", "inpaint_full_res_padding",
-         "clip_skip"}
-_FLOATS = {"cfg_scale", "denoising_strength", "refiner_switch_at"}
+         "clip_skip", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"}
+_FLOATS = {"cfg_scale", "denoising_strength", "refiner_switch_at", "hr_scale"}
 
 
 def _choice(value, options: tuple[str, ...], name: str) -> int:
@@ -72,6 +77,12 @@ def request_from_fields(values: dict) -> GenerationRequest:
             value = value or ""
         elif name == "refiner_checkpoint":
             value = None if value in (None, "", NO_REFINER) else value
+        elif name in _SAME:
+            value = None if value in (None, "", _SAME[name]) else value
+        elif name in ("hr_prompt", "hr_negative_prompt"):
+            value = value or ""
+        elif name == "enable_hr":
+            value = bool(value)
         converted[name] = value
     request = GenerationRequest(**converted)
     request.validate()
@@ -113,5 +124,17 @@ def fields_from_infotext(text: str) -> dict:
              "cfg_scale": info.cfg_scale, "seed": info.seed, "width": info.width, "height": info.height,
              "denoising_strength": info.denoising_strength, "checkpoint": info.model, "clip_skip": info.clip_skip,
              "refiner_checkpoint": info.refiner or NO_REFINER, "refiner_switch_at": info.refiner_switch_at}
+    extra = info.extra
+    pairs["enable_hr"] = "Hires upscale" in extra or "Hires resize" in extra     # A1111 pastes it so
+    if "Hires upscale" in extra:
+        pairs["hr_scale"] = float(extra["Hires upscale"])
+    if "Hires resize" in extra and "x" in extra["Hires resize"]:
+        x, y = extra["Hires resize"].split("x", 1)
+        pairs["hr_resize_x"], pairs["hr_resize_y"] = int(x), int(y)
+    for key, field, kind in (("Hires steps", "hr_second_pass_steps", int), ("Hires upscaler", "hr_upscaler", str),
+                             ("Hires sampler", "hr_sampler_name", str), ("Hires prompt", "hr_prompt", str),
+                             ("Hires negative prompt", "hr_negative_prompt", str)):
+        if key in extra:
+            pairs[field] = kind(infotext.unquote(extra[key]))
     out.update({k: v for k, v in pairs.items() if v is not None})
     return out

@@ -152,10 +152,12 @@ class PromptEncoder:
             self.emphasis_used = True
         return torch.cat(outputs, dim=1), pooled
 
-    def schedule(self, prompt: str, steps: int, *, negative: bool = False) -> CondSchedule:
+    def schedule(self, prompt: str, steps: int, *, negative: bool = False,
+                 first_pass_steps: int | None = None) -> CondSchedule:
         """``negative``: this is the negative prompt (SDXL: an empty one gives zeros, the refiner's aesthetic
-        score is the negative one)."""
-        entries = sched.schedule(prompt, steps, old_scheduling=self.options.use_old_scheduling)
+        score is the negative one); ``first_pass_steps``: hires fix's second pass (``schedule.schedule``)."""
+        entries = sched.schedule(prompt, steps, old_scheduling=self.options.use_old_scheduling,
+                                 first_pass_steps=first_pass_steps)
         texts = [text for _, text in entries]
         crossattn, pooled = self.encode_with_pooled(texts)
         if self.vector_kind is None:
@@ -165,12 +167,12 @@ class PromptEncoder:
         vectors = make_vector(self.vector_kind, pooled, self.sizes, negative=negative)
         return CondSchedule([(end, Cond(c, v)) for (end, _), c, v in zip(entries, crossattn, vectors)])
 
-    def multicond(self, prompt: str, steps: int) -> MultiCond:
+    def multicond(self, prompt: str, steps: int, *, first_pass_steps: int | None = None) -> MultiCond:
         cache: dict[str, CondSchedule] = {}
         parts = []
         for text, weight in composable.subprompts(prompt):
             if text not in cache:
-                cache[text] = self.schedule(text, steps)
+                cache[text] = self.schedule(text, steps, first_pass_steps=first_pass_steps)
             parts.append((cache[text], weight))
         return MultiCond(parts)
 

@@ -134,30 +134,32 @@ def _even_stray_run(text: str, i: int) -> bool:
     return run >= 2 and run % 2 == 0
 
 
-def _when_step(when: str, steps: int, old_scheduling: bool) -> int:
+def _when_step(when: str, steps: int, old_scheduling: bool, offsets: tuple[int, float] = (0, 0.0)) -> int:
     value = float(when)
     if old_scheduling:
         value = value * steps if value < 1 else value
     elif "." in when:
-        value = value * steps
+        value = (value - offsets[1]) * steps
+    else:
+        value = value - offsets[0]
     return min(steps, int(value))
 
 
-def _collect(nodes, steps: int, old_scheduling: bool, found: set[int]) -> None:
+def _collect(nodes, steps: int, old_scheduling: bool, found: set[int], offsets: tuple[int, float] = (0, 0.0)) -> None:
     for node in nodes:
         if isinstance(node, _Scheduled):
-            node.step = _when_step(node.when, steps, old_scheduling)
+            node.step = _when_step(node.when, steps, old_scheduling, offsets)
             if node.step >= 1:
                 found.add(node.step)
             for side in (node.before or [], node.after):
-                _collect(side, steps, old_scheduling, found)
+                _collect(side, steps, old_scheduling, found, offsets)
         elif isinstance(node, _Alternate):
             found.update(range(1, steps + 1))
             for option in node.options:
-                _collect(option, steps, old_scheduling, found)
+                _collect(option, steps, old_scheduling, found, offsets)
         elif isinstance(node, _Group):
             for part in node.parts:
-                _collect(part, steps, old_scheduling, found)
+                _collect(part, steps, old_scheduling, found, offsets)
 
 
 def _render(nodes, step: int) -> str:
@@ -174,12 +176,19 @@ def _render(nodes, step: int) -> str:
     return "".join(out)
 
 
-def schedule(prompt: str, steps: int, *, old_scheduling: bool = False) -> list[tuple[int, str]]:
-    """``[(last_step, text), ...]`` in step order; the last entry ends at ``steps``."""
+def schedule(prompt: str, steps: int, *, old_scheduling: bool = False,
+             first_pass_steps: int | None = None) -> list[tuple[int, str]]:
+    """``[(last_step, text), ...]`` in step order; the last entry ends at ``steps``.
+
+    ``first_pass_steps``: this is hires fix's second pass (``steps`` of it) after a first pass of that many
+    steps; as in A1111, ``when`` then counts on from the first pass: a whole number N is step N - first
+    pass steps, a decimal x is the fraction x - 1 of the second pass (``[a:b:1.5]`` switches halfway
+    through it), so a prompt can be edited for the second pass alone."""
     try:
         tree = _Parser(prompt).top()
     except _NoParse:
         return [(steps, prompt)]
     ends = {steps}
-    _collect(tree, steps, old_scheduling, ends)
+    offsets = (first_pass_steps, 1.0) if first_pass_steps is not None and not old_scheduling else (0, 0.0)
+    _collect(tree, steps, old_scheduling, ends, offsets)
     return [(end, _render(tree, end)) for end in sorted(ends)]

@@ -1,0 +1,103 @@
+"""Upscaling for hires fix and the Extras: A1111's latent upscale modes and its image upscalers.
+
+- **Latent modes** (``Latent``, ``Latent (antialiased)``, ``Latent (bicubic)``, ...): the latents are
+  interpolated with torch (A1111's ``shared.latent_upscale_modes``).
+- **Image upscalers**: ``None`` and ``Lanczos`` (PIL's Lanczos resize), ``Nearest``. A1111's ``resize_image``
+  rule: an upscaler scales by ``max(w / width, h / height)`` when that is above 1, then the result is
+  resized to exactly ``w x h`` with Lanczos.
+
+``hires_target`` is A1111's ``calculate_target_resolution``: the second pass's size from ``hr_scale`` or
+``hr_resize_x/y`` (keeping the aspect ratio and cropping the latent when both are given).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# name -> (torch interpolation mode, antialias), A1111's order
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+DEFAULT_LATENT_MODE = "Latent"
+# name -> the PIL resample it scales with (A1111's UpscalerNone / UpscalerLanczos / UpscalerNearest)
+IMAGE_UPSCALERS: dict[str, Image.Resampling] = {
+    "None": Image.Resampling.LANCZOS,
+    "Lanczos": Image.Resampling.LANCZOS,
+    "Nearest": Image.Resampling.NEAREST,
+}
+
+
+def upscaler_names() -> list[str]:
+    """Every name hires fix accepts, as A1111 lists them: the image upscalers, then the latent modes."""
+    return [*IMAGE_UPSCALERS, *LATENT_UPSCALE_MODES]
+
+
+def check_upscaler(name: str | None) -> None:
+    if name is not None and name not in IMAGE_UPSCALERS and name not in LATENT_UPSCALE_MODES:
+        raise ValueError(f"unknown upscaler {name!r}; available: {', '.join(upscaler_names())} (upscaler models "
+                         "such as ESRGAN are not available in this version)")
+
+
+def upscale_latent(latents: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """Latents interpolated to ``(height // 8, width // 8)`` with a latent mode."""
+    interpolation, antialias = LATENT_UPSCALE_MODES[mode]
+    return F.interpolate(latents, size=(height // 8, width // 8), mode=interpolation, antialias=antialias)
+
+
+def upscale_image(image: Image.Image, width: int, height: int, upscaler: str | None) -> Image.Image:
+    """A1111's ``resize_image(0, image, width, height, upscaler_name)``: scale up with the upscaler by the
+    larger of the two ratios when above 1, then resize to exactly ``width x height`` with Lanczos."""
+    if upscaler in (None, "None") or image.mode == "L":
+        return image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    scale = max(width / image.width, height / image.height)
+    if scale > 1.0:
+        image = image.resize((int(image.width * scale), int(image.height * scale)), resample=IMAGE_UPSCALERS[upscaler])
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    return image
+
+
+@dataclass(frozen=True)
+class HiresTarget:
+    """The second pass's size: upscale to ``width x height`` (multiples of 8 in latents), then crop
+    ``truncate_x / truncate_y`` latent columns / rows (split between the two sides), as A1111."""
+    width: int
+    height: int
+    truncate_x: int = 0
+    truncate_y: int = 0
+    infotext: tuple[str, object] = ("Hires upscale", 2.0)
+
+    @property
+    def final_size(self) -> tuple[int, int]:
+        return self.width - self.truncate_x * 8, self.height - self.truncate_y * 8
+
+
+def hires_target(width: int, height: int, hr_scale: float = 2.0, hr_resize_x: int = 0,
+                 hr_resize_y: int = 0) -> HiresTarget:
+    """A1111's ``StableDiffusionProcessingTxt2Img.calculate_target_resolution``."""
+    if hr_resize_x == 0 and hr_resize_y == 0:
+        return HiresTarget(int(width * hr_scale), int(height * hr_scale), infotext=("Hires upscale", hr_scale))
+    infotext = ("Hires resize", f"{hr_resize_x}x{hr_resize_y}")
+    if hr_resize_y == 0:
+        return HiresTarget(hr_resize_x, hr_resize_x * height // width, infotext=infotext)
+    if hr_resize_x == 0:
+        return HiresTarget(hr_resize_y * width // height, hr_resize_y, infotext=infotext)
+    if width / height < hr_resize_x / hr_resize_y:
+        to_x, to_y = hr_resize_x, hr_resize_x * height // width
+    else:
+        to_x, to_y = hr_resize_y * width // height, hr_resize_y
+    return HiresTarget(to_x, to_y, (to_x - hr_resize_x) // 8, (to_y - hr_resize_y) // 8, infotext)
+
+
+def truncate(latents: torch.Tensor, target: HiresTarget) -> torch.Tensor:
+    """A1111's crop of the upscaled latents to the asked aspect ratio."""
+    tx, ty = target.truncate_x, target.truncate_y
+    return latents[:, :, ty // 2:latents.shape[2] - (ty + 1) // 2, tx // 2:latents.shape[3] - (tx + 1) // 2]
