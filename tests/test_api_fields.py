@@ -51,7 +51,7 @@ FIELDS = {
     "width": (128, (USED, lambda r, t: r.width == 128)),
     "height": (96, (USED, lambda r, t: r.height == 96)),
     "restore_faces": (True, (REFUSED, "restore_faces")),
-    "tiling": (True, (REFUSED, "tiling")),
+    "tiling": (True, (USED, lambda r, t: r.tiling)),
     "do_not_save_samples": (True, (USED, None)),     # the job's save flag: tests/test_api.py::test_api_server_fields
     "do_not_save_grid": (True, (USED, None)),
     "eta": (0.5, (USED, lambda r, t: r.eta == 0.5)),

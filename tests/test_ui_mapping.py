@@ -75,7 +75,8 @@ def test_infotext_fills_every_field_it_names():
                       "width": 96, "height": 64, "denoising_strength": 0.4, "checkpoint": "webui-demo-64px",
                       "clip_skip": 1,   # A1111: a text without "Clip skip" means 1
                       "refiner_checkpoint": "None",   # and one without "Refiner" means no refiner
-                      "enable_hr": False}             # and one without "Hires upscale" means no hires fix
+                      "enable_hr": False,             # and one without "Hires upscale" means no hires fix
+                      "tiling": False}
     assert mapping.fields_from_infotext(text.replace("Seed: 99", "Seed: 99, Clip skip: 2"))["clip_skip"] == 2
     refined = mapping.fields_from_infotext(text.replace("Seed: 99", 'Seed: 99, Refiner: "xl-refiner [0123456789]", '
                                                                     "Refiner switch at: 0.7"))

@@ -60,8 +60,6 @@ def unsupported(body, img2img: bool) -> list[str]:
         problems.append("enable_hr: hires fix is a txt2img feature")
     if body.restore_faces:
         problems.append("restore_faces is not supported: no face restoration model can be loaded here")
-    if body.tiling:
-        problems.append("tiling is not supported yet")
     if body.script_name:
         problems.append(f"script_name: no script named {body.script_name!r}; available: none")
     if body.s_min_uncond:
@@ -151,7 +149,7 @@ class Api:
             scheduler=body.scheduler or "automatic", steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed,
             width=body.width, height=body.height, batch_size=body.batch_size, n_iter=body.n_iter,
             clip_skip=clip_skip, refiner_checkpoint=refiner, subseed=body.subseed,
-            disable_extra_networks=body.disable_extra_networks, **self._hires_fields(body),
+            disable_extra_networks=body.disable_extra_networks, tiling=bool(body.tiling), **self._hires_fields(body),
             subseed_strength=body.subseed_strength, seed_resize_from_w=body.seed_resize_from_w,
             seed_resize_from_h=body.seed_resize_from_h, eta=body.eta, s_churn=body.s_churn, s_tmin=body.s_tmin,
             s_tmax=body.s_tmax, s_noise=body.s_noise,

@@ -7,6 +7,7 @@ weights). ``ModelPatcher.applied(model, patches)`` makes it true for the job:
   stored in the parameter's dtype; the originals are kept and copied back (bit-exact). When the next job
   asks for the same patches (equal ``key``s) they stay merged instead of being restored and merged again.
 - text-encoder hooks: torch forward hooks on modules of this model's text encoder, for the job only.
+- the padding of the UNet's and VAE's convolutions (``conv_padding``: "circular" for tiling), put back after.
 
 The rest is read by the denoiser during sampling: UNet wrappers and block wrappers, residual providers
 (ControlNet), wrappers around each model call (before CFG) and after CFG, per-step callbacks.
@@ -57,6 +58,7 @@ class JobPatches:
     model_wrappers: list[Callable] = field(default_factory=list)   # w(apply, x, sigma, cond, info) -> x0
     after_cfg: list[Callable] = field(default_factory=list)        # f(denoised, x, sigma, info) -> denoised
     step_callbacks: list[Callable] = field(default_factory=list)   # f(progress) after each sampler step
+    conv_padding: str | None = None    # "circular": the UNet's and VAE's convolutions wrap around (tiling)
 
     def add_block_wrapper(self, block: str, wrapper: Callable) -> None:
         self.block_wrappers.setdefault(block, []).append(wrapper)
@@ -151,6 +153,7 @@ class ModelPatcher:
         keys stay merged after it (the next job with other patches restores them first)."""
         self.merge(model, patches.weights)
         handles = []
+        modes = _set_conv_padding(model, patches.conv_padding) if patches.conv_padding else []
         try:
             for module, hook in patches.text_hooks:
                 handles.append(model.text_model.get_submodule(module).register_forward_hook(hook))
@@ -161,5 +164,19 @@ class ModelPatcher:
         finally:
             for handle in handles:
                 handle.remove()
+            for conv, mode in modes:
+                conv.padding_mode = mode
             if self._merged_key is None:
                 self.restore(model)
+
+
+def _set_conv_padding(model, mode: str) -> list[tuple[torch.nn.Conv2d, str]]:
+    """Every padded convolution of the UNet and the VAE pads with ``mode`` (torch's own ``padding_mode``);
+    returns what to put back. Convolutions without padding (the VAE's downsamplers pad themselves) are left."""
+    changed = []
+    for network in (model.unet, model.vae):
+        for module in network.modules() if network is not None else ():
+            if isinstance(module, torch.nn.Conv2d) and any(module.padding):
+                changed.append((module, module.padding_mode))
+                module.padding_mode = mode
+    return changed

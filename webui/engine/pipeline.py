@@ -132,6 +132,7 @@ class GenerationRequest:
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    tiling: bool = False                       # seamless images: the convolutions wrap around the edges
     disable_extra_networks: bool = False       # <kind:...> tags are removed from the prompt, not run
     initial_noise_multiplier: float = 1.0      # img2img: the noise added to the init latent, scaled
     # hires fix (txt2img): a second, img2img pass at a larger size with ``denoising_strength`` (A1111's fields;
@@ -487,6 +488,9 @@ class Engine:
             tags = []
         ctx = JobContext(request, model, self.device, JobPatches(), extra, [], hooks.script_args, len(sigmas) - 1,
                          (request.width, request.height), batch)
+        if request.tiling:
+            ctx.patches.conv_padding = "circular"
+            extra["Tiling"] = True
         for prepare in hooks.prepare:
             prepare(ctx)
         _run_extra_networks(tags, hooks.networks, ctx)

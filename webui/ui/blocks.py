@@ -328,6 +328,7 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
                                            elem_id=f"{kind}_cfg_scale", scale=3)
                 f["clip_skip"] = gr.Slider(1, 12, value=backend.options["CLIP_stop_at_last_layers"], step=1,
                                            label="Clip skip", elem_id=f"{kind}_clip_skip", scale=1)
+                f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{kind}_tiling", scale=0, min_width=80)
             if kind == "img2img":
                 f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                                     elem_id="img2img_denoising_strength")

@@ -18,7 +18,8 @@ from ..jobs import infotext
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 TXT2IMG_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed",
-                  "width", "height", "batch_size", "n_iter", "clip_skip", "refiner_checkpoint", "refiner_switch_at")
+                  "width", "height", "batch_size", "n_iter", "clip_skip", "tiling", "refiner_checkpoint",
+                  "refiner_switch_at")
 NO_REFINER = "None"
 SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
@@ -81,7 +82,7 @@ def request_from_fields(values: dict) -> GenerationRequest:
             value = None if value in (None, "", _SAME[name]) else value
         elif name in ("hr_prompt", "hr_negative_prompt"):
             value = value or ""
-        elif name == "enable_hr":
+        elif name in ("enable_hr", "tiling"):
             value = bool(value)
         converted[name] = value
     request = GenerationRequest(**converted)
@@ -126,6 +127,7 @@ def fields_from_infotext(text: str) -> dict:
              "refiner_checkpoint": info.refiner or NO_REFINER, "refiner_switch_at": info.refiner_switch_at}
     extra = info.extra
     pairs["enable_hr"] = "Hires upscale" in extra or "Hires resize" in extra     # A1111 pastes it so
+    pairs["tiling"] = extra.get("Tiling") == "True"
     if "Hires upscale" in extra:
         pairs["hr_scale"] = float(extra["Hires upscale"])
     if "Hires resize" in extra and "x" in extra["Hires resize"]:

@@ -16,6 +16,7 @@ Lifecycle, for one request:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
@@ -234,6 +235,12 @@ class Script:
 
     def __init__(self, env: ScriptEnvironment | None = None):
         self.env = env or ScriptEnvironment()
+
+    def with_env(self, env: ScriptEnvironment) -> "Script":
+        """This script bound to other lists / limits (e.g. the API's ``check_request`` and ``max_images``)."""
+        clone = copy.copy(self)
+        clone.env = env
+        return clone
 
     @property
     def name(self) -> str:

@@ -16,15 +16,26 @@ the same pictures.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
 from ...engine.pipeline import GenerationRequest
-from .base import (Runner, Script, ScriptArg, ScriptResult, ScriptRun, as_bool, as_choice, as_number,
-                   check_image_count, copy_request, fixed_seed, run_fields)
+from .base import (
+    Runner,
+    Script,
+    ScriptArg,
+    ScriptResult,
+    ScriptRun,
+    as_bool,
+    as_choice,
+    as_number,
+    check_image_count,
+    copy_request,
+    fixed_seed,
+    run_fields,
+)
 from .grid import draw_prompt_matrix, image_grid
 
 TITLE = "Prompt matrix"
@@ -78,10 +89,12 @@ class PromptMatrix(Script):
                                         ", " if options.variations_delimiter == "comma" else " ")
         check_image_count(self.title, len(prompts), self.env)
         seed = fixed_seed(request.seed, self.env)
+        subseed = fixed_seed(request.subseed, self.env)          # A1111's fix_seed fixes both
         runs = []
         for i, text in enumerate(prompts):
             changes = {"negative_prompt" if negative else "prompt": text,
-                       "seed": seed + (i if options.different_seeds else 0), "batch_size": 1, "n_iter": 1}
+                       "seed": seed + (i if options.different_seeds else 0), "subseed": subseed,
+                       "batch_size": 1, "n_iter": 1}
             run_request = copy_request(request, **changes)
             try:
                 self.env.check(run_request)

@@ -20,6 +20,7 @@ prompt, joined by a space, when both are set.
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +28,21 @@ from typing import Any
 
 from ...engine.pipeline import GenerationRequest
 from ...engine.sampling import registry
-from .base import (Runner, Script, ScriptArg, ScriptEnvironment, ScriptResult, ScriptRun, as_bool, as_choice,
-                   as_text, check_image_count, copy_request, fixed_seed, run_fields)
+from .base import (
+    Runner,
+    Script,
+    ScriptArg,
+    ScriptEnvironment,
+    ScriptResult,
+    ScriptRun,
+    as_bool,
+    as_choice,
+    as_text,
+    check_image_count,
+    copy_request,
+    fixed_seed,
+    run_fields,
+)
 
 TITLE = "Prompts from file or textbox"
 
@@ -59,8 +73,11 @@ PROMPT_TAGS: dict[str, Callable[[str], Any]] = {
     "do_not_save_samples": _boolean, "do_not_save_grid": _boolean,
 }
 # GenerationRequest fields set as they are
-_FIELDS = ("prompt", "negative_prompt", "seed", "sampler_name", "batch_size", "n_iter", "steps", "cfg_scale",
-           "width", "height")
+_FIELDS = ("prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
+           "seed_resize_from_w", "sampler_name", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height")
+
+
+_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationRequest))
 
 
 def cmdargs(line: str) -> dict[str, Any]:
@@ -141,13 +158,8 @@ def _check_args(args: dict, env: ScriptEnvironment) -> None:
             raise ValueError(f"--{key} is not allowed (images are saved only into the server's output folders)")
     if args.get("restore_faces"):
         raise ValueError("--restore_faces true: face restoration is not supported")
-    if args.get("tiling"):
+    if args.get("tiling") and "tiling" not in _REQUEST_FIELDS:
         raise ValueError("--tiling true: tiling is not supported yet")
-    if args.get("subseed_strength"):
-        raise ValueError("--subseed_strength: variation seeds are not supported yet")
-    for key in ("seed_resize_from_h", "seed_resize_from_w"):
-        if args.get(key, 0) > 0:
-            raise ValueError(f"--{key}: seed resize is not supported")
     if "sampler_name" in args:
         registry.resolve(args["sampler_name"])
     if "sd_model" in args:
@@ -196,6 +208,8 @@ class PromptsFromFile(Script):
         for i, job in enumerate(options.jobs):
             args = job.args
             changes = {key: args[key] for key in _FIELDS if key in args}
+            if "tiling" in args and "tiling" in _REQUEST_FIELDS:
+                changes["tiling"] = args["tiling"]
             changes["seed"] = args.get("seed", seed)
             if args.get("prompt") and request.prompt:
                 changes["prompt"] = (f"{args['prompt']} {request.prompt}" if options.prompt_position == "start"
@@ -244,4 +258,4 @@ class PromptsFromFile(Script):
         return result
 
 
-__all__ = ["PromptsFromFile", "PromptsFromFileOptions", "Job", "PROMPT_TAGS", "cmdargs", "parse_lines"]
+__all__ = ["PROMPT_TAGS", "Job", "PromptsFromFile", "PromptsFromFileOptions", "cmdargs", "parse_lines"]

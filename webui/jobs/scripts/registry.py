@@ -25,7 +25,7 @@ class ScriptRegistry:
             self.add(script)
 
     @classmethod
-    def with_builtins(cls, env: ScriptEnvironment | None = None) -> "ScriptRegistry":
+    def with_builtins(cls, env: ScriptEnvironment | None = None) -> ScriptRegistry:
         return cls(builtin_scripts(env))
 
     def add(self, script: Script) -> Script:

@@ -31,11 +31,26 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ...engine import upscale
 from ...engine.pipeline import GenerationRequest
 from ...engine.sampling import registry
 from .. import infotext as infotext_format
-from .base import (MAX_SEED, Runner, Script, ScriptArg, ScriptEnvironment, ScriptResult, ScriptRun, as_bool,
-                   as_number, as_text, check_image_count, copy_request, fixed_seed, run_fields)
+from .base import (
+    MAX_SEED,
+    Runner,
+    Script,
+    ScriptArg,
+    ScriptEnvironment,
+    ScriptResult,
+    ScriptRun,
+    as_bool,
+    as_number,
+    as_text,
+    check_image_count,
+    copy_request,
+    fixed_seed,
+    run_fields,
+)
 from .grid import GridAnnotation, draw_grid_annotations, image_grid
 
 TITLE = "X/Y/Z plot"
@@ -157,6 +172,15 @@ def _field(name: str) -> Apply:
     return apply
 
 
+def _confirm_upscalers(values, env) -> None:
+    for value in values:
+        upscale.check_upscaler(value)
+
+
+def _upscaler_names(env) -> list[str]:
+    return list(upscale.upscaler_names())
+
+
 def _nothing(cell, value, values, env) -> None:
     pass
 
@@ -274,18 +298,17 @@ def _size(cell: Cell, value, values, env) -> None:
 
 
 _T2I, _I2I = ("txt2img",), ("img2img",)
+_SEED_AXES = ("Seed", "Var. seed")          # -1 values become random seeds, fixed for the grid
 _NO_SETTING = "this server has no such setting"
-_VARIATION = "variation seeds (subseed) are not supported yet"
-_HIRES = "hires fix is not supported yet"
 
 # A1111 1.10's axis_options, in its order (so indices mean the same axis), with kinds as A1111 filters them.
 AXIS_OPTIONS: tuple[AxisOption, ...] = (
     AxisOption("Nothing", "str", label_format="nothing", apply=_nothing),
     AxisOption("Seed", "int", apply=_field("seed")),
-    AxisOption("Var. seed", "int", refused=_VARIATION),
-    AxisOption("Var. strength", "float", refused=_VARIATION),
+    AxisOption("Var. seed", "int", apply=_field("subseed")),
+    AxisOption("Var. strength", "float", apply=_field("subseed_strength")),
     AxisOption("Steps", "int", apply=_field("steps")),
-    AxisOption("Hires steps", "int", kinds=_T2I, refused=_HIRES),
+    AxisOption("Hires steps", "int", kinds=_T2I, apply=_field("hr_second_pass_steps")),
     AxisOption("CFG Scale", "float", apply=_field("cfg_scale")),
     AxisOption("Image CFG Scale", "float", kinds=_I2I, refused="it applies to InstructPix2Pix models, "
                                                                   "which are not supported"),
@@ -293,16 +316,17 @@ AXIS_OPTIONS: tuple[AxisOption, ...] = (
     AxisOption("Prompt order", "permutations", label_format="join", apply=_prompt_order),
     AxisOption("Sampler", "str", kinds=_T2I, label_format="value", choices=_sampler_names,
                apply=_field("sampler_name"), confirm=_confirm_samplers),
-    AxisOption("Hires sampler", "str", kinds=_T2I, choices=_sampler_names, refused=_HIRES),
+    AxisOption("Hires sampler", "str", kinds=_T2I, choices=_sampler_names, apply=_field("hr_sampler_name"),
+               confirm=_confirm_samplers),
     AxisOption("Sampler", "str", kinds=_I2I, label_format="value", choices=_sampler_names,
                apply=_field("sampler_name"), confirm=_confirm_samplers),
     AxisOption("Checkpoint name", "str", cost=1.0, label_format="basename", choices=_checkpoint_names,
                apply=_checkpoint, confirm=_confirm_checkpoints),
     AxisOption("Negative Guidance minimum sigma", "float", refused=_NO_SETTING),
-    AxisOption("Sigma Churn", "float", refused=_NO_SETTING),
-    AxisOption("Sigma min", "float", refused=_NO_SETTING),
-    AxisOption("Sigma max", "float", refused=_NO_SETTING),
-    AxisOption("Sigma noise", "float", refused=_NO_SETTING),
+    AxisOption("Sigma Churn", "float", apply=_field("s_churn")),
+    AxisOption("Sigma min", "float", apply=_field("s_tmin")),
+    AxisOption("Sigma max", "float", apply=_field("s_tmax")),
+    AxisOption("Sigma noise", "float", apply=_field("s_noise")),
     AxisOption("Schedule type", "str", choices=_scheduler_labels, apply=_field("scheduler"),
                confirm=_confirm_schedulers),
     AxisOption("Schedule min sigma", "float", refused=_NO_SETTING),
@@ -310,12 +334,13 @@ AXIS_OPTIONS: tuple[AxisOption, ...] = (
     AxisOption("Schedule rho", "float", refused=_NO_SETTING),
     AxisOption("Beta schedule alpha", "float", refused="the Beta schedule type is not available"),
     AxisOption("Beta schedule beta", "float", refused="the Beta schedule type is not available"),
-    AxisOption("Eta", "float", refused=_NO_SETTING),
+    AxisOption("Eta", "float", apply=_field("eta")),
     AxisOption("Clip skip", "int", apply=_field("clip_skip")),
     AxisOption("Denoising", "float", apply=_field("denoising_strength")),
-    AxisOption("Initial noise multiplier", "float", refused=_NO_SETTING),
+    AxisOption("Initial noise multiplier", "float", apply=_field("initial_noise_multiplier")),
     AxisOption("Extra noise", "float", refused=_NO_SETTING),
-    AxisOption("Hires upscaler", "str", kinds=_T2I, refused=_HIRES),
+    AxisOption("Hires upscaler", "str", kinds=_T2I, choices=_upscaler_names, apply=_field("hr_upscaler"),
+               confirm=_confirm_upscalers),
     AxisOption("Cond. Image Mask Weight", "float", kinds=_I2I, refused=_NO_SETTING),
     AxisOption("VAE", "str", cost=0.7, choices=lambda env: ["Automatic", "None", *env.vaes()], apply=_vae,
                confirm=_confirm_vaes),
@@ -388,6 +413,11 @@ class _Plan:
     cells: list[_PlannedCell]     # in processing order
 
 
+def _number_text(value):
+    """A number sent where A1111 takes text (``20`` for ``"20"``) is taken as its text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 class XYZPlot(Script):
     title = TITLE
 
@@ -442,12 +472,12 @@ class XYZPlot(Script):
 
     def _axis(self, letter: str, option: AxisOption, text, dropdown, csv_mode: bool, kind: str, index: int) -> Axis:
         what = f"{self.title}: {letter} values"
-        text = as_text(text, self._what(index, kind))
+        text = as_text(_number_text(text), self._what(index, kind))
         if dropdown is None:
             dropdown = []
         if isinstance(dropdown, str) or not isinstance(dropdown, Sequence):
             raise ValueError(f"{self._what(index + 1, kind)} must be a list of values (got {dropdown!r})")
-        dropdown = [as_text(v, self._what(index + 1, kind)) for v in dropdown]
+        dropdown = [as_text(_number_text(v), self._what(index + 1, kind)) for v in dropdown]
         if option.label == "Nothing":
             return Axis(option, (0,), "")
         if option.choices is not None and not csv_mode and dropdown:
@@ -505,12 +535,13 @@ class XYZPlot(Script):
         values = {}
         for name, axis in axes.items():
             vals = list(axis.values)
-            if not options.no_fixed_seeds and axis.label == "Seed":
+            if not options.no_fixed_seeds and axis.label in _SEED_AXES:
                 vals = [int(env.new_seed()) if v in (None, "", -1) else v for v in vals]
             values[name] = vals
         xs, ys, zs = values["x"], values["y"], values["z"]
-        if not options.no_fixed_seeds:
+        if not options.no_fixed_seeds:                  # A1111's fix_seed: the seed and the variation seed
             base.seed = fixed_seed(base.seed, env)
+            base.subseed = fixed_seed(base.subseed, env)
         total = len(xs) * len(ys) * len(zs)
         grid_mp = round(total * base.width * base.height / 1_000_000)
         if grid_mp >= env.max_grid_megapixels:
@@ -647,12 +678,13 @@ class XYZPlot(Script):
             return ""
         extra: dict[str, str] = {"Script": self.title}
         fixed = not options.no_fixed_seeds
-        for letter, axis, vals in (("X", options.x, xs), ("Y", options.y, ys)) + ((("Z", options.z, zs),) if with_z else ()):
+        axes = [("X", options.x, xs), ("Y", options.y, ys)] + ([("Z", options.z, zs)] if with_z else [])
+        for letter, axis, vals in axes:
             if axis.label == "Nothing":
                 continue
             extra[f"{letter} Type"] = axis.label
             extra[f"{letter} Values"] = axis.text
-            if axis.label == "Seed" and fixed:
+            if axis.label in _SEED_AXES and fixed:
                 extra[f"Fixed {letter} Values"] = ", ".join(str(v) for v in vals)
         return add_infotext_params(text, extra)
 
@@ -673,5 +705,16 @@ def add_infotext_params(text: str, extra: dict[str, str]) -> str:
     return infotext_format.build(prompt, negative, params)
 
 
-__all__ = ["AXIS_OPTIONS", "AxisOption", "Axis", "XYZOptions", "XYZPlot", "axis_options", "csv_values",
-           "expand_floats", "expand_ints", "parse_size", "MAX_SEED"]
+__all__ = [
+    "AXIS_OPTIONS",
+    "MAX_SEED",
+    "Axis",
+    "AxisOption",
+    "XYZOptions",
+    "XYZPlot",
+    "axis_options",
+    "csv_values",
+    "expand_floats",
+    "expand_ints",
+    "parse_size",
+]
