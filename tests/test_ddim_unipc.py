@@ -308,3 +308,48 @@ def test_unipc_to_zero(model):
     assert torch.equal(out, calls[-1]["denoised"])
     with pytest.raises(ValueError):
         unipc.sample_unipc(den, noise_like(), sigmas, variant="bh3")
+
+
+# ----------------------------------------------------------------------------------------------- PLMS
+
+def a1111_plms_vp(model, acp, x, steps):
+    """A1111's ``plms`` (sd_samplers_timesteps_impl.py) in alpha form over its timesteps, float64 scalars."""
+    ts = [min(k + 1, 999) for k in range(0, 1000, 1000 // steps)]
+    alphas = [float(acp[t]) for t in ts]
+    alphas_prev = [float(acp[0])] + alphas[:-1]
+    old = []
+
+    def step(e, index):
+        a_t, a_prev = alphas[index], alphas_prev[index]
+        pred_x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        return math.sqrt(a_prev) * pred_x0 + math.sqrt(1.0 - a_prev) * e
+
+    for i in range(len(ts) - 1):
+        index = len(ts) - 1 - i
+        e_t = model(x, torch.tensor([float(ts[index])]))
+        if not old:
+            x_prev = step(e_t, index)
+            e_next = model(x_prev, torch.tensor([float(ts[max(index - 1, 0)])]))
+            e_prime = (e_t + e_next) / 2
+        elif len(old) == 1:
+            e_prime = (3 * e_t - old[-1]) / 2
+        elif len(old) == 2:
+            e_prime = (23 * e_t - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            e_prime = (55 * e_t - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        x = step(e_prime, index)
+        old = (old + [e_t])[-3:]
+    return x
+
+
+@pytest.mark.parametrize("steps", [2, 3, 5, 20])
+def test_plms_matches_a1111_loop(model, steps):
+    from webui.engine.sampling.ddim import sample_plms
+    acp = sd_alphas_cumprod()
+    with torch.no_grad():
+        ref = a1111_plms_vp(model, acp, noise_like(), steps)
+    sigmas = ddim.ddim_sigmas(acp, steps)
+    model.seen_t.clear()
+    out = sample_plms(ve_denoiser(model, acp), ddim.from_vp(noise_like(), sigmas[0]), sigmas)
+    assert len(model.seen_t) == len(sigmas)      # the first step's extra call
+    assert rel_err(ddim.to_vp(out, sigmas[-1]), ref) < RTOL

@@ -349,9 +349,9 @@ def test_samplers_accept_device_sigmas_and_do_not_mutate():
 
 def test_registry_order_and_defaults():
     names = [s.name for s in registry.SAMPLERS]
-    assert [s.name for s in registry.SAMPLERS if s.own_schedule is not None] == ["DDIM", "UniPC"]
+    assert [s.name for s in registry.SAMPLERS if s.own_schedule is not None] == ["DDIM", "PLMS", "UniPC"]
     assert names == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
-                     "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "UniPC", "LCM"]
+                     "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DDIM", "PLMS", "UniPC", "LCM"]
     by = {s.name: s for s in registry.SAMPLERS}
     assert {n for n, s in by.items() if s.default_scheduler == "karras"} == {
         "DPM++ 2M", "DPM++ SDE", "DPM++ 2S a", "DPM2", "DPM2 a"}
@@ -366,7 +366,7 @@ def test_registry_order_and_defaults():
     assert by["DPM++ 2M SDE Heun"].options == {"solver_type": "heun"}
     assert registry.SCHEDULERS["sgm_uniform"] == "SGM Uniform" and list(registry.SCHEDULERS)[:4] == [
         "automatic", "uniform", "karras", "exponential"]
-    for spec in registry.SAMPLERS[:-3]:  # each k-diffusion row's function is the algorithm named in the case table
+    for spec in registry.SAMPLERS[:-4]:  # each k-diffusion row's function is the algorithm named in the case table
         assert spec.function is SAMPLER_CASES[spec.name][0]
 
 

@@ -109,3 +109,46 @@ def sample_ddim(denoiser, x, sigmas, *, callback=None, noise_sampler=None, eta=0
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
     return x
+
+
+_ADAMS_BASHFORTH = {1: (3.0, -1.0), 2: (23.0, -16.0, 5.0), 3: (55.0, -59.0, 37.0, -9.0)}
+_ADAMS_DIVISOR = {1: 2.0, 2: 12.0, 3: 24.0}
+
+
+@torch.no_grad()
+def sample_plms(denoiser, x, sigmas, *, callback=None, noise_sampler=None):
+    """PLMS: Liu et al. (2022), "Pseudo Numerical Methods for Diffusion Models on Manifolds" -- DDIM's
+    transfer step driven by a linear-multistep estimate of eps: a pseudo improved-Euler step first (two
+    model calls), then Adams-Bashforth of order 2, 3, 4 over the previous eps (A1111's ``plms`` in
+    ``sd_samplers_timesteps_impl.py``, the CompVis loop), over the same timesteps as DDIM.
+
+    In the engine's form one transfer step with an eps estimate ``e`` from sigma to sigma_next is
+    ``x + e * (sigma_next - sigma)`` (``x0(e) + sigma_next * e``), the alpha-form step divided by sqrt(a_prev).
+    """
+    s_in = x.new_ones([x.shape[0]])
+    old = []
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, sigma * s_in)
+        eps = (x - denoised) / sigma
+        if sigma_next == 0:                  # a schedule that ends at 0 (not A1111's own): the clean estimate
+            x = denoised
+            if callback is not None:
+                callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+            break
+        if not old:
+            x_2 = denoised + eps * sigma_next
+            eps_2 = (x_2 - denoiser(x_2, sigma_next * s_in)) / sigma_next
+            eps_prime = (eps + eps_2) / 2
+        else:
+            order = min(len(old), 3)
+            coeffs = _ADAMS_BASHFORTH[order]
+            eps_prime = coeffs[0] * eps
+            for c, previous in zip(coeffs[1:], reversed(old)):
+                eps_prime = eps_prime + c * previous
+            eps_prime = eps_prime / _ADAMS_DIVISOR[order]
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x - eps_prime * sigma})
+        x = x + eps_prime * (sigma_next - sigma)
+        old = (old + [eps])[-3:]
+    return x

@@ -15,7 +15,7 @@ import torch
 
 from . import samplers as k
 from . import schedules
-from .ddim import a1111_timesteps, ddim_sigmas, sample_ddim
+from .ddim import a1111_timesteps, ddim_sigmas, sample_ddim, sample_plms
 from .unipc import sample_unipc, unipc_sigmas
 
 __all__ = ["SamplerSpec", "SAMPLERS", "SCHEDULERS", "resolve", "build_sigmas", "scheduler_label",
@@ -102,7 +102,7 @@ def _brownian(name, function, aliases, **kw) -> SamplerSpec:
 
 
 # A1111's order (samplers_k_diffusion, the timestep samplers, then LCM). Left out: DPM fast, DPM adaptive and
-# Restart (between "DPM2 a" and the timestep samplers in A1111), PLMS, DDIM CFG++.
+# Restart (between "DPM2 a" and the timestep samplers in A1111), DDIM CFG++.
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", k.sample_dpmpp_2m, ("k_dpmpp_2m",), default_scheduler="karras"),
     _brownian("DPM++ SDE", k.sample_dpmpp_sde, ("k_dpmpp_sde",), default_scheduler="karras", second_order=True),
@@ -124,6 +124,8 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
                discard_penultimate_sigma=True, second_order=True),
     # --- timestep samplers (A1111 order: DDIM, [DDIM CFG++], [PLMS], UniPC) ---
     SamplerSpec("DDIM", sample_ddim, ("ddim",), own_schedule=_ddim_schedule, own_img2img=_ddim_img2img,
+                vp_latent=True),
+    SamplerSpec("PLMS", sample_plms, ("plms",), own_schedule=_ddim_schedule, own_img2img=_ddim_img2img,
                 vp_latent=True),
     SamplerSpec("UniPC", sample_unipc, ("unipc",), own_schedule=_unipc_schedule, own_img2img=_unipc_img2img,
                 vp_latent=True),
