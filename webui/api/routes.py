@@ -7,6 +7,7 @@ cancel (``/sdapi/v1/tasks/{id}``), since A1111's ``progress`` is global.
 from __future__ import annotations
 
 import datetime
+import html
 import json
 from dataclasses import dataclass
 
@@ -191,6 +192,25 @@ class Api:
         if "sd_vae" in overrides:
             target["vae"] = self._vae_name(str(overrides["sd_vae"]))
         return request, target
+
+    def _extras(self, body: schemas.ExtrasBaseRequest, image: Image.Image) -> tuple[str, str]:
+        """One image through A1111's extras upscale: (base64 PNG, postprocessing text); 422 for what is not here."""
+        import base64
+
+        from ..engine.upscale import ExtrasUpscale
+        from ..jobs import extras
+
+        if body.gfpgan_visibility or body.codeformer_visibility:
+            raise _error(422, "gfpgan_visibility / codeformer_visibility: face restoration is not available: no "
+                              "GFPGAN or CodeFormer model can be loaded in this version")
+        upscale = ExtrasUpscale(mode=body.resize_mode, scale=body.upscaling_resize, width=body.upscaling_resize_w,
+                                height=body.upscaling_resize_h, crop=body.upscaling_crop, upscaler_1=body.upscaler_1,
+                                upscaler_2=body.upscaler_2, visibility=body.extras_upscaler_2_visibility)
+        try:
+            result, info = extras.postprocess(image, upscale)
+        except ValueError as exc:
+            raise _error(422, str(exc)) from None
+        return base64.b64encode(extras.png_bytes(result, info)).decode("ascii"), info
 
     def _hires_fields(self, body) -> dict:
         """Hires fix's request fields (only with ``enable_hr``, as in A1111). ``denoising_strength`` of a txt2img
@@ -455,6 +475,26 @@ class Api:
         def prompt_styles():
             return [{"name": st.name, "prompt": st.prompt, "negative_prompt": st.negative_prompt}
                     for st in backend.styles.styles.values()]
+
+        @r.post("/extra-single-image", response_model=schemas.ExtrasSingleImageResponse)
+        def extra_single_image(body: schemas.ExtrasSingleImageRequest):
+            image = decode_image(body.image, "image", self.limits)
+            data, info = self._extras(body, image)
+            return schemas.ExtrasSingleImageResponse(html_info=f"<p>{html.escape(info)}</p>",
+                                                     image=data if body.show_extras_results else None)
+
+        @r.post("/extra-batch-images", response_model=schemas.ExtrasBatchImagesResponse)
+        def extra_batch_images(body: schemas.ExtrasBatchImagesRequest):
+            if not body.imageList:
+                raise _error(422, "imageList: at least one image is needed")
+            if len(body.imageList) > self.limits.max_images:
+                raise _error(422, f"imageList: at most {self.limits.max_images} images per request")
+            images = [decode_image(f.data, f"imageList[{i}]", self.limits) for i, f in enumerate(body.imageList)]
+            results = [self._extras(body, image) for image in images]
+            info = results[0][1] if results else ""
+            return schemas.ExtrasBatchImagesResponse(html_info=f"<p>{html.escape(info)}</p>",
+                                                     images=[data for data, _ in results] if body.show_extras_results
+                                                     else [])
 
         @r.get("/upscalers")
         def upscalers():

@@ -101,6 +101,46 @@ class GenerationResponse(BaseModel):
     info: str
 
 
+class ExtrasBaseRequest(_Body):
+    """A1111's extras fields (``modules/api/models.py``)."""
+    resize_mode: int = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
+    codeformer_weight: float = 0
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = ""
+
+
+class FileData(BaseModel):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(default_factory=list)
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str | None = None
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
 class PngInfoRequest(_Body):
     image: str = ""
 

@@ -1,5 +1,9 @@
 """Upscaling for hires fix and the Extras: A1111's latent upscale modes and its image upscalers.
 
+Upscaler models (ESRGAN, RealESRGAN, SwinIR, DAT, GFPGAN, CodeFormer) are not here: A1111 and ComfyUI load
+them through ``spandrel``, which imports torchvision, and no torchvision build imports beside this
+project's pinned CPU torch. Only the resampling upscalers exist until then.
+
 - **Latent modes** (``Latent``, ``Latent (antialiased)``, ``Latent (bicubic)``, ...): the latents are
   interpolated with torch (A1111's ``shared.latent_upscale_modes``).
 - **Image upscalers**: ``None`` and ``Lanczos`` (PIL's Lanczos resize), ``Nearest``. A1111's ``resize_image``
@@ -52,17 +56,97 @@ def upscale_latent(latents: torch.Tensor, height: int, width: int, mode: str) ->
     return F.interpolate(latents, size=(height // 8, width // 8), mode=interpolation, antialias=antialias)
 
 
+def upscale_by(image: Image.Image, scale: float, upscaler: str) -> Image.Image:
+    """A1111's ``Upscaler.upscale``: the target is ``image size * scale`` rounded down to multiples of 8; the
+    upscaler runs (up to three times) until the image reaches it, then a Lanczos resize lands on it exactly
+    (``None`` only does that resize)."""
+    check_upscaler(upscaler)
+    dest_w, dest_h = int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8)
+    if upscaler != "None":
+        for _ in range(3):
+            if image.width >= dest_w and image.height >= dest_h and scale != 1:
+                break
+            size = image.size
+            image = image.resize((int(image.width * scale), int(image.height * scale)),
+                                 resample=IMAGE_UPSCALERS[upscaler])
+            if image.size == size:
+                break
+    if image.size != (dest_w, dest_h):
+        image = image.resize((dest_w, dest_h), resample=Image.Resampling.LANCZOS)
+    return image
+
+
 def upscale_image(image: Image.Image, width: int, height: int, upscaler: str | None) -> Image.Image:
     """A1111's ``resize_image(0, image, width, height, upscaler_name)``: scale up with the upscaler by the
-    larger of the two ratios when above 1, then resize to exactly ``width x height`` with Lanczos."""
+    larger of the two ratios when above 1 (``upscale_by``), then resize to exactly ``width x height`` with
+    Lanczos."""
     if upscaler in (None, "None") or image.mode == "L":
         return image.resize((width, height), resample=Image.Resampling.LANCZOS)
     scale = max(width / image.width, height / image.height)
     if scale > 1.0:
-        image = image.resize((int(image.width * scale), int(image.height * scale)), resample=IMAGE_UPSCALERS[upscaler])
+        image = upscale_by(image, scale, upscaler)
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
     return image
+
+
+@dataclass(frozen=True)
+class ExtrasUpscale:
+    """A1111's Extras "Upscale" (``postprocessing_upscale``): by a factor (``mode`` 0) or to a size (1, with
+    an optional centred crop), upscaler 1, and upscaler 2 blended in with ``visibility``."""
+    mode: int = 0
+    scale: float = 2.0
+    width: int = 512
+    height: int = 512
+    crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    visibility: float = 0.0
+
+    def check(self) -> None:
+        if self.mode not in (0, 1):
+            raise ValueError(f"resize mode must be 0 (scale by) or 1 (scale to) (got {self.mode})")
+        if not 0 < self.scale <= 8:
+            raise ValueError(f"upscaling_resize must be within 0..8 (got {self.scale})")
+        if self.mode == 1 and not (8 <= self.width <= 8192 and 8 <= self.height <= 8192):
+            raise ValueError(f"upscaling_resize_w / _h must be within 8..8192 (got {self.width}x{self.height})")
+        if not 0.0 <= self.visibility <= 1.0:
+            raise ValueError(f"extras_upscaler_2_visibility must be within 0..1 (got {self.visibility})")
+        for name in (self.upscaler_1, self.upscaler_2):
+            if name not in IMAGE_UPSCALERS:
+                raise ValueError(f"unknown upscaler {name!r}; available: {', '.join(IMAGE_UPSCALERS)} (upscaler "
+                                 "models such as ESRGAN are not available in this version)")
+
+    def _one(self, image: Image.Image, upscaler: str, info: dict) -> Image.Image:
+        if self.mode == 1:
+            scale = max(self.width / image.width, self.height / image.height)
+            info["Postprocess upscale to"] = f"{self.width}x{self.height}"
+        else:
+            scale = self.scale
+            info["Postprocess upscale by"] = scale
+        image = upscale_by(image, scale, upscaler)
+        if self.mode == 1 and self.crop:
+            cropped = Image.new("RGB", (self.width, self.height))
+            cropped.paste(image, box=(self.width // 2 - image.width // 2, self.height // 2 - image.height // 2))
+            image = cropped
+            info["Postprocess crop to"] = f"{image.width}x{image.height}"
+        return image
+
+    def apply(self, image: Image.Image) -> tuple[Image.Image, dict]:
+        """(upscaled image, A1111's postprocessing infotext entries). Upscaler 1 "None" leaves the image."""
+        self.check()
+        info: dict = {}
+        if self.upscaler_1 == "None":
+            return image, info
+        result = self._one(image, self.upscaler_1, info)
+        info["Postprocess upscaler"] = self.upscaler_1
+        if self.upscaler_2 != "None" and self.visibility > 0:
+            second = self._one(image, self.upscaler_2, info)
+            if second.mode != result.mode:
+                second = second.convert(result.mode)
+            result = Image.blend(result, second, self.visibility)
+            info["Postprocess upscaler 2"] = self.upscaler_2
+        return result, info
 
 
 @dataclass(frozen=True)

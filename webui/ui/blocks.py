@@ -22,6 +22,7 @@ from ..engine.sampling import registry
 from ..jobs import saving
 from ..jobs.backend import VAE_AUTOMATIC, VAE_NONE, Backend
 from ..jobs.queue import DONE, FAILED, QUEUED
+from . import extras_tab
 from ..options import OPTIONS
 from . import mapping
 
@@ -136,6 +137,8 @@ def build(backend: Backend, *, theme: str | None = None) -> tuple[gr.Blocks, dic
                 t2i = _generation_tab("txt2img", backend)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 i2i = _generation_tab("img2img", backend)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras_tab.build(files.folder)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 with gr.Row():
                     png_image = gr.Image(type="filepath", label="Source", elem_id="pnginfo_image", image_mode=None,

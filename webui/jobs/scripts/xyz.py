@@ -16,6 +16,13 @@ is accepted too. Axes whose setting this server does not have are refused by nam
 Values: CSV (quotes for commas), ranges ``1-5``, ``1-5 (+2)``, ``10-100 [5]`` for number axes; for axes
 with a dropdown in A1111 (Sampler, Checkpoint name, Schedule type, VAE, Styles, Refiner checkpoint) the
 dropdown list is used unless "Use text inputs" is on -- or the list is empty and the text is not.
+Seeds: unless "Keep -1 for seeds", the request's seed and variation seed and every -1 of a Seed / Var. seed
+axis become random seeds once for the whole grid ("Fixed X Values" in the grid's infotext).
+
+The list is A1111 1.10's release (``master``); its ``dev`` branch's later "Skip Early CFG" axis is not in it.
+Unlike A1111 (which logs and draws a black cell), a run that raises fails the job; values A1111 would
+only trip over while running (an unknown sampler, a Prompt S/R text not in the prompt, a bad size) are
+refused before anything runs.
 """
 from __future__ import annotations
 
