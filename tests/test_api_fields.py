@@ -85,7 +85,7 @@ FIELDS = {
     "hr_prompt": ("x", (USED, lambda r, t: r.hr_prompt == "x")),
     "hr_negative_prompt": ("y", (USED, lambda r, t: r.hr_negative_prompt == "y")),
     "force_task_id": ("task-1", (USED, None)),       # the task's id: tests/test_api.py
-    "script_name": ("X/Y/Z plot", (REFUSED, "script_name")),
+    "script_name": ("Prompt matrix", (USED, lambda r, t: t["script"][0].title == "Prompt matrix")),
     "script_args": ([1, 2], (USED, None)),           # only with script_name
     "send_images": (False, (USED, None)),            # the response: tests/test_api.py
     "save_images": (True, (USED, None)),

@@ -257,7 +257,8 @@ def test_extensions_over_the_api(server):
     listed = {e["name"]: e for e in session.get(f"{base}/sdapi/v1/extensions").json()}
     assert listed["soft_contrast"]["state"] == "loaded" and listed["soft_contrast"]["version"] == "1.0.0"
     assert listed["import_error"]["state"] == "failed" and "broken on import" in listed["import_error"]["errors"][0]
-    assert sorted(session.get(f"{base}/sdapi/v1/scripts").json()["txt2img"]) == ["raises_in_job", "soft contrast"]
+    assert sorted(session.get(f"{base}/sdapi/v1/scripts").json()["txt2img"]) == [
+        "prompt matrix", "prompts from file or textbox", "raises_in_job", "soft contrast", "x/y/z plot"]
     body = {"prompt": "a large red circle on a white background", "steps": 6, "width": 64, "height": 64,
             "seed": 4, "alwayson_scripts": {"Soft contrast": {"args": [True, 0.5]}}}
     info = json.loads(session.post(f"{base}/sdapi/v1/txt2img", json=body).json()["info"])

@@ -31,6 +31,7 @@ class Limits:
     max_size: int = 2048              # width / height
     max_steps: int = 150
     max_images: int = 64              # batch_size x n_iter
+    max_script_images: int = 400      # every image one script (X/Y/Z plot, prompt matrix ...) generates
     max_batch_size: int = 16
     max_prompt_chars: int = 20_000
     max_body_bytes: int = 64 * 2**20  # the whole request
@@ -61,8 +62,6 @@ def unsupported(body, img2img: bool) -> list[str]:
         problems.append("enable_hr: hires fix is a txt2img feature")
     if body.restore_faces:
         problems.append("restore_faces is not supported: no face restoration model can be loaded here")
-    if body.script_name:
-        problems.append(f"script_name: no script named {body.script_name!r}; available: none")
     if body.s_min_uncond:
         problems.append("s_min_uncond (skipping the negative prompt at low sigmas) is not supported")
     if body.firstphase_width or body.firstphase_height:
@@ -187,6 +186,8 @@ class Api:
                 target["script_args"] = extensions.api_script_args(body.alwayson_scripts)
             except ValueError as exc:
                 raise _error(422, str(exc)) from None
+        if body.script_name:
+            target["script"] = self._script(body, "img2img" if img2img else "txt2img")
         if "sd_model_checkpoint" in overrides:
             target["checkpoint"] = self._checkpoint_name(str(overrides["sd_model_checkpoint"]))
         if "sd_vae" in overrides:
@@ -229,6 +230,29 @@ class Api:
             hr_checkpoint_name=None if checkpoint is None else self._checkpoint_name(checkpoint),
             denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)
 
+    def _script(self, body, kind: str) -> tuple:
+        """``script_name`` / ``script_args`` -> (the script bound to this API's limits, its options); 422."""
+        import dataclasses
+        try:
+            script = self.backend.scripts.find(body.script_name, kind)
+            script = script.with_env(dataclasses.replace(script.env, check_request=self._check_run,
+                                                         max_images=self.limits.max_script_images))
+            return script, script.parse(body.script_args, kind)
+        except ValueError as exc:
+            raise _error(422, str(exc)) from None
+
+    def _check_run(self, request: GenerationRequest) -> None:
+        """The request limits, for each run a script plans (its axes may change size, steps, CFG)."""
+        lim = self.limits
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if not 64 <= value <= lim.max_size:
+                raise ValueError(f"{name} must be within 64..{lim.max_size} (got {value})")
+        if not 1 <= request.steps <= lim.max_steps:
+            raise ValueError(f"steps must be within 1..{lim.max_steps} (got {request.steps})")
+        if not 0.0 <= request.cfg_scale <= 100.0:
+            raise ValueError(f"cfg_scale must be within 0..100 (got {request.cfg_scale})")
+
     def _with_infotext(self, body):
         """A1111's ``infotext`` field: the parameters it names fill the fields the request did not set."""
         from ..ui.mapping import fields_from_infotext
@@ -248,10 +272,16 @@ class Api:
         request, target = self._request(body, img2img)
         kind = "img2img" if img2img else "txt2img"
         save = bool(body.save_images) and not body.do_not_save_samples
+        script = target.pop("script", None)
         try:
-            job = self.backend.submit(request, kind=kind, owner="api", save=save,
-                                      save_grid=False if body.do_not_save_grid else None, job_id=body.force_task_id,
-                                      styles=list(body.styles or []), **target)
+            if script is not None:
+                job = self.backend.submit_script(request, *script, kind=kind, owner="api", save=save,
+                                                 save_grid=False if body.do_not_save_grid else None,
+                                                 job_id=body.force_task_id, styles=list(body.styles or []), **target)
+            else:
+                job = self.backend.submit(request, kind=kind, owner="api", save=save,
+                                          save_grid=False if body.do_not_save_grid else None,
+                                          job_id=body.force_task_id, styles=list(body.styles or []), **target)
         except DuplicateJobId as exc:
             raise _error(409, str(exc)) from None
         except ValueError as exc:
@@ -297,7 +327,8 @@ class Api:
             "seed_resize_from_h": request.seed_resize_from_h,
             "denoising_strength": request.denoising_strength if request.init_image is not None else None,
             "extra_generation_params": {k: v for k, v in (first.extra if first else {}).items()},
-            "index_of_first_image": 0, "infotexts": out.infotexts, "styles": body.styles or [],
+            "index_of_first_image": out.index_of_first_image, "infotexts": out.infotexts,
+            "styles": body.styles or [],
             "job_timestamp": datetime.datetime.now().strftime("%Y%m%d%H%M%S"), "clip_skip": request.clip_skip,
             "is_using_inpainting_conditioning": False, "version": __version__, "task_id": job_id,
             "interrupted": out.interrupted, "warnings": out.warnings,
@@ -514,11 +545,11 @@ class Api:
         @r.get("/scripts")
         def scripts():
             titles = [e.title.lower() for e in backend.extensions.active()] if backend.extensions else []
-            return {"txt2img": titles, "img2img": list(titles)}
+            return {kind: backend.scripts.names(kind) + titles for kind in ("txt2img", "img2img")}
 
         @r.get("/script-info")
         def script_info():
-            return []
+            return backend.scripts.script_info()
 
         @r.get("/extensions")
         def extensions():

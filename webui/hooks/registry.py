@@ -44,6 +44,7 @@ class ExtensionHooks:
         self.app_started: list[Callable] = []
         self.model_loaded: list[Callable] = []
         self.before_save: list[Callable] = []
+        self.scripts: list = []
 
     def on_job(self, fn: Callable) -> Callable:
         """``fn(ctx: JobContext, args: dict)`` before each generation job: add to ``ctx.patches``,
@@ -85,6 +86,13 @@ class ExtensionHooks:
         """``fn(model)`` after a checkpoint is loaded (``model.path``, ``model.family``, ``model.unet`` ...)."""
         self.model_loaded.append(fn)
         return fn
+
+    def script(self, script):
+        """A selectable script (an instance of a ``webui.jobs.scripts.Script`` subclass): it joins the Script
+        dropdown and the API's ``script_name`` / ``GET /sdapi/v1/scripts``; its runs reach the engine only
+        through the runner, as the built-in ones do. Returns the script."""
+        self.scripts.append(script)
+        return script
 
     def before_image_saved(self, fn: Callable) -> Callable:
         """``fn(image, params)`` for each image before its infotext is written: add keys to ``params``."""

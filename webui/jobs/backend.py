@@ -55,6 +55,7 @@ class GenerationOutput:
     negative_prompts: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)           # for the user (unknown <kind:...> tags)
     subseeds: list[int] = field(default_factory=list)           # variation seeds, per image
+    index_of_first_image: int = 0                               # a script's leading grids (A1111's field)
 
 
 def _relative_names(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
@@ -81,6 +82,16 @@ class Backend:
         self._tokenizer = None   # a TextEncoder without a model: token counts for the UI
         self.styles = StyleDatabase(paths.styles)
         self.extensions = extensions    # a hooks.registry.ExtensionManager, or None
+        from .scripts import ScriptEnvironment, ScriptRegistry
+        env = ScriptEnvironment(checkpoints=lambda: list(self.checkpoints()), find_checkpoint=self.find_checkpoint,
+                                vaes=lambda: list(self.vaes()), styles=lambda: list(self.styles.styles))
+        self.scripts = ScriptRegistry.with_builtins(env)     # selectable scripts: built-in, then extensions'
+        for ext in extensions.active() if extensions is not None else []:
+            for script in ext.hooks.scripts:
+                try:
+                    self.scripts.add(script.with_env(env))
+                except (ValueError, AttributeError) as exc:
+                    extensions._fail(ext, f"script not added: {exc}")
 
     # ---- lists ---------------------------------------------------------------------------------
     def checkpoints(self) -> dict[str, Path]:
@@ -307,9 +318,22 @@ class Backend:
         copy of the request. Prompt-language fields left None take the settings. ``script_args``:
         extension title -> its arguments (UI section values or the API's alwayson_scripts). The job's
         result is a ``GenerationOutput``."""
+        target = self._resolve_checkpoint(checkpoint) if checkpoint else None
+        request, refiner = self._prepare(request, styles, target)
+        if vae is not None:
+            self.check_vae(vae)
+        work = lambda job: self._generate(job, request, kind, target, vae, save, script_args, refiner,  # noqa: E731
+                                          save_grid)
+        return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
+
+    def _prepare(self, request, styles: list[str] | None, target) -> tuple:
+        """(the request as the engine takes it, the refiner's listed name or None): settings for the fields
+        left None, styles applied, the refiner's and hires checkpoint's names resolved to their files;
+        ValueError for what is wrong. ``target``: the (name, file) the job loads first, or None."""
         import dataclasses
 
         from ..engine.pipeline import SETTING_FIELDS
+        from ..engine.sampling import registry
         changes = {key: self.options[key] for key in SETTING_FIELDS if getattr(request, key) is None}
         if styles:
             changes["prompt"], changes["negative_prompt"] = self.styles.apply(request.prompt,
@@ -327,17 +351,53 @@ class Backend:
         elif request.hr_checkpoint_name is not None:
             changes["hr_checkpoint_name"] = None
         request = dataclasses.replace(request, **changes)
-        target = self._resolve_checkpoint(checkpoint) if checkpoint else None
         for second in (refiner, hires_model):
             if second is not None:
                 self._check_refiner(second, (target or self._loaded)[1])
         request.validate()
-        from ..engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)        # unknown names fail now, not queued
+        return request, refiner
+
+    def submit_script(self, request, script, options, *, kind: str = "txt2img", owner: str | None = None,
+                      checkpoint: str | None = None, vae: str | None = None, save: bool | None = None,
+                      save_grid: bool | None = None, job_id: str | None = None, styles: list[str] | None = None,
+                      script_args: dict | None = None) -> Job:
+        """Queue a selectable script (``jobs.scripts``: X/Y/Z plot ...) as one job: every run it asks for
+        goes through ``_generate`` on the worker thread, then its grids are saved. ``options``: from
+        ``script.parse``. Checked now: the request, its styles, checkpoint and VAE, and the options against
+        the request (``script.validate``: every planned run). The job's result is a ``GenerationOutput`` of
+        the script's images (grids first, ``index_of_first_image``)."""
+        import dataclasses
+
+        from ..engine.pipeline import SETTING_FIELDS
+        styles = list(styles or [])
+        target = self._resolve_checkpoint(checkpoint) if checkpoint else None
+        self._prepare(request, styles, target)                    # the base request must be valid itself
         if vae is not None:
             self.check_vae(vae)
-        work = lambda job: self._generate(job, request, kind, target, vae, save, script_args, refiner,  # noqa: E731
-                                          save_grid)
+        settings = {key: self.options[key] for key in SETTING_FIELDS if getattr(request, key) is None}
+        request = dataclasses.replace(request, **settings)
+        script.validate(request, options, styles=styles)
+
+        def work(job: Job) -> GenerationOutput:
+            def runner(run) -> GenerationOutput:
+                run_target = self._resolve_checkpoint(run.checkpoint) if run.checkpoint else target
+                prepared, refiner = self._prepare(run.request, run.styles, run_target)
+                run_save = False if run.save_samples is False else save
+                return self._generate(job, prepared, kind, run_target, run.vae if run.vae is not None else vae,
+                                      run_save, script_args, refiner, save_grid if run.save_grid else False,
+                                      label=run.label)
+            result = script.run(request, options, runner, styles=styles, stop=lambda: job.control.interrupted)
+            out = GenerationOutput(result.images, result.infotexts, result.seeds, interrupted=result.interrupted,
+                                   model=self._loaded[0], prompts=result.prompts,
+                                   negative_prompts=result.negative_prompts, warnings=result.warnings,
+                                   index_of_first_image=result.index_of_first_image)
+            if result.save_as_grid and (self.options["grid_save"] if save_grid is None else save_grid) and (
+                    self.options["samples_save"] if save is None else save):
+                from .scripts import save_grids
+                out.paths = save_grids(result, saving.grid_folder(self.paths.outputs, kind),
+                                       self.options["samples_format"])
+            return out
         return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
 
     def _check_refiner(self, name: str, base: Path | None) -> None:
@@ -359,7 +419,7 @@ class Backend:
 
     def _generate(self, job: Job, request, kind: str, target, vae: str | None, save: bool | None,
                   script_args: dict | None = None, refiner: str | None = None,
-                  save_grid: bool | None = None) -> GenerationOutput:
+                  save_grid: bool | None = None, label: str = "") -> GenerationOutput:
         from .generation import ModelInfo, infotexts
 
         if target is not None or vae is not None:
@@ -372,7 +432,8 @@ class Backend:
             raise RuntimeError("no checkpoint is loaded" + (f": {self.status.message}" if self.status.message else ""))
         from ..engine.pipeline import JobHooks
         hooks = self.extensions.job_hooks(script_args) if self.extensions is not None else JobHooks()
-        result = engine.generate(request, progress=self._progress_callback(job), control=job.control, hooks=hooks)
+        result = engine.generate(request, progress=self._progress_callback(job, label), control=job.control,
+                                 hooks=hooks)
         before_save = None if self.extensions is None else (
             lambda image, params: self.extensions.before_image_saved(image, params, result.warnings))
         refiner_info = (ModelInfo.of(Path(request.refiner_checkpoint), hash_cache=self.paths.hash_cache)
@@ -404,7 +465,7 @@ class Backend:
         return paths
 
     # ---- progress and previews ------------------------------------------------------------------
-    def _progress_callback(self, job: Job):
+    def _progress_callback(self, job: Job, label: str = ""):
         every = self.options["show_progress_every_n_steps"]
         previews = self.options["live_previews_enable"]
         mode = self.options["show_progress_type"]
@@ -412,7 +473,8 @@ class Backend:
         def callback(p) -> None:
             done = p.iteration * p.total + p.step
             job.progress.step, job.progress.total = done, p.total * p.iterations
-            job.progress.text = f"Batch {p.iteration + 1}/{p.iterations}" if p.iterations > 1 else ""
+            batch = f"Batch {p.iteration + 1}/{p.iterations}" if p.iterations > 1 else ""
+            job.progress.text = ", ".join(t for t in (label, batch) if t)      # label: a script's "3 out of 9"
             if previews and (p.step % every == 0) and p.step < p.total:
                 job.progress.preview = self.preview(p.denoised, mode)
                 job.progress.preview_step = done
