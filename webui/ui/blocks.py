@@ -22,7 +22,7 @@ from ..engine.sampling import registry
 from ..jobs import saving
 from ..jobs.backend import VAE_AUTOMATIC, VAE_NONE, Backend
 from ..jobs.queue import DONE, FAILED, QUEUED
-from . import extras_tab
+from . import extras_tab, scripts_ui
 from ..options import OPTIONS
 from . import mapping
 
@@ -348,6 +348,7 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
                                                           elem_id=f"{kind}_refiner_checkpoint", scale=3)
                     f["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
                                                        elem_id=f"{kind}_refiner_switch_at", scale=2)
+            tab.scripts = scripts_ui.build(backend.scripts, kind)
             tab.ext_inputs = _extension_sections(backend, tab)
         with gr.Column(scale=1):
             tab.progress = gr.HTML(elem_id=f"{kind}_progress")
@@ -427,6 +428,8 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
     inputs = [tab.fields[n] for n in names] + [checkpoint, vae, tab.styles]
     n_ext = len(tab.ext_inputs)
     inputs += [c for _, _, c in tab.ext_inputs]
+    script_components = [tab.scripts.choice, *tab.scripts.components]
+    inputs += script_components
     if tab.kind == "img2img":
         inputs += [tab.mode, tab.init_image, tab.sketch, tab.upload_image, tab.upload_mask]
     outputs = [tab.gallery, tab.info, tab.progress, tab.preview, tab.generate, tab.interrupt, tab.skip,
@@ -445,13 +448,19 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
         script_args: dict[str, dict] = {}
         for (title, name, _), value in zip(tab.ext_inputs, values[len(names) + 3:len(names) + 3 + n_ext]):
             script_args.setdefault(title, {})[name] = value
+        start = len(names) + 3 + n_ext
+        picked = scripts_ui.chosen(tab.scripts, values[start], values[start + 1:start + len(script_components)])
         try:
             req = mapping.request_from_fields(fields)
             if tab.kind == "img2img":
-                _attach_images(req, *values[len(names) + 3 + n_ext:])
-            job = backend.submit(req, kind=tab.kind, owner=request.session_hash if request else None,
-                                 checkpoint=ckpt or None, vae=vae_choice or None, styles=list(styles or []),
-                                 script_args=script_args)
+                _attach_images(req, *values[start + len(script_components):])
+            common = dict(kind=tab.kind, owner=request.session_hash if request else None, checkpoint=ckpt or None,
+                          vae=vae_choice or None, styles=list(styles or []), script_args=script_args)
+            if picked is not None:
+                script, options = backend.scripts.parse(picked[0], picked[1], tab.kind)
+                job = backend.submit_script(req, script, options, **common)
+            else:
+                job = backend.submit(req, **common)
         except (ValueError, KeyError) as exc:
             yield finish({tab.error: f"<div class='job-error'>{_escape(str(exc))}</div>", tab.progress: ""})
             return
@@ -471,8 +480,11 @@ def _wire_generation(tab: _Tab, backend: Backend, files: _Files, checkpoint, vae
                             tab.progress: ""})
             return
         out = job.result
-        gallery = [(str(path), None) for path in out.paths[:len(out.images)]] if out.paths else \
-            [(files.write(img, text, job.id, i), None) for i, (img, text) in enumerate(zip(out.images, out.infotexts))]
+        if out.paths and len(out.paths) >= len(out.images):      # saved: the files themselves
+            gallery = [(str(path), None) for path in out.paths[:len(out.images)]]
+        else:
+            gallery = [(files.write(img, text, job.id, i), None)
+                       for i, (img, text) in enumerate(zip(out.images, out.infotexts))]
         note = " (interrupted)" if out.interrupted else ""
         warnings = "".join(f"<p class='job-warning'>{_escape(w)}</p>" for w in out.warnings)
         seconds = (job.finished or time.time()) - (job.started or job.created)
