@@ -108,7 +108,7 @@ IMG2IMG_FIELDS = {
     "inpaint_full_res_padding": (16, (USED, lambda r, t: r.inpaint_full_res_padding == 16)),
     "inpainting_mask_invert": (1, (USED, lambda r, t: r.inpainting_mask_invert)),
     "initial_noise_multiplier": (0.8, (USED, lambda r, t: r.initial_noise_multiplier == 0.8)),
-    "latent_mask": (_png(), (REFUSED, "latent_mask")),
+    "latent_mask": (_png(), (USED, lambda r, t: r.latent_mask is not None)),
     "include_init_images": (True, (USED, None)),     # the parameters echo: test_api_server_fields
     "denoising_strength": (0.4, (USED, lambda r, t: r.denoising_strength == 0.4)),
     "enable_hr": (True, (REFUSED, "hires fix is a txt2img feature")),

@@ -481,15 +481,16 @@ def test_prompts_from_file_runs_and_seeds():
 # ---- registry -----------------------------------------------------------------------------------------
 def test_registry_lookup_and_extensions():
     reg = ScriptRegistry(builtin_scripts(env()))
-    assert reg.names("txt2img") == reg.names("img2img") == ["prompt matrix", "prompts from file or textbox",
-                                                            "x/y/z plot"]
+    assert reg.names("txt2img") == ["prompt matrix", "prompts from file or textbox", "x/y/z plot"]
+    assert reg.names("img2img") == ["poor man's outpainting", "prompt matrix", "prompts from file or textbox",
+                                    "sd upscale", "x/y/z plot"]
     assert reg.find("X/Y/Z PLOT", "img2img").title == "X/Y/Z plot"
-    with pytest.raises(ValueError, match="Script 'Loopback' not found for img2img; available: 'Prompt matrix'"):
+    with pytest.raises(ValueError, match="Script 'Loopback' not found for img2img; available: \"Poor man's"):
         reg.find("Loopback", "img2img")
     info = reg.script_info()
     assert [(i["name"], i["is_img2img"]) for i in info][:3] == [
         ("prompt matrix", False), ("prompts from file or textbox", False), ("x/y/z plot", False)]
-    assert len(info) == 6 and all(i["is_alwayson"] is False for i in info)
+    assert len(info) == 8 and all(i["is_alwayson"] is False for i in info)
 
     class Mine(type(reg.find("prompt matrix", "txt2img"))):
         title = "My Script"

@@ -78,7 +78,8 @@ def test_lists(api):
     assert client.get("/sdapi/v1/scripts").json()["txt2img"][:3] == ["prompt matrix", "prompts from file or textbox",
                                                                      "x/y/z plot"]
     info = client.get("/sdapi/v1/script-info").json()
-    assert {i["name"] for i in info} == {"prompt matrix", "prompts from file or textbox", "x/y/z plot"}
+    assert {i["name"] for i in info} == {"prompt matrix", "prompts from file or textbox", "x/y/z plot", "sd upscale",
+                                         "poor man's outpainting"}
 
 
 def test_an_extension_adds_a_script(tmp_path):

@@ -72,8 +72,6 @@ def unsupported(body, img2img: bool) -> list[str]:
     if img2img:
         if body.init_images and len(body.init_images) > 1:
             problems.append(f"init_images: one image per request is supported (got {len(body.init_images)})")
-        if body.latent_mask:
-            problems.append("latent_mask is not supported")
         if not body.mask_round:
             problems.append("mask_round: false is not supported (masks are rounded, as A1111's default)")
         if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
@@ -163,6 +161,8 @@ class Api:
             request.init_image = decode_image(body.init_images[0], "init_images[0]", lim)
             if body.mask:
                 request.mask = decode_image(body.mask, "mask", lim)
+            if body.latent_mask:
+                request.latent_mask = decode_image(body.latent_mask, "latent_mask", lim)
             request.denoising_strength = 0.75 if body.denoising_strength is None else body.denoising_strength
             request.resize_mode = body.resize_mode
             request.mask_blur = body.mask_blur if body.mask_blur is not None else body.mask_blur_x

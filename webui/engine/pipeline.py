@@ -113,6 +113,7 @@ class GenerationRequest:
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
+    latent_mask: Image.Image | None = None     # A1111's: the latent blend uses it instead of the (blurred) mask
     # SDXL's size conditioning, (height, width) / (top, left); None: A1111's (the image size, (0, 0))
     original_size: tuple[int, int] | None = None
     crops_coords_top_left: tuple[int, int] | None = None
@@ -761,7 +762,8 @@ class Engine:
         keep_mask = None
         if image_mask is not None:
             size = (init_latent.shape[3], init_latent.shape[2])
-            latmask = np.asarray(image_mask.convert("RGB").resize(size), dtype=np.float32)[..., 0] / 255.0
+            blend_mask = request.latent_mask if request.latent_mask is not None else image_mask   # A1111's order
+            latmask = np.asarray(blend_mask.convert("RGB").resize(size), dtype=np.float32)[..., 0] / 255.0
             latmask = torch.from_numpy(np.around(latmask)).to(self.device)[None, None]
             keep_mask = 1.0 - latmask
             if request.inpainting_fill == 2:

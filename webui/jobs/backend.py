@@ -392,11 +392,16 @@ class Backend:
                                    model=self._loaded[0], prompts=result.prompts,
                                    negative_prompts=result.negative_prompts, warnings=result.warnings,
                                    index_of_first_image=result.index_of_first_image)
-            if result.save_as_grid and (self.options["grid_save"] if save_grid is None else save_grid) and (
-                    self.options["samples_save"] if save is None else save):
+            saving_on = self.options["samples_save"] if save is None else save
+            if result.save_as_grid and (self.options["grid_save"] if save_grid is None else save_grid) and saving_on:
                 from .scripts import save_grids
                 out.paths = save_grids(result, saving.grid_folder(self.paths.outputs, kind),
                                        self.options["samples_format"])
+            if result.save_as_samples and saving_on:
+                folder = saving.dated_folder(self.paths.outputs, kind, datetime.date.today())
+                out.paths += [saving.save_image(result.images[i], folder, seed=result.seeds[i],
+                                                infotext=result.infotexts[i], extension=self.options["samples_format"])
+                              for i in result.save_as_samples]
             return out
         return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
 

@@ -44,8 +44,12 @@ def build(registry, kind: str) -> ScriptControls:
 
 def _control(arg, kind: str, title: str, index: int):
     elem_id = f"{kind}_script_{title.replace(' ', '_').replace('/', '')}_{index}"
+    if isinstance(arg.value, (tuple, list)) and arg.choices:
+        return gr.CheckboxGroup(list(arg.choices), value=list(arg.value), label=arg.label, elem_id=elem_id)
     if isinstance(arg.value, (tuple, list)):          # a dropdown list of values: typed as text instead
         return list(arg.value)
+    if arg.label == "Info" and arg.value is None:     # the UI's explanation text of A1111's scripts
+        return None
     if arg.label == _TEXT_INPUTS:
         return True
     if arg.choices:

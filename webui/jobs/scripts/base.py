@@ -90,6 +90,7 @@ class ScriptResult:
     index_of_first_image: int = 0
     grid_count: int = 0
     save_as_grid: list[int] = field(default_factory=list)
+    save_as_samples: list[int] = field(default_factory=list)   # saved as ordinary images (SD upscale's result)
     grid_basename: str = "grid"
     seed: int | None = None
     runs: int = 0

@@ -6,13 +6,15 @@ from typing import Any
 
 from .base import KINDS, Script, ScriptEnvironment
 from .prompt_matrix import PromptMatrix
+from .outpainting import PoorMansOutpainting
 from .prompts_from_file import PromptsFromFile
+from .sd_upscale import SDUpscale
 from .xyz import XYZPlot
 
 
 def builtin_scripts(env: ScriptEnvironment | None = None) -> list[Script]:
     """New instances of A1111's built-in selectable scripts, in A1111's dropdown order (by file name)."""
-    return [PromptMatrix(env), PromptsFromFile(env), XYZPlot(env)]
+    return [PoorMansOutpainting(env), PromptMatrix(env), PromptsFromFile(env), SDUpscale(env), XYZPlot(env)]
 
 
 class ScriptRegistry:
