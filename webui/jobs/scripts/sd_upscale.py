@@ -15,7 +15,6 @@ upscale is (into the images folder).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
