@@ -67,3 +67,14 @@ def test_xyz_plot_in_the_browser(server, browser, artifacts):  # noqa: F811
     page.screenshot(path=str(artifacts / "xyz-plot.png"), full_page=True)
     grid.save(artifacts / "xyz-grid.png")
     page.close()
+
+
+def test_variation_seed_in_the_browser(server, browser):
+    page = open_page(browser, server)
+    set_number(page, "txt2img_steps", 4)
+    page.check("#txt2img_subseed_show input")
+    set_number(page, "txt2img_subseed", 5)
+    set_number(page, "txt2img_subseed_strength", 0.5)
+    text = generate(page, "txt2img", "a large red circle on a white background, top left", seed=9)
+    assert "Variation seed: 5" in text and "Variation seed strength: 0.5" in text
+    page.close()

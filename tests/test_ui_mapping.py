@@ -76,11 +76,15 @@ def test_infotext_fills_every_field_it_names():
                       "clip_skip": 1,   # A1111: a text without "Clip skip" means 1
                       "refiner_checkpoint": "None",   # and one without "Refiner" means no refiner
                       "enable_hr": False,             # and one without "Hires upscale" means no hires fix
-                      "tiling": False}
+                      "tiling": False, "subseed_strength": 0.0}
     assert mapping.fields_from_infotext(text.replace("Seed: 99", "Seed: 99, Clip skip: 2"))["clip_skip"] == 2
     refined = mapping.fields_from_infotext(text.replace("Seed: 99", 'Seed: 99, Refiner: "xl-refiner [0123456789]", '
                                                                     "Refiner switch at: 0.7"))
     assert (refined["refiner_checkpoint"], refined["refiner_switch_at"]) == ("xl-refiner [0123456789]", 0.7)
+    varied = mapping.fields_from_infotext(text.replace("Seed: 99", "Seed: 99, Variation seed: 5, Variation seed "
+                                                                    "strength: 0.3, Seed resize from: 128x96"))
+    assert (varied["subseed"], varied["subseed_strength"], varied["seed_resize_from_w"],
+            varied["seed_resize_from_h"]) == (5, 0.3, 128, 96)
     # the legacy combined name is split as A1111 does
     legacy = mapping.fields_from_infotext("cat\nSteps: 20, Sampler: DPM++ 2M Karras, Seed: 1")
     assert (legacy["sampler_name"], legacy["scheduler"]) == ("DPM++ 2M", "Karras")

@@ -341,6 +341,18 @@ def _generation_tab(kind: str, backend: Backend) -> _Tab:
                 f["seed"] = gr.Number(value=-1, label="Seed", precision=0, elem_id=f"{kind}_seed", scale=4)
                 tab.random_seed = gr.Button("⚄", elem_id=f"{kind}_random_seed", scale=0, min_width=40)
                 tab.reuse_seed = gr.Button("♻", elem_id=f"{kind}_reuse_seed", scale=0, min_width=40)
+                extra = gr.Checkbox(False, label="Extra", elem_id=f"{kind}_subseed_show", scale=0, min_width=80)
+            with gr.Group(visible=False, elem_id=f"{kind}_seed_extras") as seed_extras:
+                with gr.Row():
+                    f["subseed"] = gr.Number(value=-1, label="Variation seed", precision=0, elem_id=f"{kind}_subseed")
+                    f["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                                      elem_id=f"{kind}_subseed_strength")
+                with gr.Row():
+                    f["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                        elem_id=f"{kind}_seed_resize_from_w")
+                    f["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                        elem_id=f"{kind}_seed_resize_from_h")
+            extra.change(lambda shown: gr.update(visible=shown), [extra], [seed_extras], concurrency_limit=None)
             with gr.Accordion("Refiner", open=False, elem_id=f"{kind}_refiner"):
                 with gr.Row():
                     f["refiner_checkpoint"] = gr.Dropdown([mapping.NO_REFINER, *backend.checkpoints()],

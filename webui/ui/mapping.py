@@ -19,7 +19,7 @@ INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 TXT2IMG_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed",
                   "width", "height", "batch_size", "n_iter", "clip_skip", "tiling", "refiner_checkpoint",
-                  "refiner_switch_at")
+                  "refiner_switch_at", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
 NO_REFINER = "None"
 SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
@@ -29,8 +29,9 @@ _SAME = {"hr_checkpoint_name": SAME_CHECKPOINT, "hr_sampler_name": SAME_SAMPLER,
 IMG2IMG_FIELDS = TXT2IMG_FIELDS + ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
                                    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert")
 _INTS = {"steps", "seed", "width", "height", "batch_size", "n_iter", "mask_blur", "inpaint_full_res_padding",
-         "clip_skip", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y"}
-_FLOATS = {"cfg_scale", "denoising_strength", "refiner_switch_at", "hr_scale"}
+         "clip_skip", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "subseed", "seed_resize_from_w",
+         "seed_resize_from_h"}
+_FLOATS = {"cfg_scale", "denoising_strength", "refiner_switch_at", "hr_scale", "subseed_strength"}
 
 
 def _choice(value, options: tuple[str, ...], name: str) -> int:
@@ -128,6 +129,13 @@ def fields_from_infotext(text: str) -> dict:
     extra = info.extra
     pairs["enable_hr"] = "Hires upscale" in extra or "Hires resize" in extra     # A1111 pastes it so
     pairs["tiling"] = extra.get("Tiling") == "True"
+    pairs["subseed_strength"] = float(extra.get("Variation seed strength", 0))     # A1111: 0 when absent
+    if "Variation seed" in extra:
+        pairs["subseed"] = int(extra["Variation seed"])
+    resize = extra.get("Seed resize from", "")
+    if "x" in resize:
+        w, h = resize.split("x", 1)
+        pairs["seed_resize_from_w"], pairs["seed_resize_from_h"] = int(w), int(h)
     if "Hires upscale" in extra:
         pairs["hr_scale"] = float(extra["Hires upscale"])
     if "Hires resize" in extra and "x" in extra["Hires resize"]:
