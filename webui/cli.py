@@ -50,9 +50,12 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
     p.add_argument("--style", action="append", default=[], metavar="NAME",
                    help="a style from <data-dir>/styles.csv (repeatable, applied in order)")
     p.add_argument("--embeddings-dir", type=Path, help="textual-inversion embeddings (default: <data-dir>/models/embeddings)")
-    p.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"),
+                   help="auto: fp16 on CUDA; on CPU bf16 where the processor has it natively, else fp32")
     p.add_argument("--no-half", action="store_true", help="keep every network in float32")
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
+    p.add_argument("--vae-decode", choices=("full", "taesd"), default="full",
+                   help="taesd: decode with TAESD from <data-dir>/models/vae_approx (much faster, softer detail)")
     p.add_argument("--prediction", choices=PREDICTIONS,
                    help="force what the model predicts (default: from the file: SD 2.x measured, v_pred keys)")
     p.add_argument("--refiner", type=Path, metavar="FILE", help="a checkpoint that takes over at --refiner-switch-at")
@@ -204,6 +207,8 @@ def run_generation(args) -> int:
         engine = Engine(args.device, args.precision, no_half=args.no_half, no_half_vae=args.no_half_vae,
                         prediction=args.prediction)
         loaded = engine.load(ckpt, vae_path=args.vae)
+        if args.vae_decode == "taesd":
+            engine.set_fast_decoder(paths.root / "models" / "vae_approx")
         engine.embeddings_dir, engine.hash_cache = paths.embeddings, paths.hash_cache
         request.width = args.width or loaded.native_size   # validated above with 512 in their place
         request.height = args.height or loaded.native_size

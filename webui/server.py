@@ -52,9 +52,12 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ui-settings-file", type=Path, help="settings file (default: <data-dir>/config.json)")
     g.add_argument("--extensions-dir", type=Path, help="folder of extensions (default: the project's extensions/)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    g.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"))
+    g.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"),
+                   help="auto: fp16 on CUDA; on CPU bf16 where the processor has it natively, else fp32")
     g.add_argument("--no-half", action="store_true", help="keep every network in float32")
     g.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
+    g.add_argument("--vae-decode", choices=("full", "taesd"), default="full",
+                   help="taesd: decode with TAESD from models/vae_approx (much faster, softer detail)")
     g.add_argument("--prediction", choices=PREDICTIONS,
                    help="force what every model predicts (default: from the file: SD 2.x measured, v_pred keys)")
     g.add_argument("--theme", choices=("light", "dark"), help="force the light or dark theme")
@@ -221,7 +224,8 @@ def run(args) -> int:
     extensions = ExtensionManager(args.extensions_dir or PROJECT_ROOT / "extensions", paths, options, log)
     extensions.load()
     backend = Backend(paths, options, device=args.device, precision=args.precision, no_half=args.no_half,
-                      no_half_vae=args.no_half_vae, extensions=extensions, prediction=args.prediction)
+                      no_half_vae=args.no_half_vae, extensions=extensions, prediction=args.prediction,
+                      vae_decode=args.vae_decode)
     app = build_app(backend, args, auth, api_auth)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30))

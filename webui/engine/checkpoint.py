@@ -86,11 +86,13 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
                     metadata: Mapping[str, str] | None = None,
                     vae_dtype: torch.dtype | None = None,
                     state_dict: Mapping[str, torch.Tensor] | None = None,
-                    prediction: str | None = None, with_vae: bool = True) -> StableDiffusionModel:
+                    prediction: str | None = None, with_vae: bool = True,
+                    text_dtype: torch.dtype | None = None) -> StableDiffusionModel:
     """Load a single-file SD checkpoint (original layout, .safetensors or .ckpt).
 
     ``metadata`` replaces the file's own safetensors metadata (for ``webui.arch`` overrides);
-    ``vae_path`` replaces the checkpoint's VAE with an external one; ``vae_dtype`` defaults to ``dtype``.
+    ``vae_path`` replaces the checkpoint's VAE with an external one; ``vae_dtype`` and ``text_dtype`` default
+    to ``dtype``.
     ``model_ema.*`` keys of "full" files are ignored (the normal keys are used, as A1111 does).
     ``state_dict``: the file's tensors when already read (``read_checkpoint``). ``prediction``: "eps" or "v"
     overrides what the file says or what is measured (``--prediction``); ``with_vae=False`` leaves the VAE out.
@@ -108,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     unet = build_network(UNetModel, unet_config, _sub(sd, family.unet_prefix), device, dtype, unet_what,
                   release)
 
-    text_models = tuple(_load_text(sd, spec, name, device, dtype, arch.get("clip"), release)
+    text_models = tuple(_load_text(sd, spec, name, device, text_dtype or dtype, arch.get("clip"), release)
                         for spec in family.text)
     _check_vector_width(family, unet_config, text_models, name)
     chosen = families.prediction_from_keys(sd, family, prediction)

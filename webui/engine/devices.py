@@ -1,8 +1,11 @@
 """Device and precision choice.
 
-CPU runs in float32 (half precision is slow or unsupported there). CUDA defaults to float16, with the
-VAE decode retried in float32 when it produces NaNs (the classic SD1.x VAE overflow). ``--precision``
-``full`` / ``half`` / ``bf16`` and A1111's ``--no-half`` / ``--no-half-vae`` override the default.
+CPU runs in bfloat16 where the processor computes it natively (AVX512-BF16 or AMX: measured on the
+SD1.5-size bench file, 1.9x faster for the whole job, the VAE decode 2.1x, at 46.8 dB PSNR against the
+float32 image; 48-50 dB on the demo model), else in float32 (half precision is slow or unsupported there).
+CUDA defaults to float16, with the VAE decode retried in float32 when it produces NaNs (the classic SD1.x
+VAE overflow). ``--precision`` ``full`` / ``half`` / ``bf16`` and A1111's ``--no-half`` / ``--no-half-vae``
+override the default.
 """
 from __future__ import annotations
 
@@ -50,10 +53,34 @@ def resolve_precision(device: torch.device, precision: str = "auto", *, no_half:
         dtype = torch.float16
     elif precision == "bf16":
         dtype = torch.bfloat16
+    elif device.type in ("cuda", "mps"):
+        dtype = torch.float16
     else:
-        dtype = torch.float16 if device.type in ("cuda", "mps") else torch.float32
+        dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     vae = torch.float32 if no_half_vae else dtype
-    return Precision(unet=dtype, text=dtype, vae=vae)
+    # the text encoder runs once per job: on the CPU it stays float32 (bf16 conditioning alone cost up to
+    # 20 dB of PSNR on ancestral samplers, measured on the demo model)
+    text = torch.float32 if device.type == "cpu" and dtype == torch.bfloat16 else dtype
+    return Precision(unet=dtype, text=text, vae=vae)
+
+
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """The CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, from /proc/cpuinfo's flags): oneDNN
+    then runs bf16 convolutions and matmuls at about twice float32's speed. False where it cannot be told."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return any(flag in flags for flag in _BF16_FLAGS)
+    return False
 
 
 # glibc malloc settings (mallopt parameter numbers and the values we use)

@@ -283,6 +283,7 @@ class Engine:
         self._patcher = ModelPatcher()
         self._schedules: dict[int, DiscreteSchedule] = {}
         self._refiner: StableDiffusionModel | None = None
+        self.fast_decoder = None       # a TAESD decoder that replaces the VAE's decode (``--vae-decode taesd``)
 
     @property
     def schedule(self) -> DiscreteSchedule:
@@ -310,7 +311,8 @@ class Engine:
         self.unload()
         try:
             model = load_checkpoint(path, device=self.device, dtype=self.precision.unet,
-                                    vae_dtype=self.precision.vae, state_dict=state_dict, prediction=self.prediction)
+                                    vae_dtype=self.precision.vae, text_dtype=self.precision.text,
+                                    state_dict=state_dict, prediction=self.prediction)
         except Exception:
             if previous is not None:
                 self.load(*previous)
@@ -330,6 +332,23 @@ class Engine:
         return [TextEncoder(text_model, self._tokenizer, spec)
                 for text_model, spec in zip(model.text_models, model.family.text)]
 
+    def set_fast_decoder(self, folder: str | Path | None) -> Path | None:
+        """Decode with TAESD (Bohan Ou's tiny autoencoder: a fraction of the VAE's time, softer detail) from
+        ``folder`` (``models/vae_approx``: ``taesd_decoder.*`` for SD 1.x / 2.x, ``taesdxl_decoder.*`` for
+        SDXL); None: the model's VAE again. Returns the file used; ValueError when the folder has none for the
+        loaded model's family."""
+        from .preview import find_taesd, load_taesd
+        if folder is None:
+            self.fast_decoder = None
+            return None
+        model = self._require_model()
+        path = find_taesd(Path(folder), model.family.name)
+        if path is None:
+            raise ValueError(f"--vae-decode taesd: no TAESD decoder for {model.family.label} in {folder} "
+                             "(taesd_decoder.safetensors for SD 1.x / 2.x, taesdxl_decoder.safetensors for SDXL)")
+        self.fast_decoder = load_taesd(path, self.device, self.precision.vae)
+        return path
+
     def set_vae(self, vae_path: str | Path | None) -> None:
         """Replace the VAE with an external file; ``None`` restores the checkpoint's own."""
         model = self._require_model()
@@ -346,6 +365,7 @@ class Engine:
     def unload(self) -> None:
         self._patcher.forget()
         self.model = None
+        self.fast_decoder = None
         self._refiner = None
         self._text_encoder = None
         self._text_encoders = []
@@ -400,7 +420,7 @@ class Engine:
         self._refiner = None
         gc.collect()
         refiner = load_checkpoint(path, device=self.device, dtype=self.precision.unet, prediction=self.prediction,
-                                  with_vae=False)
+                                  with_vae=False, text_dtype=self.precision.text)
         if refiner.family.latent_scale != model.family.latent_scale:
             raise CheckpointError(f"{path}: a {refiner.family.label} model cannot refine {model.family.label} "
                                   "images (their latent spaces differ)")
@@ -421,8 +441,12 @@ class Engine:
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> (B, 3, H, W) in [-1, 1], one image at a time to bound memory."""
+        """Scaled latents -> (B, 3, H, W) in [-1, 1], one image at a time to bound memory. With a TAESD decoder
+        set (``set_fast_decoder``, ``--vae-decode taesd``) it decodes instead of the model's VAE."""
         model = self._require_model()
+        if self.fast_decoder is not None:
+            from .preview import taesd_preview
+            return torch.cat([taesd_preview(self.fast_decoder, z[None]) for z in latents]).float()
         with self._allocator.decode_working_memory() if self._allocator else contextlib.nullcontext():
             return torch.cat([self._vae_call(model.vae.decode, z[None] / model.family.latent_scale)
                               for z in latents])

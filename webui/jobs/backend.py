@@ -67,7 +67,8 @@ class Backend:
 
     def __init__(self, paths: Paths, options: Options, *, device: str | None = None, precision: str = "auto",
                  no_half: bool = False, no_half_vae: bool = False, vae_approx_dir: Path | None = None,
-                 log: Callable[[str], None] = print, extensions=None, prediction: str | None = None):
+                 log: Callable[[str], None] = print, extensions=None, prediction: str | None = None,
+                 vae_decode: str = "full"):
         self.paths, self.options, self.log = paths, options, log
         self.queue = JobQueue()
         self.status = ModelStatus()
@@ -78,6 +79,7 @@ class Backend:
         self._model_info = None
         self._loaded: tuple[str | None, Path | None, str | None] = (None, None, None)  # name, file, VAE choice
         self._vae_approx_dir = vae_approx_dir or paths.root / "models" / "vae_approx"
+        self._vae_decode = vae_decode              # "full" or "taesd" (--vae-decode)
         self._taesd = None
         self._tokenizer = None   # a TextEncoder without a model: token counts for the UI
         self.styles = StyleDatabase(paths.styles)
@@ -201,6 +203,11 @@ class Backend:
                 self._engine.load(path, vae_path=vae_path)
             else:
                 self._engine.set_vae(vae_path)
+            if self._vae_decode == "taesd":
+                try:
+                    self._engine.set_fast_decoder(self._vae_approx_dir)
+                except ValueError as exc:        # the model works; its own VAE decodes
+                    self.log(f"warning: {exc}; decoding with the model's VAE")
             self._model_info = ModelInfo.of(path, vae_path, self.paths.hash_cache)
         except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
             loaded = self._engine.model is not None
