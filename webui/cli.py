@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .paths import PROJECT_ROOT, Paths, default_checkpoint
-from .server import PREDICTIONS, add_server_args
+from .server import PREDICTIONS, add_memory_args, add_server_args, compile_cache, memory_mode
 
 SUBCOMMANDS = ("txt2img", "img2img")
 
@@ -56,6 +56,7 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
     p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
     p.add_argument("--vae-decode", choices=("full", "taesd"), default="full",
                    help="taesd: decode with TAESD from <data-dir>/models/vae_approx (much faster, softer detail)")
+    add_memory_args(p)
     p.add_argument("--prediction", choices=PREDICTIONS,
                    help="force what the model predicts (default: from the file: SD 2.x measured, v_pred keys)")
     p.add_argument("--refiner", type=Path, metavar="FILE", help="a checkpoint that takes over at --refiner-switch-at")
@@ -87,7 +88,10 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="app.py", description="Stable Diffusion web UI and headless jobs.")
+    # no abbreviations at the top: argparse matches them across the subcommands' options too, so a
+    # subcommand's --vae would be "ambiguous" with the server's --vae-dir / --vae-decode
+    parser = argparse.ArgumentParser(prog="app.py", description="Stable Diffusion web UI and headless jobs.",
+                                     allow_abbrev=False)
     add_server_args(parser)
     sub = parser.add_subparsers(dest="command")
     _add_generation_args(sub.add_parser("txt2img", help="generate images from a prompt"), img2img=False)
@@ -204,8 +208,9 @@ def run_generation(args) -> int:
         request.validate()
         from .engine.sampling import registry
         registry.resolve(request.sampler_name, request.scheduler)
+        compile_cache(args, paths.root)
         engine = Engine(args.device, args.precision, no_half=args.no_half, no_half_vae=args.no_half_vae,
-                        prediction=args.prediction)
+                        prediction=args.prediction, memory=memory_mode(args), fp8=args.fp8, compile=args.compile)
         loaded = engine.load(ckpt, vae_path=args.vae)
         if args.vae_decode == "taesd":
             engine.set_fast_decoder(paths.root / "models" / "vae_approx")

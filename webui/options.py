@@ -42,6 +42,8 @@ OPTIONS: Mapping[str, Option] = {
     "live_previews_enable": Option(True, "Show live previews of the created image"),
     "show_progress_every_n_steps": Option(5, "Live preview display period (steps)", minimum=1, maximum=150),
     "show_progress_type": Option("Approx cheap", "Live preview method", choices=PREVIEW_MODES),
+    "sd_checkpoints_limit": Option(1, "Maximum number of checkpoints loaded at the same time", minimum=1, maximum=10),
+    "sd_checkpoints_keep_in_cpu": Option(True, "Only keep one model on device (the others wait in RAM)"),
 }
 
 

@@ -58,9 +58,36 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
     g.add_argument("--vae-decode", choices=("full", "taesd"), default="full",
                    help="taesd: decode with TAESD from models/vae_approx (much faster, softer detail)")
+    add_memory_args(g)
     g.add_argument("--prediction", choices=PREDICTIONS,
                    help="force what every model predicts (default: from the file: SD 2.x measured, v_pred keys)")
     g.add_argument("--theme", choices=("light", "dark"), help="force the light or dark theme")
+
+
+def add_memory_args(g) -> None:
+    """Speed and memory flags shared by the server and the command line."""
+    vram = g.add_mutually_exclusive_group()
+    vram.add_argument("--medvram", action="store_true",
+                      help="only the network in use (text encoder, UNet or VAE) on the GPU, the others in RAM")
+    vram.add_argument("--lowvram", action="store_true",
+                      help="weights in RAM, each block copied to the GPU just before it runs (slow, least VRAM)")
+    vram.add_argument("--normalvram", action="store_true",
+                      help="every network on the GPU (default: chosen from the free VRAM at each load)")
+    g.add_argument("--fp8", action="store_true",
+                   help="store the UNet's weights as float8 (half the memory of fp16), compute in fp16/bf16")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (slow first image per size, faster after; kernels cached on disk)")
+
+
+def memory_mode(args) -> str:
+    return "medvram" if args.medvram else "lowvram" if args.lowvram else "normal" if args.normalvram else "auto"
+
+
+def compile_cache(args, root: Path) -> None:
+    """``--compile``: inductor's kernel cache under the data folder unless the user set one."""
+    if getattr(args, "compile", False):
+        import os
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "cache" / "torch-compile"))
 
 
 def listen_warning(listen: bool, auth: list, port: int) -> str | None:
@@ -212,6 +239,7 @@ def run(args) -> int:
         if warning:
             print(warning, file=sys.stderr)
 
+    compile_cache(args, root)
     import uvicorn
 
     from .jobs.backend import Backend
@@ -225,7 +253,7 @@ def run(args) -> int:
     extensions.load()
     backend = Backend(paths, options, device=args.device, precision=args.precision, no_half=args.no_half,
                       no_half_vae=args.no_half_vae, extensions=extensions, prediction=args.prediction,
-                      vae_decode=args.vae_decode)
+                      vae_decode=args.vae_decode, memory=memory_mode(args), fp8=args.fp8, compile=args.compile)
     app = build_app(backend, args, auth, api_auth)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30))

@@ -103,7 +103,7 @@ def setup(hooks):
     def prepare(ctx, args):
         units = args.get("units") if "units" in args else units_from_ui(args)
         width, height = ctx.size
-        dtype = next(ctx.model.unet.parameters()).dtype
+        dtype = ctx.model.unet.dtype
         files = nets.files()
         for n, unit in enumerate(units or []):
             if not unit.enabled:

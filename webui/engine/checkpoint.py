@@ -44,6 +44,7 @@ class StableDiffusionModel:
     vae_path: str | None = None
     prediction: Prediction = field(default_factory=lambda: Prediction("eps"))
     schedule: DiscreteSchedule = field(default_factory=DiscreteSchedule.sd)
+    key: tuple | None = None      # the file's identity, for the engine's kept checkpoints (sd_checkpoints_limit)
 
     @property
     def text_model(self) -> transformers.CLIPTextModel:

@@ -48,7 +48,7 @@ class ModelDenoiser:
             raise ValueError(f"unknown prediction type {prediction!r}")
         self.unet, self.schedule, self.prediction, self.patches = unet, schedule, prediction, patches
         self.lcm_stride = lcm_stride
-        self.dtype = next(unet.parameters()).dtype
+        self.dtype = getattr(unet, "dtype", None) or next(unet.parameters()).dtype   # compute dtype (fp8 storage)
 
     def _unet(self, model_in, t, cond: Cond, info):
         def apply(x, t, cond, extras):

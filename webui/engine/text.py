@@ -106,8 +106,10 @@ class TextEncoder:
     0, as open_clip's tokenizer and A1111 pad); ``spec.pooled``: the projected pooled output is returned too.
     """
 
-    def __init__(self, model, tokenizer: transformers.CLIPTokenizer, spec=None):
-        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+    def __init__(self, model, tokenizer: transformers.CLIPTokenizer, spec=None, device: torch.device | None = None):
+        """``device``: where the token ids go (default: the model's; given when the model moves between calls,
+        ``--medvram`` / ``--lowvram``)."""
+        self.model, self.tokenizer, self.spec, self.device = model, tokenizer, spec, device
         self.bos_id, self.eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id  # SD1: EOS
         self.comma_id = tokenizer.get_vocab().get(",</w>")
@@ -149,7 +151,7 @@ class TextEncoder:
                 if self.eos_id in row:
                     end = row.index(self.eos_id) + 1
                     row[end:] = [self.fill_id] * (len(row) - end)
-        return torch.tensor(rows, dtype=torch.long).to(next(self.model.parameters()).device)
+        return torch.tensor(rows, dtype=torch.long).to(self.device or next(self.model.parameters()).device)
 
     def encode_ids(self, ids: list[list[int]], clip_skip: int = 1, fixes=None, *, with_pooled: bool = False):
         """Encode rows of 77 ids -> ``[B, 77, hidden]`` as the family uses it (see the class), and with

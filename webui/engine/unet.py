@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Conv2d, Linear
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -82,13 +84,13 @@ class ResBlock(TimestepBlock):
     def __init__(self, channels: int, emb_channels: int, out_channels: int) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            normalization(channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1)
         )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            normalization(out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            normalization(out_channels), nn.SiLU(), nn.Dropout(0.0), Conv2d(out_channels, out_channels, 3, padding=1)
         )
-        self.skip_connection = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+        self.skip_connection = nn.Identity() if channels == out_channels else Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
@@ -102,10 +104,10 @@ class CrossAttention(nn.Module):
         inner = heads * dim_head
         context_dim = query_dim if context_dim is None else context_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+        self.to_q = Linear(query_dim, inner, bias=False)
+        self.to_k = Linear(context_dim, inner, bias=False)
+        self.to_v = Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(Linear(inner, query_dim), nn.Dropout(0.0))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -119,7 +121,7 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -129,7 +131,7 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), Linear(dim * mult, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -157,11 +159,11 @@ class SpatialTransformer(nn.Module):
         inner = heads * dim_head
         self.linear = linear
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
+        self.proj_in = Linear(channels, inner) if linear else Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
         )
-        self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
+        self.proj_out = Linear(inner, channels) if linear else Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -184,7 +186,7 @@ class SpatialTransformer(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -193,7 +195,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         if size is None:
@@ -249,10 +251,10 @@ class UNetModel(nn.Module):
         self.config = config
         mc = config.model_channels
         emb_dim = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(Linear(mc, emb_dim), nn.SiLU(), Linear(emb_dim, emb_dim))
         if config.adm_in_channels is not None:
             self.label_emb = nn.Sequential(
-                nn.Sequential(nn.Linear(config.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                nn.Sequential(Linear(config.adm_in_channels, emb_dim), nn.SiLU(), Linear(emb_dim, emb_dim))
             )
 
         def transformer(ch: int, depth: int) -> SpatialTransformer:
@@ -262,7 +264,7 @@ class UNetModel(nn.Module):
         def has_attention(level: int) -> bool:
             return level in config.attention_levels and config.transformer_depth[level] > 0
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(config.in_channels, mc, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(Conv2d(config.in_channels, mc, 3, padding=1))])
         skip_channels = [mc]
         ch = mc
         last = len(config.channel_mult) - 1
@@ -295,13 +297,18 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), Conv2d(mc, config.out_channels, 3, padding=1))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype it computes in: its biases' (with ``--fp8`` the weights are stored as float8)."""
+        return self.time_embed[0].bias.dtype
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None, extras: UNetExtras | None = None) -> torch.Tensor:
         """Predict the model output (eps or v) for latents ``x`` at ``timesteps`` given ``context``;
         ``extras``: residuals and block wrappers for this call (see ``UNetExtras``)."""
-        dtype = self.time_embed[0].weight.dtype
+        dtype = self.dtype
         emb = embed_time(self, x, timesteps, y)
         h = x.to(dtype)
         context = context.to(dtype)
@@ -332,7 +339,7 @@ class UNetModel(nn.Module):
 def embed_time(model: nn.Module, x: torch.Tensor, timesteps, y: torch.Tensor | None = None) -> torch.Tensor:
     """``time_embed`` (+ ``label_emb(y)`` for SDXL-style configs) of a UNet or its encoder copy (ControlNet),
     for a batch ``x``; the sinusoidal part in float32, then the module's dtype."""
-    dtype = model.time_embed[0].weight.dtype
+    dtype = model.time_embed[0].bias.dtype        # the weights may be stored in float8 (--fp8)
     timesteps = torch.as_tensor(timesteps, device=x.device)
     if timesteps.ndim == 0:
         timesteps = timesteps.expand(x.shape[0])

@@ -68,12 +68,12 @@ class Backend:
     def __init__(self, paths: Paths, options: Options, *, device: str | None = None, precision: str = "auto",
                  no_half: bool = False, no_half_vae: bool = False, vae_approx_dir: Path | None = None,
                  log: Callable[[str], None] = print, extensions=None, prediction: str | None = None,
-                 vae_decode: str = "full"):
+                 vae_decode: str = "full", memory: str = "auto", fp8: bool = False, compile: bool = False):
         self.paths, self.options, self.log = paths, options, log
         self.queue = JobQueue()
         self.status = ModelStatus()
         self._engine_args = dict(device=device, precision=precision, no_half=no_half, no_half_vae=no_half_vae,
-                                 prediction=prediction)
+                                 prediction=prediction, memory=memory, fp8=fp8, compile=compile)
         self._engine = None
         self._lock = threading.Lock()
         self._model_info = None
@@ -196,6 +196,8 @@ class Backend:
             self._engine = Engine(**self._engine_args)
             self._engine.embeddings_dir = self.paths.embeddings
             self._engine.hash_cache = self.paths.hash_cache
+        self._engine.checkpoints_limit = self.options["sd_checkpoints_limit"]
+        self._engine.keep_in_cpu = self.options["sd_checkpoints_keep_in_cpu"]
         previous = self.status
         self.status = ModelStatus("loading", name)
         try:
