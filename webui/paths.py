@@ -46,6 +46,11 @@ class Paths:
         return self.styles_file or self.root / "styles.csv"
 
     @property
+    def tasks(self) -> Path:
+        """The task records (``jobs.store``): queued tasks survive a restart."""
+        return self.root / "tasks.sqlite3"
+
+    @property
     def hash_cache(self) -> Path:
         return self.root / "cache" / "hashes.json"
 

@@ -272,6 +272,12 @@ def run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         server.should_exit = True
         return 2
+    from .api.routes import Api, Limits      # tasks stored before a restart (kill -9 included)
+    recovered = backend.queue.recover(Api(backend, Limits(max_size=args.max_size,
+                                                          max_images=args.max_batch_images)).resume)
+    if any(recovered.values()):
+        print("tasks from before the restart: {resumed} queued again, {failed} failed (the running one and any "
+              "that could not be resumed), {cancelled} cancelled".format(**recovered), file=sys.stderr)
     what = "API" if args.nowebui else "UI" + (" and API" if args.api else "")
     print(f"Running on http://{host}:{port} ({what}; ready in {time.perf_counter() - started:.1f} s; "
           f"{backend.status.describe()})", flush=True)

@@ -268,20 +268,36 @@ class Api:
                                             "CLIP_stop_at_last_layers": fields["clip_skip"]}
         return body.model_copy(update=changes)
 
-    def _run(self, body: schemas.Txt2ImgRequest, img2img: bool) -> schemas.GenerationResponse:
+    def _submit(self, body: schemas.Txt2ImgRequest, img2img: bool, *, job_id: str | None = None,
+                resumed: bool = False):
+        """(the queued job, the engine's request). The job keeps the body (``payload``) so that the task can
+        be submitted again after a restart. A resumed task has no client waiting: its images are saved."""
         request, target = self._request(body, img2img)
         kind = "img2img" if img2img else "txt2img"
-        save = bool(body.save_images) and not body.do_not_save_samples
+        save = resumed or (bool(body.save_images) and not body.do_not_save_samples)
         script = target.pop("script", None)
+        payload = {"route": kind, "body": body.model_dump(mode="json")}
+        common = dict(kind=kind, owner="api", save=save, save_grid=False if body.do_not_save_grid else None,
+                      job_id=job_id or body.force_task_id, styles=list(body.styles or []), payload=payload,
+                      resumed=resumed, **target)
+        if script is not None:
+            return self.backend.submit_script(request, *script, **common), request
+        return self.backend.submit(request, **common), request
+
+    def resume(self, record) -> None:
+        """Submit a stored task again after a restart (``JobQueue.recover``); raises what is wrong with it."""
+        route, body = record.payload.get("route"), record.payload.get("body")
+        model = {"txt2img": schemas.Txt2ImgRequest, "img2img": schemas.Img2ImgRequest}.get(route)
+        if model is None or not isinstance(body, dict):
+            raise ValueError(f"unknown stored task route {route!r}")
         try:
-            if script is not None:
-                job = self.backend.submit_script(request, *script, kind=kind, owner="api", save=save,
-                                                 save_grid=False if body.do_not_save_grid else None,
-                                                 job_id=body.force_task_id, styles=list(body.styles or []), **target)
-            else:
-                job = self.backend.submit(request, kind=kind, owner="api", save=save,
-                                          save_grid=False if body.do_not_save_grid else None,
-                                          job_id=body.force_task_id, styles=list(body.styles or []), **target)
+            self._submit(model.model_validate(body), route == "img2img", job_id=record.id, resumed=True)
+        except HTTPException as exc:
+            raise ValueError(str(exc.detail)) from None
+
+    def _run(self, body: schemas.Txt2ImgRequest, img2img: bool) -> schemas.GenerationResponse:
+        try:
+            job, request = self._submit(body, img2img)
         except DuplicateJobId as exc:
             raise _error(409, str(exc)) from None
         except ValueError as exc:
@@ -361,11 +377,13 @@ class Api:
             raise _error(404, f"no task {task_id!r}")
         p = job.progress
         progress = 1.0 if job.state == DONE else p.fraction
+        saved = job.saved or (self.backend.task_summary(job.result) if job.state == DONE else None) or {}
         return schemas.TaskProgressResponse(
             id=job.id, status=job.state, queue_position=self.backend.queue.position(job), progress=progress,
             eta_relative=job.eta if job.state == RUNNING else (0.0 if job.state == DONE else None),
             sampling_step=p.step, sampling_steps=p.total,
-            current_image=self._preview(job) if job.state == RUNNING else None, error=job.error)
+            current_image=self._preview(job) if job.state == RUNNING else None, error=job.error,
+            files=saved.get("files"), infotexts=saved.get("infotexts"))
 
     # ---- the router ------------------------------------------------------------------------------
     def router(self) -> APIRouter:

@@ -182,3 +182,5 @@ class TaskProgressResponse(BaseModel):
     sampling_steps: int
     current_image: str | None = None
     error: str | None = None
+    files: list[str] | None = None       # a finished task's saved images, relative to the outputs folder
+    infotexts: list[str] | None = None   # their parameters

@@ -68,9 +68,11 @@ class Backend:
     def __init__(self, paths: Paths, options: Options, *, device: str | None = None, precision: str = "auto",
                  no_half: bool = False, no_half_vae: bool = False, vae_approx_dir: Path | None = None,
                  log: Callable[[str], None] = print, extensions=None, prediction: str | None = None,
-                 vae_decode: str = "full", memory: str = "auto", fp8: bool = False, compile: bool = False):
+                 vae_decode: str = "full", memory: str = "auto", fp8: bool = False, compile: bool = False,
+                 persist: bool = True):
         self.paths, self.options, self.log = paths, options, log
-        self.queue = JobQueue()
+        from .store import TaskStore
+        self.queue = JobQueue(TaskStore(paths.tasks, log=log) if persist else None, summarize=self.task_summary)
         self.status = ModelStatus()
         self._engine_args = dict(device=device, precision=precision, no_half=no_half, no_half_vae=no_half_vae,
                                  prediction=prediction, memory=memory, fp8=fp8, compile=compile)
@@ -167,6 +169,19 @@ class Backend:
 
     def stop(self) -> None:
         self.queue.stop()
+
+    def task_summary(self, result) -> dict | None:
+        """What a finished task's record keeps of its result: the saved images (relative to the outputs
+        folder) and their infotexts."""
+        if not isinstance(result, GenerationOutput):
+            return None
+        files = []
+        for path in result.paths:
+            try:
+                files.append(Path(path).resolve().relative_to(self.paths.outputs.resolve()).as_posix())
+            except ValueError:
+                files.append(Path(path).name)
+        return {"files": files, "infotexts": list(result.infotexts), "seeds": list(result.seeds)}
 
     def load(self, checkpoint: str | Path, vae: str | None = None, owner: str | None = None) -> Job:
         """Queue a model load (returns the job; the status says loading until it runs)."""
@@ -319,7 +334,7 @@ class Backend:
     def submit(self, request, *, kind: str = "txt2img", owner: str | None = None, checkpoint: str | None = None,
                vae: str | None = None, save: bool | None = None, job_id: str | None = None,
                styles: list[str] | None = None, script_args: dict | None = None,
-               save_grid: bool | None = None) -> Job:
+               save_grid: bool | None = None, payload: dict | None = None, resumed: bool = False) -> Job:
         """Queue a generation. ``checkpoint`` / ``vae``: names as listed (None: keep the resident one);
         ``request.refiner_checkpoint``: a listed checkpoint's name or title (A1111's; "None" or empty: none).
         ``save_grid``: None follows the ``grid_save`` option.
@@ -333,7 +348,7 @@ class Backend:
             self.check_vae(vae)
         work = lambda job: self._generate(job, request, kind, target, vae, save, script_args, refiner,  # noqa: E731
                                           save_grid)
-        return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
+        return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id, payload=payload, resumed=resumed)
 
     def _prepare(self, request, styles: list[str] | None, target) -> tuple:
         """(the request as the engine takes it, the refiner's listed name or None): settings for the fields
@@ -370,7 +385,7 @@ class Backend:
     def submit_script(self, request, script, options, *, kind: str = "txt2img", owner: str | None = None,
                       checkpoint: str | None = None, vae: str | None = None, save: bool | None = None,
                       save_grid: bool | None = None, job_id: str | None = None, styles: list[str] | None = None,
-                      script_args: dict | None = None) -> Job:
+                      script_args: dict | None = None, payload: dict | None = None, resumed: bool = False) -> Job:
         """Queue a selectable script (``jobs.scripts``: X/Y/Z plot ...) as one job: every run it asks for
         goes through ``_generate`` on the worker thread, then its grids are saved. ``options``: from
         ``script.parse``. Checked now: the request, its styles, checkpoint and VAE, and the options against
@@ -404,15 +419,18 @@ class Backend:
             saving_on = self.options["samples_save"] if save is None else save
             if result.save_as_grid and (self.options["grid_save"] if save_grid is None else save_grid) and saving_on:
                 from .scripts import save_grids
-                out.paths = save_grids(result, saving.grid_folder(self.paths.outputs, kind),
-                                       self.options["samples_format"])
+                with saving.reporting_write_errors(saving.grid_folder(self.paths.outputs, kind)):
+                    out.paths = save_grids(result, saving.grid_folder(self.paths.outputs, kind),
+                                           self.options["samples_format"])
             if result.save_as_samples and saving_on:
                 folder = saving.dated_folder(self.paths.outputs, kind, datetime.date.today())
-                out.paths += [saving.save_image(result.images[i], folder, seed=result.seeds[i],
-                                                infotext=result.infotexts[i], extension=self.options["samples_format"])
-                              for i in result.save_as_samples]
+                with saving.reporting_write_errors(folder):
+                    out.paths += [saving.save_image(result.images[i], folder, seed=result.seeds[i],
+                                                    infotext=result.infotexts[i],
+                                                    extension=self.options["samples_format"])
+                                  for i in result.save_as_samples]
             return out
-        return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id)
+        return self.queue.submit(work, kind=kind, owner=owner, job_id=job_id, payload=payload, resumed=resumed)
 
     def _check_refiner(self, name: str, base: Path | None) -> None:
         """A refiner (or hires fix's checkpoint) must work in the base model's latent space (read from the
@@ -468,14 +486,17 @@ class Backend:
         return output
 
     def _save(self, output: GenerationOutput, kind: str, save_grid: bool | None = None) -> list[Path]:
+        """The images (and grid) saved; a full disk or unwritable folder fails the job with a ``SaveError``."""
         today = datetime.date.today()
         ext = self.options["samples_format"]
         folder = saving.dated_folder(self.paths.outputs, kind, today)
-        paths = [saving.save_image(img, folder, seed=seed, infotext=text, extension=ext)
-                 for img, seed, text in zip(output.images, output.seeds, output.infotexts)]
+        with saving.reporting_write_errors(folder):
+            paths = [saving.save_image(img, folder, seed=seed, infotext=text, extension=ext)
+                     for img, seed, text in zip(output.images, output.seeds, output.infotexts)]
         if len(output.images) > 1 and (self.options["grid_save"] if save_grid is None else save_grid):
-            paths.append(saving.save_grid(output.images, saving.grid_folder(self.paths.outputs, kind, today),
-                                          output.infotexts[0], extension=ext))
+            grids = saving.grid_folder(self.paths.outputs, kind, today)
+            with saving.reporting_write_errors(grids):
+                paths.append(saving.save_grid(output.images, grids, output.infotexts[0], extension=ext))
         return paths
 
     # ---- progress and previews ------------------------------------------------------------------

@@ -4,6 +4,10 @@ model loads. A single worker thread runs them one at a time, in arrival order.
 Each job carries its owner (the browser session or API client that asked), its own ``JobControl`` (so an
 interrupt reaches only that job), its progress (step, ETA, live preview) and, when it ends, its result or
 its error. A job that raises is marked failed with the message; the worker goes on with the next one.
+
+With a ``TaskStore`` every job's record is also written to disk as it changes; ``recover`` at start-up
+resubmits the queued tasks that carry a request body, marks the one that was running failed (the process
+died under it) and keeps answering for finished ones.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.control import Interrupted, JobControl
+from .store import TaskRecord, TaskStore
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
@@ -55,6 +60,8 @@ class Job:
     error: str | None = None
     control: JobControl = field(default_factory=JobControl, repr=False)
     progress: JobProgress = field(default_factory=JobProgress)
+    payload: dict | None = field(default=None, repr=False)   # the request body that can resubmit it
+    saved: dict | None = None      # a finished task's record from the store: its files and infotexts
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -73,7 +80,11 @@ class Job:
 class JobQueue:
     """Runs submitted jobs one at a time on a worker thread, in arrival order."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: TaskStore | None = None,
+                 summarize: Callable[[Any], dict | None] | None = None) -> None:
+        """``store``: where task records go (None: memory only); ``summarize(result)``: what of a finished
+        job's result its record keeps (files, infotexts)."""
+        self.store, self._summarize = store, summarize
         self._lock = threading.Condition()
         self._pending: deque[Job] = deque()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -105,15 +116,20 @@ class JobQueue:
 
     # ---- submitting and asking -------------------------------------------------------------
     def submit(self, work: Callable[[Job], Any], *, kind: str, owner: str | None = None,
-               job_id: str | None = None) -> Job:
-        """Queue ``work(job)``; ``job_id`` (e.g. A1111's ``force_task_id``) must be new."""
+               job_id: str | None = None, payload: dict | None = None, resumed: bool = False) -> Job:
+        """Queue ``work(job)``; ``job_id`` (e.g. A1111's ``force_task_id``) must be new (also to the store,
+        unless ``resumed``: a stored task submitted again). ``payload``: the JSON request body kept in the
+        store so that the task can be submitted again after a restart."""
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the job queue is shutting down")
+            given = job_id is not None and not resumed
             job_id = job_id or f"{next(self._counter)}-{uuid.uuid4().hex[:12]}"
-            if job_id in self._jobs:
+            if job_id in self._jobs or (given and self.store is not None and self.store.get(job_id)):
                 raise DuplicateJobId(f"a job with id {job_id!r} already exists")
-            job = Job(job_id, kind, owner, work)
+            job = Job(job_id, kind, owner, work, payload=payload)
+            if self.store is not None:
+                self.store.add(TaskRecord(job.id, kind, owner, QUEUED, job.created, payload=payload))
             self._jobs[job_id] = job
             self._pending.append(job)
             self._trim()
@@ -121,8 +137,50 @@ class JobQueue:
             return job
 
     def get(self, job_id: str) -> Job | None:
+        """The job, or for one that finished before a restart (or left the in-memory history) a finished
+        ``Job`` made from its stored record (``saved``: its files and infotexts)."""
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is not None or self.store is None:
+            return job
+        record = self.store.get(job_id)
+        if record is None:
+            return None
+        job = Job(record.id, record.kind, record.owner, None, created=record.created, state=record.state,
+                  started=record.started, finished=record.finished, error=record.error, saved=record.result)
+        if record.state in FINISHED:
+            job._done.set()
+        return job
+
+    def recover(self, resume: Callable[[TaskRecord], Any]) -> dict[str, int]:
+        """At start-up, before ``start``: the stored tasks that did not finish. The one that was running is
+        marked failed (the process stopped under it); queued ones with a request body go to ``resume(record)``
+        (which submits them again with ``resumed=True``), in their order; others are cancelled with the
+        reason. Returns how many of each."""
+        counts = {"failed": 0, "resumed": 0, "cancelled": 0}
+        if self.store is None:
+            return counts
+        for record in self.store.unfinished():
+            with self._lock:
+                if record.id in self._jobs:        # submitted in this run (the start-up model load)
+                    continue
+            when = time.time()
+            if record.state == RUNNING:
+                self.store.finished(record.id, FAILED, when, "interrupted: the server stopped while this task "
+                                    "ran; it was not run again")
+                counts["failed"] += 1
+            elif record.payload is None:
+                self.store.finished(record.id, CANCELLED, when, "not resumed after a restart (only API "
+                                    "generations are: a page's job ends with its page)")
+                counts["cancelled"] += 1
+            else:
+                try:
+                    resume(record)
+                    counts["resumed"] += 1
+                except Exception as exc:      # the model is gone, the request no longer valid ...
+                    self.store.finished(record.id, FAILED, when, f"could not be resumed after a restart: {exc}")
+                    counts["failed"] += 1
+        return counts
 
     @property
     def running(self) -> Job | None:
@@ -181,6 +239,8 @@ class JobQueue:
                 job = self._pending.popleft()
                 job.state, job.started = RUNNING, time.time()
                 self._running = job
+                if self.store is not None:
+                    self.store.started(job.id, job.started)
             try:
                 result = job.work(job)
             except Interrupted:
@@ -203,6 +263,15 @@ class JobQueue:
     def _finish(self, job: Job, state: str) -> None:
         job.state, job.finished = state, time.time()
         job.work = None  # drop references held by the closure (images, requests)
+        job.payload = None
+        if self.store is not None:
+            summary = None
+            if state == DONE and self._summarize is not None:
+                try:
+                    summary = self._summarize(job.result)
+                except Exception as exc:           # a record without its summary; the job stays done
+                    summary = {"error": f"{type(exc).__name__}: {exc}"}
+            self.store.finished(job.id, state, job.finished, job.error, summary)
         job._done.set()
 
     def _trim(self) -> None:

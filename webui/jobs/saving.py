@@ -6,7 +6,9 @@ iTXt (UTF-8) otherwise). JPEG/WebP: EXIF UserComment, `b"UNICODE\\0"` + UTF-16-B
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import io
 import itertools
 import math
@@ -106,6 +108,22 @@ def encode_image(image: Image.Image, infotext: str | None, extension: str = "png
     buf = io.BytesIO()
     image.save(buf, format=EXTENSIONS[ext], **kwargs)
     return buf.getvalue()
+
+
+class SaveError(RuntimeError):
+    """Images could not be written (full disk, no permission ...); the message says where and why."""
+
+
+@contextlib.contextmanager
+def reporting_write_errors(folder: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError while saving into a ``SaveError`` that names the folder and, for a full disk, says so."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        why = "the disk is full" if full else (exc.strerror or type(exc).__name__)
+        raise SaveError(f"could not save the images in {folder}: {why}"
+                        + (f" ({exc.strerror})" if full and exc.strerror else "")) from exc
 
 
 def _write_new(folder: Path, names: Iterable[str], data: bytes) -> Path:
