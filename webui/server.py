@@ -187,7 +187,7 @@ def build_app(backend, args, ui_auth: list, api_auth: list):
     from fastapi import FastAPI
 
     from .api.routes import Api, Limits
-    from .api.security import BasicAuth, BodyLimit
+    from .api.security import BasicAuth, BodyLimit, SameOrigin
 
     with_api = args.api or args.nowebui
     limits = Limits(max_size=args.max_size, max_images=args.max_batch_images)
@@ -215,7 +215,11 @@ def build_app(backend, args, ui_auth: list, api_auth: list):
         from .ui import blocks
         demo, launch_kwargs = blocks.build(backend, theme=args.theme)
         demo.queue(default_concurrency_limit=None)
-        app = gr.mount_gradio_app(app, demo, path="/", auth=ui_auth or None, show_error=True, **launch_kwargs)
+        app = gr.mount_gradio_app(app, demo, path="/", auth=ui_auth or None, show_error=True,
+                                  max_file_size=limits.max_body_bytes, **launch_kwargs)
+        # the UI's routes take requests from its own page only (CSRF), API routes keep their CORS policy
+        app.add_middleware(SameOrigin, exempt=("/sdapi/", "/docs", "/openapi.json", "/extensions-api/",
+                                               *extension_root_prefixes(backend.extensions)))
     return app
 
 

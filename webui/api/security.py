@@ -1,4 +1,5 @@
-"""HTTP Basic auth for the API and a request-size limit, as plain ASGI middleware (no globals)."""
+"""HTTP Basic auth for the API, a request-size limit and a cross-site request guard for the UI, as plain ASGI
+middleware (no globals)."""
 from __future__ import annotations
 
 import base64
@@ -87,3 +88,40 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+_SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+
+
+class SameOrigin:
+    """The UI's CSRF guard: a state-changing request (not GET / HEAD / OPTIONS) to a path outside
+    ``exempt`` (the API, which has its own CORS policy and Basic auth) must come from the page itself: a
+    browser's ``Origin`` header naming another host, or ``Sec-Fetch-Site: cross-site``, gets a 403.
+
+    Gradio's own guard (``strict_cors``) only protects a server on localhost, and is off when the app
+    configures CORS itself (``--cors-allow-origins``); its login cookie is ``SameSite=None`` over HTTPS.
+    This closes both for a UI served on the LAN with ``--gradio-auth``. Requests without those headers
+    (scripts, curl) are not browsers' cross-site requests and pass.
+    """
+
+    def __init__(self, app, exempt: tuple[str, ...] = ()):
+        self.app, self.exempt = app, exempt
+
+    @staticmethod
+    def cross_site(headers: dict[bytes, bytes]) -> bool:
+        if headers.get(b"sec-fetch-site") == b"cross-site":
+            return True
+        origin = headers.get(b"origin")
+        if origin is None:
+            return False
+        if origin == b"null":
+            return True
+        host = headers.get(b"x-forwarded-host") or headers.get(b"host") or b""
+        return origin.split(b"://", 1)[-1].rstrip(b"/").lower() != host.split(b",")[0].strip().lower()
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] == "http" and scope["method"].encode() not in _SAFE_METHODS
+                and not scope["path"].startswith(self.exempt) and self.cross_site(dict(scope["headers"]))):
+            await _plain(send, 403, "cross-site request refused (the UI only takes requests from its own page)")
+            return
+        await self.app(scope, receive, send)

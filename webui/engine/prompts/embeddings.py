@@ -154,11 +154,14 @@ class EmbeddingDatabase:
         if self.folder is None or not self.folder.is_dir():
             return []
         found = []
+        base = self.folder.resolve()
         for root, dirs, names in os.walk(self.folder, followlinks=False):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(names):
                 path = Path(root) / name
-                if path.suffix.lower() in EXTENSIONS and not name.startswith("."):
+                # a symlink leaving the folder is not read (as paths.list_files)
+                if (path.suffix.lower() in EXTENSIONS and not name.startswith(".") and path.is_file()
+                        and path.resolve().is_relative_to(base)):
                     stat = path.stat()
                     found.append((path, stat.st_size, stat.st_mtime_ns))
         return found
