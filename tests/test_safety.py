@@ -104,3 +104,33 @@ def test_passwords_never_reach_the_log_or_the_api(server):
     log = server.log.read_text()
     assert "Running on" in log
     assert UI_PASSWORD not in log and API_PASSWORD not in log
+
+
+def _bomb() -> str:
+    """A 24000x24000 picture in a few kilobytes: decoding it would take 576 MB (1-bit PNG of one colour)."""
+    png = io.BytesIO()
+    Image.new("1", (24000, 24000)).save(png, "PNG", optimize=True)
+    assert len(png.getvalue()) < 200_000
+    return base64.b64encode(png.getvalue()).decode()
+
+
+def test_every_image_input_refuses_a_decompression_bomb(server):
+    bomb, auth = _bomb(), ("bob", API_PASSWORD)
+    small = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(small, "PNG")
+    ok = base64.b64encode(small.getvalue()).decode()
+    base = {"prompt": "a fox", "steps": 1, "width": 64, "height": 64}
+    unit = {"enabled": True, "module": "none", "model": "None", "image": bomb}
+    cases = {
+        "img2img init_images": ("img2img", {**base, "init_images": [bomb]}),
+        "img2img mask": ("img2img", {**base, "init_images": [ok], "mask": bomb}),
+        "controlnet unit image": ("txt2img", {**base, "alwayson_scripts": {"controlnet": {"args": [unit]}}}),
+        "extras image": ("extra-single-image", {"image": bomb, "upscaling_resize": 1}),
+        "extras batch": ("extra-batch-images", {"imageList": [{"data": bomb, "name": "a.png"}]}),
+        "png-info": ("png-info", {"image": bomb}),
+    }
+    for what, (route, body) in cases.items():
+        answer = requests.post(f"{server.base}/sdapi/v1/{route}", json=body, auth=auth, timeout=120)
+        assert answer.status_code in (413, 422), (what, answer.status_code, answer.text[:300])
+        assert "larger than" in answer.text, (what, answer.text[:300])
+    assert server.proc.poll() is None

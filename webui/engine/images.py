@@ -209,5 +209,7 @@ def decode_base64(data: str, what: str, max_pixels: int) -> Image.Image:
             return probe.copy()
     except ImageInputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:        # PIL's own header check, for pictures far over its limit
+        raise ImageInputError(f"{what}: the picture is larger than {max_pixels} pixels", too_large=True) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageInputError(f"{what}: not a readable image ({type(exc).__name__})") from None
