@@ -70,6 +70,10 @@ def test_the_ui_answers_nothing_before_its_login(server):
     assert bad.status_code == 400
     session = _login(server)
     assert session.get(f"{server.base}/config", timeout=30).status_code == 200
+    # the UI's file route: closed before the login, and after it still no file outside gradio's own folders
+    secret = server.log.parent / "models" / "checkpoints" / "tiny.safetensors"
+    assert anonymous.get(f"{server.base}/gradio_api/file={secret}", timeout=30).status_code == 401
+    assert session.get(f"{server.base}/gradio_api/file={secret}", timeout=30).status_code in (403, 404)
 
 
 def test_cross_site_requests_to_the_ui_are_refused(server):
