@@ -29,9 +29,15 @@ from webui.engine.files import read_state_dict
 from webui.jobs import infotext
 from webui.paths import DEMO_CHECKPOINT
 
-webuiapi = pytest.importorskip("webuiapi")
 USER, PASSWORD = "alice", "s3cret"
+MODEL_LOAD_TIMEOUT_S = 180   # a deadline against a hang, not a speed claim (the demo model loads in seconds)
 pytestmark = pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="the demo checkpoint is not shipped")
+
+
+@pytest.fixture(scope="module")
+def webuiapi():
+    """A1111's Python client from PyPI: only the tests that drive it skip without it; raw HTTP tests always run."""
+    return pytest.importorskip("webuiapi")
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +58,17 @@ def server(tmp_path_factory):
                  log_dir=data) as app:
         session = requests.Session()
         session.auth = (USER, PASSWORD)
-        while session.get(f"{app.base}/sdapi/v1/options").json().get("sd_checkpoint_hash") is None:
+        deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
+        while session.get(f"{app.base}/sdapi/v1/options", timeout=30).json().get("sd_checkpoint_hash") is None:
+            if time.monotonic() > deadline or app.proc.poll() is not None:
+                pytest.fail(f"the model was not loaded {MODEL_LOAD_TIMEOUT_S} s after the server started "
+                            f"(server exit code: {app.proc.poll()}); server log:\n{app.log.read_text()}")
             time.sleep(0.2)   # the model loads in the background
         yield {"base": app.base, "port": app.port, "data": data, "session": session, "proc": app.proc}
 
 
 @pytest.fixture
-def api(server):
+def api(server, webuiapi):
     return webuiapi.WebUIApi(host="127.0.0.1", port=server["port"], sampler="Euler", steps=20,
                              username=USER, password=PASSWORD)
 
@@ -148,7 +158,7 @@ def test_shipped_lora_and_controlnet_over_the_api(server):
     assert response.status_code == 422 and "webui-demo-mask" in response.text
 
 
-def test_controlnet_through_webuiapi(api, server):
+def test_controlnet_through_webuiapi(api, server, webuiapi):
     """A1111's Python client drives sd-webui-controlnet's API: its unit dicts and /controlnet/ routes."""
     models = webuiapi.ControlNetInterface(api, show_deprecation_warning=False).model_list()
     assert any(m.startswith("webui-demo-mask [") for m in models)
@@ -191,23 +201,37 @@ def test_unload_and_reload_checkpoint(server):
 
 
 def test_progress_while_running_and_interrupt(api, server):
+    base, session = server["base"], server["session"]
+    saved = session.get(f"{base}/sdapi/v1/options").json()
+    preview_options = {"live_previews_enable": True, "show_progress_every_n_steps": 1,
+                       "show_progress_type": "Approx cheap"}          # a live preview after every step
+    assert session.post(f"{base}/sdapi/v1/options", json=preview_options).status_code == 200
     results = {}
     worker = threading.Thread(target=lambda: results.update(r=api.txt2img(
         prompt="a small green triangle on a black background", seed=3, width=64, height=64, steps=150, n_iter=30)))
-    worker.start()
-    seen = []
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        p = api.get_progress()
-        if p["state"]["sampling_step"] > 0:
-            seen.append(p)
-        if len(seen) >= 3:
-            break
-        time.sleep(0.1)
-    assert seen and 0 < seen[-1]["progress"] < 1 and seen[-1]["state"]["sampling_steps"] == 150 * 30
-    assert seen[-1]["current_image"] is None or Image.open(io.BytesIO(base64.b64decode(seen[-1]["current_image"])))
-    api.interrupt()
-    worker.join(60)
+    try:
+        worker.start()
+        seen, with_preview = [], []
+        deadline = time.monotonic() + 60           # against a hang: 150 x 30 steps take minutes, not seconds
+        while time.monotonic() < deadline and (len(seen) < 3 or not with_preview):
+            p = api.get_progress()
+            if p["state"]["sampling_step"] > 0:
+                seen.append(p)
+                if p["current_image"] is not None:
+                    with_preview.append(p)
+            time.sleep(0.1)
+        assert len(seen) >= 3, f"no progress reported while the job ran: {seen}"
+        assert 0 < seen[-1]["progress"] < 1 and seen[-1]["state"]["sampling_steps"] == 150 * 30
+        # every step makes a preview: once steps are reported, the live preview must be there
+        assert with_preview, f"no live preview in {len(seen)} progress reports"
+        preview = Image.open(io.BytesIO(base64.b64decode(with_preview[-1]["current_image"])))
+        assert preview.format == "PNG" and preview.size == (64, 64)
+        pixels = np.asarray(preview.convert("RGB"), np.int16)
+        assert pixels.std() > 1, "the live preview is a flat image"
+    finally:
+        api.interrupt()
+        worker.join(60)
+        session.post(f"{base}/sdapi/v1/options", json={k: saved[k] for k in preview_options})
     result = results["r"]
     assert 0 < len(result.images) < 30 and result.info["interrupted"] is True
 

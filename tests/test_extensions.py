@@ -243,8 +243,11 @@ def server(tmp_path_factory):
                  log_dir=data) as app:
         session = requests.Session()
         session.auth = ("u", "p")
-        while session.get(f"{app.base}/sdapi/v1/options").json().get("sd_checkpoint_hash") is None:
-            import time
+        import time
+        deadline = time.monotonic() + 180          # against a hang: the demo model loads in seconds
+        while session.get(f"{app.base}/sdapi/v1/options", timeout=30).json().get("sd_checkpoint_hash") is None:
+            if time.monotonic() > deadline or app.proc.poll() is not None:
+                pytest.fail(f"the model was not loaded 180 s after the server started; log:\n{app.log.read_text()}")
             time.sleep(0.2)
         yield {"base": app.base, "session": session, "log": app.log, "url": app.base + "/"}
 
@@ -306,8 +309,28 @@ def test_example_extension_in_the_browser(server, tmp_path):
         browser.close()
 
 
+def _pixels_shown(page, selector: str):
+    """The pixels of the ``<img>`` at ``selector`` as the browser decoded them (drawn on a canvas), HWC uint8 RGB."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    url = page.eval_on_selector(selector, """img => {
+        const canvas = document.createElement('canvas');
+        canvas.width = img.naturalWidth;
+        canvas.height = img.naturalHeight;
+        canvas.getContext('2d').drawImage(img, 0, 0);
+        return canvas.toDataURL('image/png');
+    }""")
+    assert url.startswith("data:image/png;base64,"), url[:80]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
 def test_lora_browser_and_controlnet_preview_in_the_browser(tmp_path):
-    """The shipped LoRA and ControlNet sections: a card click writes the tag, Preview shows the hint."""
+    """The shipped LoRA and ControlNet sections: a card click writes the tag, Preview shows the hint (the
+    preprocessor's output for the uploaded picture, not the picture itself)."""
     import os
 
     from tests.app_server import run_app
@@ -336,6 +359,26 @@ def test_lora_browser_and_controlnet_preview_in_the_browser(tmp_path):
         page.click("#txt2img_controlnet_0_module input")
         page.click("ul[role=listbox] li:has-text('canny')")
         page.click("#txt2img_controlnet_0_run_preview")
-        page.wait_for_selector("#txt2img_controlnet_0_preview img", timeout=30_000)
+        shown = "#txt2img_controlnet_0_preview img"
+        page.wait_for_function("sel => { const img = document.querySelector(sel); "
+                               "return img !== null && img.complete && img.naturalWidth > 0; }", arg=shown,
+                               timeout=30_000)
         page.screenshot(path=str(artifacts / "lora_controlnet.png"), full_page=True)
+        box = page.locator(shown).bounding_box()
+        assert page.locator(shown).is_visible() and box["width"] > 50 and box["height"] > 50, box
+        hint = _pixels_shown(page, shown)
         browser.close()
+    # the hint shown is canny's edges of the picture at the preprocessor resolution (512, thresholds 100 / 200)
+    import numpy as np
+    from PIL import Image
+
+    from extensions.controlnet import preprocessors as pp
+    source = np.asarray(Image.open(picture).convert("RGB"))
+    expected = pp.run_preprocessor("canny", source, 512, 100, 200)
+    assert hint.shape == expected.shape == (512, 512, 3), (hint.shape, expected.shape)
+    edges, expected_edges = hint.min(axis=2) > 127, expected.min(axis=2) > 127
+    assert 0.001 < edges.mean() < 0.2, edges.mean()                 # white edge lines on black, not blank
+    overlap = (edges & expected_edges).sum() / (edges | expected_edges).sum()
+    assert overlap > 0.95, overlap                                   # the same edges (up to lossy image encoding)
+    upscaled = np.asarray(Image.open(picture).convert("RGB").resize((512, 512)), np.int16)
+    assert np.abs(hint.astype(np.int16) - upscaled).mean() > 100     # not the uploaded picture

@@ -11,18 +11,36 @@ import numpy as np
 import pytest
 import torch
 
+from tests.references import k_diffusion
 from webui.engine.sampling import registry, samplers, schedules
 from webui.engine.sampling.noise import BrownianTreeNoiseSampler
 
-pytest.importorskip("scipy")
-pytest.importorskip("torchsde")
-from tests.references import k_diffusion  # noqa: E402
-
-KS, KE = k_diffusion()
 STEPS = 9
 SCHEDULE = schedules.DiscreteSchedule(schedules.sd_alphas_cumprod())
 
 # --------------------------------------------------------------------------------------------- helpers
+
+@pytest.fixture(scope="module")
+def kdiff():
+    """k-diffusion's ``(sampling, external)`` modules. Its sampling.py imports scipy and torchsde (and the
+    Brownian-tree tests need torchsde on our side too): only the tests comparing with k-diffusion skip
+    without them; the schedule, registry and loop tests always run."""
+    pytest.importorskip("scipy")
+    pytest.importorskip("torchsde")
+    return k_diffusion()
+
+
+@pytest.fixture(scope="module")
+def ks(kdiff):
+    """k-diffusion's sampling module."""
+    return kdiff[0]
+
+
+@pytest.fixture(scope="module")
+def ke(kdiff):
+    """k-diffusion's external module (CompVisDenoiser)."""
+    return kdiff[1]
+
 
 _MU = torch.tensor([-1.0, 0.3, 1.2])
 _LOG_W = torch.tensor([0.3, 0.5, 0.2]).log()
@@ -82,11 +100,11 @@ SCHEDULE_KEYS = ["uniform", "karras", "exponential", "sgm_uniform", "polyexponen
                  "ddim", "kl_optimal", "align_your_steps"]
 
 
-def run_pair(name, sigmas, x, seeds=(11, 12), **extra):
+def run_pair(ks, name, sigmas, x, seeds=(11, 12), **extra):
     """Run ours and k-diffusion's sampler on the same input with the same noise."""
     ours_fn, ref_name, options, noise = SAMPLER_CASES[name]
     options = {**options, **extra}
-    ref_fn = getattr(KS, ref_name)
+    ref_fn = getattr(ks, ref_name)
     results = []
     for impl in ("ours", "ref"):
         model, logs = Counting(), []
@@ -94,7 +112,7 @@ def run_pair(name, sigmas, x, seeds=(11, 12), **extra):
             ns = seeded_noise(x, 1234)
         elif noise == "brownian":
             positive = sigmas[sigmas > 0]
-            cls = BrownianTreeNoiseSampler if impl == "ours" else KS.BrownianTreeNoiseSampler
+            cls = BrownianTreeNoiseSampler if impl == "ours" else ks.BrownianTreeNoiseSampler
             ns = cls(x, positive.min(), positive.max(), list(seeds))
         else:
             ns = None
@@ -142,8 +160,8 @@ class _FakeLDM(torch.nn.Module):
 
 
 @pytest.mark.parametrize("quantize", [False, True])
-def test_discrete_schedule_equals_compvis_denoiser(quantize):
-    ref = KE.CompVisDenoiser(_FakeLDM(), quantize=quantize)
+def test_discrete_schedule_equals_compvis_denoiser(ke, quantize):
+    ref = ke.CompVisDenoiser(_FakeLDM(), quantize=quantize)
     ours = schedules.DiscreteSchedule(schedules.sd_alphas_cumprod(), quantize=quantize)
     assert torch.equal(ours.sigmas, ref.sigmas) and torch.equal(ours.log_sigmas, ref.log_sigmas)
     assert ours.sigma_min == ref.sigma_min.item() and ours.sigma_max == ref.sigma_max.item()
@@ -168,16 +186,16 @@ def test_schedule_to_device_keeps_values():
 
 
 @pytest.mark.parametrize("n", [1, 4, 9, 25])
-def test_kdiffusion_schedules(n):
+def test_kdiffusion_schedules(ks, n):
     smin, smax = SCHEDULE.sigma_min, SCHEDULE.sigma_max
-    assert torch.equal(schedules.karras(SCHEDULE, n), KS.get_sigmas_karras(n, smin, smax))
-    assert torch.equal(schedules.karras(SCHEDULE, n, rho=3.5), KS.get_sigmas_karras(n, smin, smax, rho=3.5))
-    assert torch.equal(schedules.exponential(SCHEDULE, n), KS.get_sigmas_exponential(n, smin, smax))
-    assert torch.equal(schedules.polyexponential(SCHEDULE, n), KS.get_sigmas_polyexponential(n, smin, smax))
+    assert torch.equal(schedules.karras(SCHEDULE, n), ks.get_sigmas_karras(n, smin, smax))
+    assert torch.equal(schedules.karras(SCHEDULE, n, rho=3.5), ks.get_sigmas_karras(n, smin, smax, rho=3.5))
+    assert torch.equal(schedules.exponential(SCHEDULE, n), ks.get_sigmas_exponential(n, smin, smax))
+    assert torch.equal(schedules.polyexponential(SCHEDULE, n), ks.get_sigmas_polyexponential(n, smin, smax))
     assert torch.equal(schedules.polyexponential(SCHEDULE, n, rho=2.0),
-                       KS.get_sigmas_polyexponential(n, smin, smax, rho=2.0))
+                       ks.get_sigmas_polyexponential(n, smin, smax, rho=2.0))
     assert torch.equal(schedules.karras(SCHEDULE, n, sigma_min=0.1, sigma_max=10.0),
-                       KS.get_sigmas_karras(n, 0.1, 10.0))
+                       ks.get_sigmas_karras(n, 0.1, 10.0))
 
 
 # A1111's sd_schedulers.py definitions, restated over k-diffusion's DiscreteSchedule (the oracle).
@@ -216,8 +234,8 @@ def _a1111_ays(n, table):
 
 
 @pytest.mark.parametrize("n", [1, 3, 10, 11, 20, 30, 77])
-def test_a1111_schedules(n):
-    ref = KE.CompVisDenoiser(_FakeLDM())
+def test_a1111_schedules(ke, n):
+    ref = ke.CompVisDenoiser(_FakeLDM())
     assert torch.equal(schedules.sgm_uniform(SCHEDULE, n), _a1111_timesteps(ref, n, sgm=True))
     assert torch.equal(schedules.normal(SCHEDULE, n), _a1111_timesteps(ref, n, sgm=False))
     assert torch.equal(schedules.simple(SCHEDULE, n), _a1111_simple(ref, n))
@@ -234,18 +252,18 @@ def test_a1111_schedules(n):
 # ----------------------------------------------------------------------------------------------- LMS
 
 @pytest.mark.parametrize("key", ["karras", "uniform", "exponential"])
-def test_lms_coefficients_equal_scipy(key):
+def test_lms_coefficients_equal_scipy(ks, key):
     sigmas = schedules.SCHEDULE_FUNCTIONS[key](SCHEDULE, 12)
     ours = samplers.lms_coefficients(sigmas, order=4)
     t = sigmas.numpy()
     for i, row in enumerate(ours):
         order = min(i + 1, 4)
-        theirs = [KS.linear_multistep_coeff(order, t, i, j) for j in range(order)]
+        theirs = [ks.linear_multistep_coeff(order, t, i, j) for j in range(order)]
         scale = max(abs(c) for c in theirs)
         # k-diffusion integrates with float32 nodes (numpy 2 keeps the integrand float32): ~1e-7
         assert max(abs(a - b) for a, b in zip(row, theirs)) <= 1e-6 * scale, (i, row, theirs)
         # with float64 nodes scipy's quadrature agrees with the exact integral to rounding
-        exact = [KS.linear_multistep_coeff(order, t.astype(np.float64), i, j) for j in range(order)]
+        exact = [ks.linear_multistep_coeff(order, t.astype(np.float64), i, j) for j in range(order)]
         assert max(abs(a - b) for a, b in zip(row, exact)) <= 1e-12 * scale
         # the weights of a consistent multistep method sum to the step size
         assert sum(row) == pytest.approx(float(t[i + 1]) - float(t[i]), rel=1e-9)
@@ -255,22 +273,22 @@ def test_lms_coefficients_equal_scipy(key):
 
 @pytest.mark.parametrize("name", list(SAMPLER_CASES))
 @pytest.mark.parametrize("key", SCHEDULE_KEYS)
-def test_sampler_parity(name, key):
+def test_sampler_parity(ks, name, key):
     spec = registry.find_sampler(name)
     sigmas = registry.build_sigmas(spec, key, SCHEDULE, STEPS)
     x = x_init(sigmas)
     tol = 1e-6 if name == "LMS" else 0.0    # LMS: exact integration vs scipy.quad; the rest: bit-identical
-    check_pair(run_pair(name, sigmas, x), tol)
+    check_pair(run_pair(ks, name, sigmas, x), tol)
 
 
 @pytest.mark.parametrize("name", ["Euler", "Heun", "DPM2"])
-def test_churn_parity(name):
+def test_churn_parity(ks, name):
     sigmas = schedules.karras(SCHEDULE, STEPS)
     x = x_init(sigmas)
     outs = []
     for impl in ("ours", "ref"):
         torch.manual_seed(7)
-        fn = SAMPLER_CASES[name][0] if impl == "ours" else getattr(KS, SAMPLER_CASES[name][1])
+        fn = SAMPLER_CASES[name][0] if impl == "ours" else getattr(ks, SAMPLER_CASES[name][1])
         kw = {} if impl == "ours" else {"disable": True}
         outs.append(fn(gmm_denoiser, x.clone(), sigmas, s_churn=1.0, s_tmin=0.0, s_tmax=float("inf"),
                        s_noise=1.003, **kw))
@@ -279,20 +297,20 @@ def test_churn_parity(name):
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 @pytest.mark.parametrize("name", ["Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 3M SDE"])
-def test_eta_parity(name, eta):
+def test_eta_parity(ks, name, eta):
     sigmas = schedules.exponential(SCHEDULE, STEPS)
-    check_pair(run_pair(name, sigmas, x_init(sigmas), eta=eta, s_noise=0.98), 0.0)
+    check_pair(run_pair(ks, name, sigmas, x_init(sigmas), eta=eta, s_noise=0.98), 0.0)
 
 
 @pytest.mark.parametrize("name", ["DPM++ SDE", "DPM++ 2M SDE", "DPM++ 3M SDE"])
-def test_default_brownian_noise_matches(name):
+def test_default_brownian_noise_matches(ks, name):
     """Without a noise sampler both draw the tree's seed from torch's global generator."""
     sigmas = schedules.karras(SCHEDULE, STEPS)
     x = x_init(sigmas)
     outs = []
     for impl in ("ours", "ref"):
         torch.manual_seed(3)
-        fn = SAMPLER_CASES[name][0] if impl == "ours" else getattr(KS, SAMPLER_CASES[name][1])
+        fn = SAMPLER_CASES[name][0] if impl == "ours" else getattr(ks, SAMPLER_CASES[name][1])
         kw = {} if impl == "ours" else {"disable": True}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if impl == "ref" else "error")
@@ -300,22 +318,22 @@ def test_default_brownian_noise_matches(name):
     assert torch.equal(outs[0], outs[1])
 
 
-def test_img2img_tail_and_single_step():
+def test_img2img_tail_and_single_step(ks):
     full = schedules.karras(SCHEDULE, 20)
     tail = full[20 - 7 - 1:]
     for name in ("DPM++ 2M", "LMS", "DPM++ 2M SDE", "DPM++ 3M SDE"):
-        check_pair(run_pair(name, tail, x_init(tail)), 1e-6)
+        check_pair(run_pair(ks, name, tail, x_init(tail)), 1e-6)
     one = schedules.karras(SCHEDULE, 1)
     out = samplers.sample_dpmpp_3m_sde(gmm_denoiser, x_init(one), one,
                                        noise_sampler=BrownianTreeNoiseSampler(x_init(one), 0.03, 14.6, [1, 2]))
     assert torch.isfinite(out).all()
 
 
-def test_brownian_noise_per_image_seed():
+def test_brownian_noise_per_image_seed(ks):
     x = torch.zeros(3, 4, 5, 5)
     lo, hi = torch.tensor(0.03), torch.tensor(14.6)
     ours = BrownianTreeNoiseSampler(x, lo, hi, [5, 6, 7])
-    ref = KS.BrownianTreeNoiseSampler(x, lo, hi, seed=[5, 6, 7])
+    ref = ks.BrownianTreeNoiseSampler(x, lo, hi, seed=[5, 6, 7])
     for a, b in [(hi, torch.tensor(9.0)), (9.0, 2.5), (2.5, 2.4), (0.5, lo), (3.0, 7.0)]:
         with warnings.catch_warnings():
             warnings.simplefilter("error")        # ours keeps torchsde's harmless end-rounding warnings quiet

@@ -42,7 +42,7 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     (data / "styles.csv").write_text('name,prompt,negative_prompt\nOn white,"{prompt} on a white background",\n')
     with run_app("--data-dir", data, log_dir=data) as app:
-        yield {"url": app.base + "/", "data": data, "log": app.log, "ready_s": app.ready_s}
+        yield {"url": app.base + "/", "data": data, "log": app.log}
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,8 @@ def generate(page, kind: str, prompt: str, seed: int, timeout: float = 60_000) -
     return infotext_of(page, kind)
 
 
-def test_page_loads_fast_and_shows_the_model(server, browser, artifacts):
-    page = open_page(browser, server)
-    assert server["ready_s"] < 30  # generous bound against a hang; the measured time goes in the README
+def test_page_loads_and_shows_the_model(server, browser, artifacts):
+    page = open_page(browser, server)       # the start-up time is measured by bench/bench_startup.py
     assert "webui-demo-64px" in page.inner_text("#model_status")
     tabs = page.inner_text("#tabs")
     for name in ("txt2img", "img2img", "PNG Info", "Settings", "Extensions"):
