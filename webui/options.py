@@ -7,6 +7,7 @@ with a message naming the key; a damaged file is reported and set aside, never s
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -55,7 +56,9 @@ def coerce_option(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"option {key!r} takes true or false, not {value!r}")
     elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (isinstance(value, float) and not math.isfinite(value)) \
+                or int(value) != value:
             raise ValueError(f"option {key!r} takes a whole number, not {value!r}")
         value = int(value)
     elif kind is str and not isinstance(value, str):

@@ -128,6 +128,8 @@ def extension_routers(extensions) -> list:
     with the message, and the extension's error list records it."""
     from fastapi import APIRouter
 
+    from .api.routes import error_responses
+
     routers = []
     for ext in extensions.active():
         for prefix, at_root in ((f"/extensions-api/{ext.name}", False), (f"/{ext.name}", True)):
@@ -140,7 +142,9 @@ def extension_routers(extensions) -> list:
                 continue
             router = APIRouter(prefix=prefix, tags=[f"extension: {ext.name}"])
             for path, fn, methods in routes:
-                router.add_api_route(path, _route_guard(extensions, ext, fn), methods=list(methods))
+                # 404: the extension is disabled; 500: its route raised; 400/422: a body or parameter it refuses
+                router.add_api_route(path, _route_guard(extensions, ext, fn), methods=list(methods),
+                                     responses=error_responses(400, 404, 422, 500))
             routers.append(router)
     return routers
 

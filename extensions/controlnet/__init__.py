@@ -9,6 +9,7 @@ Each enabled unit adds a residual provider to the job's patches; nothing else in
 """
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -148,14 +149,40 @@ def setup(hooks):
         from fastapi import HTTPException
         try:
             module = pp.resolve(str(body.get("controlnet_module", "none")))
-            outputs = []
-            for image in body.get("controlnet_input_images") or body.get("controlnet_images") or []:
+        except ValueError as exc:
+            raise HTTPException(422, f"controlnet_module: {exc}") from None
+        images = body.get("controlnet_input_images") or body.get("controlnet_images") or []
+        if not isinstance(images, list):
+            raise HTTPException(422, "controlnet_input_images must be a list of base64 images")
+        value = body.get("controlnet_processor_res", 512)
+        try:
+            resolution = int(value)
+        except (TypeError, ValueError, OverflowError):
+            resolution = None
+        if resolution is None or isinstance(value, bool) or not (resolution == pp.UNSET
+                                                                 or 1 <= resolution <= pp.RESOLUTION.maximum):
+            raise HTTPException(422, f"controlnet_processor_res must be -1 (the default) or within "
+                                     f"1..{pp.RESOLUTION.maximum:g} (got {value!r})")
+        thresholds = []
+        for x in "ab":
+            value = body.get(f"controlnet_threshold_{x}")
+            try:
+                number = None if value is None else float(value)
+            except (TypeError, ValueError, OverflowError):
+                number = math.nan
+            if isinstance(value, bool) or (number is not None and not math.isfinite(number)):
+                raise HTTPException(422, f"controlnet_threshold_{x} must be a number (got {value!r})")
+            thresholds.append(number)
+        outputs = []
+        for i, image in enumerate(images):
+            try:
                 array = decode_image(image)
-                detected = pp.run_preprocessor(module, array, int(body.get("controlnet_processor_res", 512)),
-                                               body.get("controlnet_threshold_a"), body.get("controlnet_threshold_b"))
-                outputs.append(png_base64(Image.fromarray(detected)))
-        except (ValueError, TypeError) as exc:
-            raise HTTPException(422, str(exc)) from None
+                if array is None:
+                    raise ValueError("empty image")
+                detected = pp.run_preprocessor(module, array, resolution, *thresholds)
+            except (ValueError, TypeError) as exc:
+                raise HTTPException(422, f"controlnet_input_images[{i}]: {exc}") from None
+            outputs.append(png_base64(Image.fromarray(detected)))
         return {"images": outputs, "info": "Success"}
 
     for path, fn, methods in (("/model_list", model_list, ("GET",)), ("/module_list", module_list, ("GET",)),

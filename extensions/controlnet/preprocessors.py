@@ -33,6 +33,7 @@ class Slider:
 
 
 RESOLUTION = Slider("Resolution", 64, 2048, DEFAULT_RESOLUTION, 8)
+MAX_PIXELS = 16_000_000   # the largest scaled image (a huge resolution, or a very long image, is refused)
 
 
 def hwc3(image: np.ndarray) -> np.ndarray:
@@ -65,6 +66,9 @@ def resize_with_pad(image: np.ndarray, resolution: int) -> tuple[np.ndarray, Cal
     image = hwc3(image)
     height, width = image.shape[:2]
     target_h, target_w = scaled_size(height, width, resolution)
+    if target_h * target_w > MAX_PIXELS:
+        raise ValueError(f"resolution {resolution} would scale the {width}x{height} image to {target_w}x{target_h}, "
+                         f"more than {MAX_PIXELS} pixels")
     enlarge = resolution > min(height, width)
     resized = cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA)
     padded = np.pad(resized, [[0, -target_h % 64], [0, -target_w % 64], [0, 0]], mode="edge")

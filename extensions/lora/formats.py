@@ -123,7 +123,7 @@ class LoraModule:
             if raw.numel() != weight.numel():
                 raise ValueError(f"gives {raw.numel()} values ({tuple(raw.shape)}), expected {weight.numel()}")
             return raw.reshape(weight.shape) * self.scale
-        except (RuntimeError, ValueError, KeyError) as e:
+        except (RuntimeError, ValueError, KeyError, IndexError) as e:   # (IndexError: too few dimensions)
             raise ValueError(f"{self.target} module {self.module} ({self.kind}): tensors "
                              f"{ {k: tuple(v.shape) for k, v in self.tensors.items()} } do not make a delta for "
                              f"weight {tuple(weight.shape)}: {e}") from None
@@ -243,7 +243,8 @@ def parse_lora(state_dict: Mapping[str, torch.Tensor], unet: nn.Module | None, t
                 unknown.append(key)
         tensors = {param: params[param][1] for param in used}
         if alpha is None and kind == "peft":
-            alpha = peft_alpha.get(file_names[(target, module)], tensors["lora_A.weight"].shape[0])
+            lora_a = tensors["lora_A.weight"]     # (a 0-D one is left out below: it makes no delta)
+            alpha = peft_alpha.get(file_names[(target, module)], lora_a.shape[0] if lora_a.ndim else 0)
         entry = LoraModule(target, module, kind, tensors, alpha)
         weight = names.weights[(target, module)]
         try:  # shapes only: meta tensors hold no data
@@ -290,6 +291,7 @@ class _NameTables:
         self.kohya: dict[str, tuple[str, str]] = {}
         self.dotted: dict[str, tuple[str, str]] = {}
         self.weights: dict[tuple[str, str], torch.Tensor] = {}
+        self.longest = 0                                    # the longest name in ``dotted``
         encoders = [] if text_model is None else [text_model] if isinstance(text_model, nn.Module) else list(text_model)
         if unet is not None:
             ours = self._weighted("unet", unet)
@@ -324,6 +326,7 @@ class _NameTables:
         self.kohya.setdefault(kohya, (target, ours))
         for name in dotted:
             self.dotted.setdefault(name, (target, ours))
+            self.longest = max(self.longest, len(name))
 
     def resolve(self, key: str) -> tuple[str, str, str, str] | None:
         """(target, our module, the module's name in the file, parameter name) for a key, or None."""
@@ -338,7 +341,7 @@ class _NameTables:
                 if file_name in self.dotted:
                     return (*self.dotted[file_name], file_name, f"lora.{match['part']}.weight")
             return None
-        end = len(key)
+        end = min(len(key), self.longest + 1)  # (no longer prefix is a known name: a key of a million dots is quick)
         while (end := key.rfind(".", 0, end)) > 0:  # the longest known module name in front of a parameter
             hit = self.dotted.get(key[:end])
             if hit:
@@ -362,13 +365,26 @@ class _PeftAlphas:
         alpha = self.config.get(f"{component}.lora_alpha")
         if alpha is None:
             return None
-        for pattern, value in (self.config.get(f"{component}.alpha_pattern") or {}).items():
-            try:
-                if re.fullmatch(rf"(?:.*\.)?(?:{pattern})", name):
-                    alpha = value
-                    break
-            except re.error:
-                continue
+        patterns = self.config.get(f"{component}.alpha_pattern") or {}
+        if not isinstance(patterns, dict):
+            raise ValueError(f"{_METADATA_KEY}: {component}.alpha_pattern is {_short(patterns)}, expected an object "
+                             "of module name -> alpha")
+        # The keys are module names (diffusers writes them so): matched as a whole name or the end of one after
+        # a '.', literally. PEFT reads them as regular expressions, but one from a file could take forever.
+        for pattern, value in patterns.items():
+            if name == pattern or name.endswith("." + pattern):
+                alpha = value
+                break
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{_METADATA_KEY}: the alpha of {component}.{name} is {_short(alpha)}, "
+                             "expected a number") from None
         if self.config.get(f"{component}.use_rslora"):
-            return float(alpha) * math.sqrt(rank)  # scale alpha/sqrt(rank) written as alpha'/rank
-        return float(alpha)
+            return alpha * math.sqrt(rank)  # scale alpha/sqrt(rank) written as alpha'/rank
+        return alpha
+
+
+def _short(value, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

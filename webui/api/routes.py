@@ -38,8 +38,23 @@ class Limits:
     max_image_pixels: int = 4096 * 4096
 
 
+MAX_MASK_BLUR = 64           # A1111's "Mask blur" slider
+MAX_SEED_VALUE = 2**64 - 1   # the largest seed a torch generator takes
+
+
 def _error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON", 404: "Not found", 409: "Conflict with the task's or the server's state",
+    413: "An image or the body is too large", 422: "A field is invalid: the message names it",
+    500: "The model could not be loaded, or the generation failed"}
+
+
+def error_responses(*codes: int) -> dict:
+    """The error answers a route declares in the OpenAPI (``responses=``): all ``{"detail": ...}``."""
+    return {code: {"model": schemas.ErrorResponse, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
 
 
 def decode_image(data: str, what: str, limits: Limits) -> Image.Image:
@@ -120,6 +135,13 @@ class Api:
         for name in ("prompt", "negative_prompt"):
             if len(getattr(body, name)) > lim.max_prompt_chars:
                 problems.append(f"{name} is longer than {lim.max_prompt_chars} characters")
+        if img2img:
+            blurs = ["mask_blur"] if body.mask_blur is not None else ["mask_blur_x", "mask_blur_y"]
+            for name in blurs:
+                if not 0 <= getattr(body, name) <= MAX_MASK_BLUR:
+                    problems.append(f"{name} must be within 0..{MAX_MASK_BLUR} (got {getattr(body, name)})")
+            if body.inpaint_full_res_padding < 0:
+                problems.append(f"inpaint_full_res_padding must be 0 or more (got {body.inpaint_full_res_padding})")
         if problems:
             raise _error(422, "; ".join(problems))
         sampler = body.sampler_name or body.sampler_index or "Euler"
@@ -131,11 +153,13 @@ class Api:
         unknown = [k for k in overrides if k not in OPTIONS]
         if unknown:
             raise _error(422, f"unknown override_settings: {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
-        try:
-            prompt_settings = {key: coerce_option(key, overrides[key])
-                               for key in ("CLIP_stop_at_last_layers", *SETTING_FIELDS) if key in overrides}
+        try:   # every value is checked before the job is queued (the model and VAE by name, below)
+            settings = {key: coerce_option(key, value) for key, value in overrides.items()
+                        if key not in ("sd_model_checkpoint", "sd_vae")}
         except ValueError as exc:
             raise _error(422, f"override_settings: {exc}") from None
+        prompt_settings = {key: settings[key] for key in ("CLIP_stop_at_last_layers", *SETTING_FIELDS)
+                           if key in settings}
         clip_skip = prompt_settings.pop("CLIP_stop_at_last_layers", self.backend.options["CLIP_stop_at_last_layers"])
         refiner = body.refiner_checkpoint if body.refiner_checkpoint not in (None, "", "None", "none") else None
         if refiner is not None:
@@ -174,6 +198,7 @@ class Api:
                                                 else body.initial_noise_multiplier)
         try:
             request.validate()
+            self._check_run(request)
         except ValueError as exc:
             raise _error(422, str(exc)) from None
         target = {}
@@ -252,6 +277,26 @@ class Api:
             raise ValueError(f"steps must be within 1..{lim.max_steps} (got {request.steps})")
         if not 0.0 <= request.cfg_scale <= 100.0:
             raise ValueError(f"cfg_scale must be within 0..100 (got {request.cfg_scale})")
+        images = request.batch_size * request.n_iter
+        for name in ("seed", "subseed"):     # image i gets seed + i; torch's generators take up to 2^64 - 1
+            value = getattr(request, name)
+            if value is not None and value + images - 1 > MAX_SEED_VALUE:
+                raise ValueError(f"{name} must be -1 (random) or at most {MAX_SEED_VALUE - images + 1} "
+                                 f"for {images} image(s) (got {value})")
+        if request.enable_hr:
+            from ..engine.upscale import hires_target
+            if request.hr_second_pass_steps > lim.max_steps:
+                raise ValueError(f"hr_second_pass_steps must be within 0..{lim.max_steps} "
+                                 f"(got {request.hr_second_pass_steps})")
+            target = hires_target(request.width, request.height, request.hr_scale, request.hr_resize_x,
+                                  request.hr_resize_y)
+            if max(target.width, target.height) > lim.max_size:
+                raise ValueError(f"hires fix would make {target.width}x{target.height} images; the largest side "
+                                 f"may be {lim.max_size} (hr_scale, hr_resize_x, hr_resize_y)")
+            try:   # the job would only find these out after its first pass
+                registry.resolve(request.hr_sampler_name or request.sampler_name, request.hr_scheduler)
+            except ValueError as exc:
+                raise ValueError(f"hr_sampler_name / hr_scheduler: {exc}") from None
 
     def _with_infotext(self, body):
         """A1111's ``infotext`` field: the parameters it names fill the fields the request did not set."""
@@ -320,14 +365,18 @@ class Api:
 
     def _keep_overrides(self, overrides: dict) -> None:
         """``override_settings_restore_afterwards: false``: the job's overrides become the settings (A1111)."""
-        kept = {key: coerce_option(key, value) for key, value in overrides.items()}
-        if "sd_model_checkpoint" in kept:
-            kept["sd_model_checkpoint"] = self._checkpoint_name(str(kept["sd_model_checkpoint"]))
+        kept = {key: coerce_option(key, value) for key, value in overrides.items()
+                if key not in ("sd_model_checkpoint", "sd_vae")}
+        if "sd_model_checkpoint" in overrides:
+            kept["sd_model_checkpoint"] = self._checkpoint_name(str(overrides["sd_model_checkpoint"]))
+        if "sd_vae" in overrides:
+            kept["sd_vae"] = self._vae_name(str(overrides["sd_vae"]))
         self.backend.options.update(kept)
 
     def _info(self, request: GenerationRequest, out, body, job_id: str) -> dict:
         first = infotext.parse_typed(out.infotexts[0]) if out.infotexts else None
-        model = self.backend.model_info
+        # the model this job ran with: by the time its client is answered, a later job may have switched it
+        model = getattr(out, "model_info", None) or self.backend.model_info
         return {
             "prompt": request.prompt, "all_prompts": out.prompts,
             "negative_prompt": request.negative_prompt, "all_negative_prompts": out.negative_prompts,
@@ -390,23 +439,26 @@ class Api:
         r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
         backend, queue = self.backend, self.backend.queue
 
-        @r.post("/txt2img", response_model=schemas.GenerationResponse)
+        @r.post("/txt2img", response_model=schemas.GenerationResponse,
+                responses=error_responses(400, 409, 413, 422, 500))
         def txt2img(body: schemas.Txt2ImgRequest):
             return self._run(body, img2img=False)
 
-        @r.post("/img2img", response_model=schemas.GenerationResponse)
+        @r.post("/img2img", response_model=schemas.GenerationResponse,
+                responses=error_responses(400, 409, 413, 422, 500))
         def img2img(body: schemas.Img2ImgRequest):
             return self._run(body, img2img=True)
 
-        @r.get("/progress", response_model=schemas.ProgressResponse)
+        @r.get("/progress", response_model=schemas.ProgressResponse, responses=error_responses(422))
         def progress(skip_current_image: bool = False):
             return self.progress(skip_current_image)
 
-        @r.get("/tasks/{task_id}", response_model=schemas.TaskProgressResponse)
+        @r.get("/tasks/{task_id}", response_model=schemas.TaskProgressResponse,
+               responses=error_responses(404, 422))
         def task(task_id: str):
             return self.task(task_id)
 
-        @r.delete("/tasks/{task_id}")
+        @r.delete("/tasks/{task_id}", responses=error_responses(404, 409, 422))
         def cancel_task(task_id: str):
             job = queue.get(task_id)
             if job is None:
@@ -429,7 +481,7 @@ class Api:
                 queue.skip(job.id)
             return {}
 
-        @r.post("/png-info", response_model=schemas.PngInfoResponse)
+        @r.post("/png-info", response_model=schemas.PngInfoResponse, responses=error_responses(400, 413, 422))
         def png_info(body: schemas.PngInfoRequest):
             if not body.image:
                 raise _error(422, "image: empty")
@@ -448,7 +500,7 @@ class Api:
             values["sd_checkpoint_hash"] = info.hash if info else None
             return values
 
-        @r.post("/options")
+        @r.post("/options", responses=error_responses(400, 422, 500))
         def set_options(changes: dict = Body(...)):
             unknown = [k for k in changes if k not in OPTIONS]
             if unknown:
@@ -525,14 +577,16 @@ class Api:
             return [{"name": st.name, "prompt": st.prompt, "negative_prompt": st.negative_prompt}
                     for st in backend.styles.styles.values()]
 
-        @r.post("/extra-single-image", response_model=schemas.ExtrasSingleImageResponse)
+        @r.post("/extra-single-image", response_model=schemas.ExtrasSingleImageResponse,
+                responses=error_responses(400, 413, 422))
         def extra_single_image(body: schemas.ExtrasSingleImageRequest):
             image = decode_image(body.image, "image", self.limits)
             data, info = self._extras(body, image)
             return schemas.ExtrasSingleImageResponse(html_info=f"<p>{html.escape(info)}</p>",
                                                      image=data if body.show_extras_results else None)
 
-        @r.post("/extra-batch-images", response_model=schemas.ExtrasBatchImagesResponse)
+        @r.post("/extra-batch-images", response_model=schemas.ExtrasBatchImagesResponse,
+                responses=error_responses(400, 413, 422))
         def extra_batch_images(body: schemas.ExtrasBatchImagesRequest):
             if not body.imageList:
                 raise _error(422, "imageList: at least one image is needed")
@@ -591,7 +645,7 @@ class Api:
             job.wait()
             return None
 
-        @r.post("/reload-checkpoint")
+        @r.post("/reload-checkpoint", responses=error_responses(409, 500))
         def reload_checkpoint():
             name = backend.status.name or backend.default_checkpoint_name()
             if not name:

@@ -184,3 +184,9 @@ class TaskProgressResponse(BaseModel):
     error: str | None = None
     files: list[str] | None = None       # a finished task's saved images, relative to the outputs folder
     infotexts: list[str] | None = None   # their parameters
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer (4xx/5xx): ``detail`` is a message that names the field, or FastAPI's list of field
+    errors (a 422 for a body or parameter of the wrong type)."""
+    detail: str | list[dict[str, Any]]

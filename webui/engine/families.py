@@ -147,7 +147,7 @@ _OPEN_CLIP_REQUIRED = ("token_embedding.weight", "positional_embedding", "transf
 
 def block_indices(sd: Mapping[str, object], prefix: str) -> list[int]:
     """Sorted distinct N of keys ``prefix + "N."...``."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    pattern = re.compile(re.escape(prefix) + r"([0-9]{1,9})\.")   # (int() refuses 4300+ digits)
     return sorted({int(m.group(1)) for k in sd if (m := pattern.match(k))})
 
 

@@ -18,12 +18,14 @@ truncating the file while its tensors are alive makes later reads fail with SIGB
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import mmap
 import os
 import pickle
 import re
+import reprlib
 import struct
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import torch
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_DIMS = 64
 
 _DTYPES = {
     name: getattr(torch, attr)
@@ -109,10 +112,11 @@ def _checked_file(path) -> Path:
 
 
 def _reject_duplicates(pairs):
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}")
-    return dict(pairs)
+    result = dict(pairs)
+    if len(result) != len(pairs):       # (counted once: keys.count() per key took quadratic time)
+        counts = collections.Counter(key for key, _ in pairs)
+        raise ValueError(f"duplicate keys {sorted(key for key, n in counts.items() if n > 1)[:10]}")
+    return result
 
 
 def _parse_header(path, f, size: int):
@@ -130,25 +134,34 @@ def _parse_header(path, f, size: int):
         header = json.loads(f.read(length).decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{path}: header is not valid JSON ({e}); expected a JSON object") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: header is JSON nested too deeply; expected an object of tensor "
+                              "entries") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
 
     metadata = header.pop("__metadata__", None) or {}
     if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
-        raise CheckpointError(f"{path}: __metadata__ is {metadata!r}, expected an object of strings")
+        raise CheckpointError(f"{path}: __metadata__ is {_short(metadata)}, expected an object of strings")
 
     entries, data_size = {}, size - 8 - length
     for name, info in header.items():
         info = info if isinstance(info, dict) else {}
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}, expected one of {', '.join(_DTYPES)}")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {_short(dtype)}, expected one of "
+                                  f"{', '.join(_DTYPES)}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {shape!r}, expected a list of non-negative ints")
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {_short(shape)}, expected a list of "
+                                  "non-negative ints")
+        # torch computes sizes in int64: a shape with a zero in it holds no data but still has to fit
+        if len(shape) > MAX_DIMS or math.prod(max(d, 1) for d in shape) * _DTYPES[dtype].itemsize >= 2**63:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {_short(shape)}, more than a tensor can "
+                                  f"have (at most {MAX_DIMS} dimensions, under 2**63 bytes)")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1]):
-            raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets!r}, expected [begin, end] "
-                                  "with 0 <= begin <= end")
+            raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {_short(offsets)}, expected "
+                                  "[begin, end] with 0 <= begin <= end")
         begin, end = offsets
         nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
         if end - begin != nbytes:
@@ -166,6 +179,14 @@ def _parse_header(path, f, size: int):
                                   f"(one ends at byte {previous_end}, the other starts at {begin})")
         previous_name, previous_end = name, max(previous_end, end)
     return metadata, entries, 8 + length
+
+
+def _short(value, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters (values from a header can be megabytes long)."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _read_safetensors(path, file: Path) -> dict[str, torch.Tensor]:
@@ -228,8 +249,24 @@ def _read_pickle(path, file: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors "
                               "(optionally under 'state_dict')")
-    return {key: value.detach() if isinstance(value, torch.nn.Parameter) else value
-            for key, value in obj.items() if isinstance(key, str) and isinstance(value, torch.Tensor)}
+    tensors = {key: value.detach() if isinstance(value, torch.nn.Parameter) else value
+               for key, value in obj.items() if isinstance(key, str) and isinstance(value, torch.Tensor)}
+    for key, value in tensors.items():
+        problem = repeats_data(value)
+        if problem:
+            raise CheckpointError(f"{path}: tensor {key!r} {tuple(value.shape)} {problem}")
+    return tensors
+
+
+def repeats_data(tensor: torch.Tensor) -> str | None:
+    """What is wrong when ``tensor`` has more elements than its storage holds (a view that repeats its data,
+    as ``expand`` makes: a pickle of a few bytes can describe terabytes, which any copy would allocate);
+    None for an ordinary tensor."""
+    storage = tensor.untyped_storage().nbytes()
+    if tensor.numel() * tensor.element_size() <= storage:
+        return None
+    return (f"has {tensor.numel()} values but its data is {storage} bytes (a view that repeats its data, "
+            "refused: a copy would need more memory than the file holds)")
 
 
 def _load_pickle(path, file: Path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 
 import numpy as np
 import torch
@@ -185,6 +186,18 @@ class ImageInputError(ValueError):
         self.too_large = too_large
 
 
+# What PIL's decoders raise for a malformed file besides OSError / ValueError (a PNG chunk of the wrong
+# length: SyntaxError "broken PNG file"; short headers: struct.error, EOFError, IndexError ...).
+_MALFORMED = (SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error, ZeroDivisionError)
+
+
+def _decodable_formats() -> list[str]:
+    """Every format PIL reads but EPS, which it decodes by running Ghostscript on the file (a PostScript
+    interpreter on a request's bytes, writing temporary files)."""
+    Image.init()
+    return [f for f in Image.ID if f != "EPS"]
+
+
 def decode_base64(data: str, what: str, max_pixels: int) -> Image.Image:
     """base64 or ``data:image/...;base64,`` -> a loaded PIL image. Remote URLs are never fetched; a picture of
     more than ``max_pixels`` is refused from its header, before it is decoded."""
@@ -201,7 +214,7 @@ def decode_base64(data: str, what: str, max_pixels: int) -> Image.Image:
     except (binascii.Error, ValueError):
         raise ImageInputError(f"{what}: not valid base64") from None
     try:
-        with Image.open(io.BytesIO(raw)) as probe:
+        with Image.open(io.BytesIO(raw), formats=_decodable_formats()) as probe:
             if probe.width * probe.height > max_pixels:
                 raise ImageInputError(f"{what}: {probe.width}x{probe.height} is larger than {max_pixels} pixels",
                                       too_large=True)
@@ -211,5 +224,5 @@ def decode_base64(data: str, what: str, max_pixels: int) -> Image.Image:
         raise
     except Image.DecompressionBombError:        # PIL's own header check, for pictures far over its limit
         raise ImageInputError(f"{what}: the picture is larger than {max_pixels} pixels", too_large=True) from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, *_MALFORMED) as exc:
         raise ImageInputError(f"{what}: not a readable image ({type(exc).__name__})") from None

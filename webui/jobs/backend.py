@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -56,6 +57,7 @@ class GenerationOutput:
     warnings: list[str] = field(default_factory=list)           # for the user (unknown <kind:...> tags)
     subseeds: list[int] = field(default_factory=list)           # variation seeds, per image
     index_of_first_image: int = 0                               # a script's leading grids (A1111's field)
+    model_info: Any = None          # the ``generation.ModelInfo`` the job ran with (not the one resident later)
 
 
 def _relative_names(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
@@ -415,7 +417,7 @@ class Backend:
             out = GenerationOutput(result.images, result.infotexts, result.seeds, interrupted=result.interrupted,
                                    model=self._loaded[0], prompts=result.prompts,
                                    negative_prompts=result.negative_prompts, warnings=result.warnings,
-                                   index_of_first_image=result.index_of_first_image)
+                                   index_of_first_image=result.index_of_first_image, model_info=self._model_info)
             saving_on = self.options["samples_save"] if save is None else save
             if result.save_as_grid and (self.options["grid_save"] if save_grid is None else save_grid) and saving_on:
                 from .scripts import save_grids
@@ -480,7 +482,8 @@ class Backend:
                                   interrupted=result.interrupted, model=self._loaded[0],
                                   prompts=[g.prompt for g in result.images],
                                   negative_prompts=[g.negative_prompt for g in result.images],
-                                  warnings=list(result.warnings), subseeds=[g.subseed for g in result.images])
+                                  warnings=list(result.warnings), subseeds=[g.subseed for g in result.images],
+                                  model_info=self._model_info)
         if self.options["samples_save"] if save is None else save:
             output.paths = self._save(output, kind, save_grid)
         return output

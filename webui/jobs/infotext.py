@@ -35,6 +35,8 @@ SCHEDULERS = (
 
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')  # A1111's re_param
 _KEY_RE = re.compile(r"\w[\w \-/]+")
+_KEY_RUN = re.compile(r"[\w \-/]+")   # a run of the characters a key is made of
+_WORD = re.compile(r"\w")
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 _NEG = "Negative prompt:"
 
@@ -76,9 +78,34 @@ def build(prompt: str, negative_prompt: str, params: dict[str, object]) -> str:
     return f"{prompt}{negative}\n{', '.join(parts)}".strip()
 
 
+def _params(line: str) -> list[tuple[str, str]]:
+    """``_PARAM_RE.findall(line)``, in linear time.
+
+    ``findall`` tries the regex at every position, and each try scans the run of key characters ahead of
+    it, so a long line with few colons takes quadratic time (hours for a 1 MB PNG text chunk). A key can
+    only end right before a ':' that ends a run of key characters, and a try succeeds exactly there, from
+    the run's first word character on: so only those places are tried.
+    """
+    found, pos = [], 0
+    while True:
+        run = _KEY_RUN.search(line, pos)
+        if run is None:
+            return found
+        end = run.end()
+        if end < len(line) and line[end] == ":":
+            first = _WORD.search(line, run.start(), end)
+            if first is not None and end - first.start() >= 2:
+                m = _PARAM_RE.match(line, first.start())
+                found.append(m.groups())
+                pos = m.end()
+                continue
+        pos = end
+
+
 def _split(text: str) -> tuple[str, str, list[tuple[str, str]]]:
     *lines, last = text.replace("\r\n", "\n").strip().split("\n")
-    if len(_PARAM_RE.findall(last)) < 3:
+    pairs = _params(last)
+    if len(pairs) < 3:
         lines.append(last)
         last = ""
     prompt = negative = ""
@@ -92,7 +119,7 @@ def _split(text: str) -> tuple[str, str, list[tuple[str, str]]]:
             negative += ("" if negative == "" else "\n") + line
         else:
             prompt += ("" if prompt == "" else "\n") + line
-    return prompt, negative, [(k, unquote(v)) for k, v in _PARAM_RE.findall(last)]
+    return prompt, negative, [(k, unquote(v)) for k, v in pairs]
 
 
 def parse(text: str) -> dict[str, str]:
@@ -166,8 +193,11 @@ def parse_typed(text: str) -> Infotext:
     info = Infotext(prompt=prompt, negative_prompt=negative)
     for key, value in dict(pairs).items():
         if key == "Size" and (m := _SIZE_RE.match(value)):
-            info.width, info.height = int(m.group(1)), int(m.group(2))
-            continue
+            try:
+                info.width, info.height = int(m.group(1)), int(m.group(2))
+                continue
+            except ValueError:   # more digits than int() converts (4300): stays raw in extra, as other keys
+                pass
         if key in _TYPED:
             attr, convert = _TYPED[key]
             try:

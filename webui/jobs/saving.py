@@ -225,6 +225,8 @@ def save_grid(images: Sequence[Image.Image], folder: str | os.PathLike, infotext
 def _decode_user_comment(raw: bytes | str) -> str:
     if isinstance(raw, str):
         return raw
+    if not isinstance(raw, (bytes, bytearray)):   # a number or a tuple where a file has the wrong tag type
+        return ""
     prefix, body = raw[:8], raw[8:]
     if prefix == b"UNICODE\0":
         codec = "utf-16" if body[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-16-be"

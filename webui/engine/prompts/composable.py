@@ -10,7 +10,10 @@ import re
 from dataclasses import dataclass
 
 _AND = re.compile(r"\bAND\b")
-_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+# A1111 matches each part with ``^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$``; that regex takes
+# quadratic time on long runs of spaces, so the same split is done here from the part's end: the weight is
+# what follows the last ':' when that is a number alone (spaces around it allowed).
+_WEIGHT = re.compile(r"\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*")
 _TAG = re.compile(r"<(\w+):([^>]+)>")
 
 
@@ -18,9 +21,12 @@ def subprompts(prompt: str) -> list[tuple[str, float]]:
     """``"a AND b :1.2"`` -> ``[("a", 1.0), ("b", 1.2)]``."""
     out = []
     for part in _AND.split(prompt):
-        m = _WEIGHT.search(part)
-        text, weight = m.groups() if m is not None else (part, None)
-        out.append((text, 1.0 if weight is None else float(weight)))
+        head, colon, tail = part.rpartition(":")
+        m = _WEIGHT.fullmatch(tail) if colon else None
+        if m is not None:
+            out.append((head.rstrip(), float(m.group(1))))
+        else:
+            out.append((part.rstrip(), 1.0))
     return out
 
 
@@ -39,4 +45,9 @@ def extra_network_tags(prompt: str) -> tuple[str, list[ExtraNetworkTag]]:
     def take(m: re.Match) -> str:
         found.append(ExtraNetworkTag(m.group(1), tuple(m.group(2).split(":")), m.group(0)))
         return ""
-    return _TAG.sub(take, prompt), found
+    # A tag never spans a '>', so each piece up to a '>' is searched on its own (the same matches as one
+    # search of the whole prompt); the rest after the last '>' holds no tag. Searching the whole prompt
+    # takes quadratic time on many "<a:" with no '>' after them.
+    pieces = prompt.split(">")
+    out = [_TAG.sub(take, piece + ">") for piece in pieces[:-1]]
+    return "".join(out) + pieces[-1], found

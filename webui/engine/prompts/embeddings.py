@@ -86,10 +86,7 @@ def _tensor_of(data, path: Path) -> tuple[torch.Tensor, dict]:
     elif "clip_g" in data and "clip_l" in data:
         parts = {}
         for key in ("clip_l", "clip_g"):
-            value = data[key]
-            if not isinstance(value, torch.Tensor) or value.ndim not in (1, 2) or not value.is_floating_point():
-                raise EmbeddingError(f"{path}: {key} is not a 1-D or 2-D float tensor")
-            parts[key] = value.detach().reshape(-1, value.shape[-1]).to(torch.float32).clone()
+            parts[key] = _vectors(data[key], path, key)
         if parts["clip_l"].shape[0] != parts["clip_g"].shape[0]:
             raise EmbeddingError(f"{path}: clip_l has {parts['clip_l'].shape[0]} vectors, clip_g "
                                  f"{parts['clip_g'].shape[0]}; an SDXL embedding has as many of each")
@@ -100,9 +97,19 @@ def _tensor_of(data, path: Path) -> tuple[torch.Tensor, dict]:
             raise EmbeddingError(f"{path}: holds {len(data)} entries ({', '.join(map(str, list(data)[:4]))}); "
                                  "an embedding file holds one tensor")
         tensor, extra = tensors[0], {}
+    return _vectors(tensor, path, "the embedding"), extra
+
+
+def _vectors(tensor, path: Path, what: str) -> torch.Tensor:
+    """``tensor`` as ``(n, D)`` float32 vectors (a copy), or EmbeddingError saying what it is instead."""
     if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (1, 2) or not tensor.is_floating_point():
-        raise EmbeddingError(f"{path}: the embedding is not a 1-D or 2-D float tensor")
-    return tensor.detach().reshape(-1, tensor.shape[-1]).to(torch.float32).clone(), extra
+        raise EmbeddingError(f"{path}: {what} is not a 1-D or 2-D float tensor")
+    if tensor.numel() == 0:
+        raise EmbeddingError(f"{path}: {what} is empty (shape {tuple(tensor.shape)}); expected at least one vector")
+    problem = files.repeats_data(tensor)
+    if problem:
+        raise EmbeddingError(f"{path}: {what} {tuple(tensor.shape)} {problem}")
+    return tensor.detach().reshape(-1, tensor.shape[-1]).to(torch.float32).clone()
 
 
 def load_embedding(path: str | os.PathLike) -> Embedding:

@@ -9,20 +9,29 @@
 
 The grammar is A1111's: a bracket group is a schedule, an alternation or an emphasis group when its
 content fits one of them; at the top level a bracket that fits nothing is plain text, and a prompt with a
-stray ``|`` or a trailing lone backslash is not scheduled at all (A1111's parser rejects it as a whole).
+stray ``|`` or a trailing lone backslash is not scheduled at all (A1111's parser rejects it as a whole), nor
+is one with brackets nested deeper than ``MAX_DEPTH`` (100) levels.
 ``schedule(prompt, steps)`` returns ``[(last_step, text), ...]`` like A1111's
 ``get_learned_conditioning_prompt_schedules``: ``text`` applies to the (1-based) steps up to ``last_step``.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))\s*")
 _PLAIN = re.compile(r"(?:[^\\\[\]():|]|\\.)+", re.S)
+# A prompt with brackets nested deeper than this is not scheduled at all (the parser recurses once per level:
+# a prompt of thousands of "[" would otherwise exhaust Python's stack).
+MAX_DEPTH = 100
 
 
 class _NoParse(Exception):
+    pass
+
+
+class _TooDeep(Exception):
     pass
 
 
@@ -49,6 +58,7 @@ class _Alternate:
 class _Parser:
     def __init__(self, text: str):
         self.text = text
+        self.depth = 0
 
     def top(self) -> list:
         """(prompt | stray brackets)*: a bracket group that does not parse is text."""
@@ -94,6 +104,15 @@ class _Parser:
         return nodes, i
 
     def group(self, i: int) -> tuple[object, int]:
+        if self.depth >= MAX_DEPTH:
+            raise _TooDeep
+        self.depth += 1
+        try:
+            return self._group(i)
+        finally:
+            self.depth -= 1
+
+    def _group(self, i: int) -> tuple[object, int]:
         opener, text = self.text[i], self.text
         closer = ")" if opener == "(" else "]"
         parts, seps = [], []
@@ -135,14 +154,16 @@ def _even_stray_run(text: str, i: int) -> bool:
 
 
 def _when_step(when: str, steps: int, old_scheduling: bool, offsets: tuple[int, float] = (0, 0.0)) -> int:
-    value = float(when)
+    value = float(when)                  # may be inf ("1e999"): clamped below, before int()
     if old_scheduling:
         value = value * steps if value < 1 else value
     elif "." in when:
         value = (value - offsets[1]) * steps
     else:
         value = value - offsets[0]
-    return min(steps, int(value))
+    if math.isnan(value):                # inf * 0 steps
+        return 0
+    return int(min(steps, max(value, -1)))
 
 
 def _collect(nodes, steps: int, old_scheduling: bool, found: set[int], offsets: tuple[int, float] = (0, 0.0)) -> None:
@@ -186,7 +207,7 @@ def schedule(prompt: str, steps: int, *, old_scheduling: bool = False,
     through it), so a prompt can be edited for the second pass alone."""
     try:
         tree = _Parser(prompt).top()
-    except _NoParse:
+    except (_NoParse, _TooDeep):
         return [(steps, prompt)]
     ends = {steps}
     offsets = (first_pass_steps, 1.0) if first_pass_steps is not None and not old_scheduling else (0, 0.0)

@@ -85,6 +85,7 @@ class PromptMatrix(Script):
               styles: Sequence[str]) -> tuple[list[str], list[ScriptRun]]:
         negative = options.prompt_type == "negative"
         source = request.negative_prompt if negative else request.prompt
+        check_image_count(self.title, 2 ** source.count("|"), self.env)    # before 2^n prompts are built
         parts, prompts = matrix_prompts(source, options.put_at_start,
                                         ", " if options.variations_delimiter == "comma" else " ")
         check_image_count(self.title, len(prompts), self.env)

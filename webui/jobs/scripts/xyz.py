@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -89,6 +90,22 @@ def _num(text: str) -> str:
     return text.replace(" ", "")
 
 
+MAX_AXIS_VALUES = 10_000   # what one axis may expand to: a range like 1-1000000000 is refused before it is built
+
+
+def _room(value: str, count, out: list) -> None:
+    """ValueError when ``count`` more values (a range's length) would make the axis too long."""
+    if not len(out) + count <= MAX_AXIS_VALUES:         # also for NaN
+        raise ValueError(f"{value!r}: an axis may have at most {MAX_AXIS_VALUES} values")
+
+
+def _range_length(start: int, stop: int, step: int) -> int:
+    try:
+        return len(range(start, stop, step))
+    except OverflowError:
+        return MAX_AXIS_VALUES + 1
+
+
 def expand_ints(values: Sequence[str]) -> list[Any]:
     """``a-b`` (step 1, end included), ``a-b (+s)``, ``a-b [n]`` (n values, linspace truncated) -> ints;
     other values stay (converted later). Empty values are dropped."""
@@ -100,9 +117,12 @@ def expand_ints(values: Sequence[str]) -> list[Any]:
             step = int(m.group(3)) if m.group(3) is not None else 1
             if step == 0:
                 raise ValueError(f"{value!r}: the step of a range cannot be 0")
-            out += list(range(int(_num(m.group(1))), int(_num(m.group(2))) + 1, step))
+            start, stop = int(_num(m.group(1))), int(_num(m.group(2))) + 1
+            _room(value, _range_length(start, stop, step), out)
+            out += list(range(start, stop, step))
         elif m := _INT_COUNT.fullmatch(value):
             count = int(m.group(3)) if m.group(3) is not None else 1
+            _room(value, count, out)
             out += [int(x) for x in np.linspace(int(_num(m.group(1))), int(_num(m.group(2))), count).tolist()]
         else:
             out.append(value)
@@ -120,9 +140,11 @@ def expand_floats(values: Sequence[str]) -> list[Any]:
             step = float(m.group(3)) if m.group(3) is not None else 1.0
             if step == 0:
                 raise ValueError(f"{value!r}: the step of a range cannot be 0")
+            _room(value, max(0.0, (end + step - start) / step), out)
             out += np.arange(start, end + step, step).tolist()
         elif m := _FLOAT_COUNT.fullmatch(value):
             count = int(m.group(3)) if m.group(3) is not None else 1
+            _room(value, count, out)
             out += np.linspace(float(_num(m.group(1))), float(_num(m.group(2))), count).tolist()
         else:
             out.append(value)
@@ -499,6 +521,9 @@ class XYZPlot(Script):
                 expanded = expand_floats(raw)
                 values = [self._convert(v, float, "a number") for v in expanded]
             elif option.type == "permutations":
+                if math.factorial(min(len(raw), 20)) > MAX_AXIS_VALUES:
+                    raise ValueError(f"{len(raw)} values make too many orders; an axis may have at most "
+                                     f"{MAX_AXIS_VALUES} values")
                 values = list(itertools.permutations(raw))
             else:
                 values = list(raw)
