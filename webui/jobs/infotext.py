@@ -107,7 +107,7 @@ def _split(text: str) -> tuple[str, str, list[tuple[str, str]]]:
     pairs = _params(last)
     if len(pairs) < 3:
         lines.append(last)
-        last = ""
+        last, pairs = "", []
     prompt = negative = ""
     in_negative = False
     for line in lines:
