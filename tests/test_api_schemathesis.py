@@ -333,7 +333,7 @@ XYZ = "X/Y/Z plot"
     (T2I, {**TINY, "seed": 2**64}, "seed"),
     (T2I, {**TINY, "seed": 2**64 - 1, "batch_size": 2}, "seed"),
     (T2I, {**TINY, "subseed": 2**70, "subseed_strength": 0.5}, "subseed"),
-    (T2I, {**TINY, "infotext": "a cat\nSteps: 1, Seed: 99999999999999999999999999"}, "seed"),
+    (T2I, {**TINY, "infotext": "a cat\nSteps: 1, Seed: 99999999999999999999999999, Size: 64x64"}, "seed"),
     (T2I, {**TINY, "script_name": "Prompts from file or textbox",
            "script_args": [False, False, "--seed 18446744073709551616"]}, "seed"),
     (T2I, {**TINY, "script_name": XYZ, "script_args": ["Seed", "1, 18446744073709551616"]}, "seed"),
