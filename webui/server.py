@@ -186,15 +186,21 @@ def _raise(exc):
     raise exc
 
 
+def api_limits(args):
+    """The API's request limits (``api.routes.Limits``) from --max-size / --max-batch-images."""
+    from .api.routes import Limits
+    return Limits(max_size=args.max_size, max_images=args.max_batch_images)
+
+
 def build_app(backend, args, ui_auth: list, api_auth: list):
     """One FastAPI app: the API (with --api / --nowebui) and the Gradio UI mounted at / (unless --nowebui)."""
     from fastapi import FastAPI
 
-    from .api.routes import Api, Limits
+    from .api.routes import Api
     from .api.security import BasicAuth, BodyLimit, SameOrigin
 
     with_api = args.api or args.nowebui
-    limits = Limits(max_size=args.max_size, max_images=args.max_batch_images)
+    limits = api_limits(args)
     app = FastAPI(title="webui API (A1111 /sdapi/v1)", version=__version__,
                   docs_url="/docs" if with_api else None, redoc_url=None,
                   openapi_url="/openapi.json" if with_api else None)
@@ -211,8 +217,8 @@ def build_app(backend, args, ui_auth: list, api_auth: list):
                            allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     # every API route, the docs, and whatever an extension mounts under /sdapi or /extensions-api
-    app.add_middleware(BasicAuth, users=api_auth, prefixes=("/sdapi/", "/docs", "/openapi.json", "/extensions-api/",
-                                                            *extension_root_prefixes(backend.extensions)))
+    api_paths = ("/sdapi/", "/docs", "/openapi.json", "/extensions-api/", *extension_root_prefixes(backend.extensions))
+    app.add_middleware(BasicAuth, users=api_auth, prefixes=api_paths)
     if not args.nowebui:
         import gradio as gr
 
@@ -222,8 +228,7 @@ def build_app(backend, args, ui_auth: list, api_auth: list):
         app = gr.mount_gradio_app(app, demo, path="/", auth=ui_auth or None, show_error=True,
                                   max_file_size=limits.max_body_bytes, **launch_kwargs)
         # the UI's routes take requests from its own page only (CSRF), API routes keep their CORS policy
-        app.add_middleware(SameOrigin, exempt=("/sdapi/", "/docs", "/openapi.json", "/extensions-api/",
-                                               *extension_root_prefixes(backend.extensions)))
+        app.add_middleware(SameOrigin, exempt=api_paths)
     return app
 
 
@@ -280,9 +285,8 @@ def run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         server.should_exit = True
         return 2
-    from .api.routes import Api, Limits      # tasks stored before a restart (kill -9 included)
-    recovered = backend.queue.recover(Api(backend, Limits(max_size=args.max_size,
-                                                          max_images=args.max_batch_images)).resume)
+    from .api.routes import Api      # tasks stored before a restart (kill -9 included)
+    recovered = backend.queue.recover(Api(backend, api_limits(args)).resume)
     if any(recovered.values()):
         print("tasks from before the restart: {resumed} queued again, {failed} failed (the running one and any "
               "that could not be resumed), {cancelled} cancelled".format(**recovered), file=sys.stderr)

@@ -159,10 +159,8 @@ def setup(hooks):
             resolution = int(value)
         except (TypeError, ValueError, OverflowError):
             resolution = None
-        if resolution is None or isinstance(value, bool) or not (resolution == pp.UNSET
-                                                                 or 1 <= resolution <= pp.RESOLUTION.maximum):
-            raise HTTPException(422, f"controlnet_processor_res must be -1 (the default) or within "
-                                     f"1..{pp.RESOLUTION.maximum:g} (got {value!r})")
+        if resolution is None or isinstance(value, bool) or not pp.resolution_allowed(resolution):
+            raise HTTPException(422, f"controlnet_processor_res must be {pp.RESOLUTION_RULE} (got {value!r})")
         thresholds = []
         for x in "ab":
             value = body.get(f"controlnet_threshold_{x}")

@@ -33,7 +33,13 @@ class Slider:
 
 
 RESOLUTION = Slider("Resolution", 64, 2048, DEFAULT_RESOLUTION, 8)
+RESOLUTION_RULE = f"-1 (the default) or within 1..{RESOLUTION.maximum:g}"
 MAX_PIXELS = 16_000_000   # the largest scaled image (a huge resolution, or a very long image, is refused)
+
+
+def resolution_allowed(resolution: int) -> bool:
+    """A ``processor_res`` as the API takes it (``RESOLUTION_RULE``): a unit's and the detect route's."""
+    return resolution == UNSET or 1 <= resolution <= RESOLUTION.maximum
 
 
 def hwc3(image: np.ndarray) -> np.ndarray:

@@ -50,9 +50,8 @@ class Unit:
             problems.append("guidance_start/end must satisfy 0 <= start <= end <= 1")
         if not 0.0 <= self.weight <= 2.0:
             problems.append(f"weight must be within 0..2 (got {self.weight})")
-        if self.processor_res != -1 and not 1 <= self.processor_res <= pp.RESOLUTION.maximum:
-            problems.append(f"processor_res must be -1 (the default) or within 1..{pp.RESOLUTION.maximum:g} "
-                            f"(got {self.processor_res})")
+        if not pp.resolution_allowed(self.processor_res):
+            problems.append(f"processor_res must be {pp.RESOLUTION_RULE} (got {self.processor_res})")
         for name in ("threshold_a", "threshold_b"):
             if not math.isfinite(getattr(self, name)):
                 problems.append(f"{name} must be a number (got {getattr(self, name)})")

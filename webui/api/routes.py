@@ -239,9 +239,9 @@ class Api:
         return base64.b64encode(extras.png_bytes(result, info)).decode("ascii"), info
 
     def _hires_fields(self, body) -> dict:
-        """Hires fix's request fields (only with ``enable_hr``, as in A1111). ``denoising_strength`` of a txt2img
-        request is the second pass's (A1111's API default 0.75)."""
-        if not body.enable_hr or isinstance(body, schemas.Img2ImgRequest):
+        """Hires fix's request fields (only with ``enable_hr``, as in A1111; ``unsupported`` refuses it for
+        img2img). ``denoising_strength`` of a txt2img request is the second pass's (A1111's API default 0.75)."""
+        if not body.enable_hr:
             return {}
         checkpoint = body.hr_checkpoint_name
         if checkpoint in ("", "Use same checkpoint", "None"):
@@ -303,10 +303,9 @@ class Api:
         from ..ui.mapping import fields_from_infotext
         given = body.model_fields_set
         fields = fields_from_infotext(body.infotext)
-        names = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps",
-                 "sampler_name": "sampler_name", "scheduler": "scheduler", "cfg_scale": "cfg_scale", "seed": "seed",
-                 "width": "width", "height": "height", "denoising_strength": "denoising_strength"}
-        changes = {field: fields[key] for key, field in names.items() if key in fields and field not in given}
+        names = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed", "width",
+                 "height", "denoising_strength")
+        changes = {name: fields[name] for name in names if name in fields and name not in given}
         if "clip_skip" in fields and fields["clip_skip"] != 1 and "CLIP_stop_at_last_layers" not in (
                 body.override_settings or {}):
             changes["override_settings"] = {**(body.override_settings or {}),
@@ -376,7 +375,7 @@ class Api:
     def _info(self, request: GenerationRequest, out, body, job_id: str) -> dict:
         first = infotext.parse_typed(out.infotexts[0]) if out.infotexts else None
         # the model this job ran with: by the time its client is answered, a later job may have switched it
-        model = getattr(out, "model_info", None) or self.backend.model_info
+        model = out.model_info or self.backend.model_info
         return {
             "prompt": request.prompt, "all_prompts": out.prompts,
             "negative_prompt": request.negative_prompt, "all_negative_prompts": out.negative_prompts,
@@ -426,7 +425,7 @@ class Api:
             raise _error(404, f"no task {task_id!r}")
         p = job.progress
         progress = 1.0 if job.state == DONE else p.fraction
-        saved = job.saved or (self.backend.task_summary(job.result) if job.state == DONE else None) or {}
+        saved = job.saved or {}
         return schemas.TaskProgressResponse(
             id=job.id, status=job.state, queue_position=self.backend.queue.position(job), progress=progress,
             eta_relative=job.eta if job.state == RUNNING else (0.0 if job.state == DONE else None),
@@ -594,8 +593,7 @@ class Api:
                 raise _error(422, f"imageList: at most {self.limits.max_images} images per request")
             images = [decode_image(f.data, f"imageList[{i}]", self.limits) for i, f in enumerate(body.imageList)]
             results = [self._extras(body, image) for image in images]
-            info = results[0][1] if results else ""
-            return schemas.ExtrasBatchImagesResponse(html_info=f"<p>{html.escape(info)}</p>",
+            return schemas.ExtrasBatchImagesResponse(html_info=f"<p>{html.escape(results[0][1])}</p>",
                                                      images=[data for data, _ in results] if body.show_extras_results
                                                      else [])
 

@@ -200,13 +200,3 @@ class Offloader:
             handle.remove()
         self._handles, self._groups, self._streamed, self.resident = [], {}, [], None
         self.mode = "normal"
-
-    def device_bytes(self) -> int:
-        """Bytes of weights on the device right now (lowvram between calls: what never moves)."""
-        seen, total = set(), 0
-        for modules in self._groups.values():
-            for _, _, tensor in _direct_tensors(nn.ModuleList(modules)):
-                if tensor.device == self.device and id(tensor) not in seen:
-                    seen.add(id(tensor))
-                    total += tensor.numel() * tensor.element_size()
-        return total

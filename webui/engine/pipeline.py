@@ -44,7 +44,7 @@ from .vector import SizeConditioning
 from .patches import JobPatches, ModelPatcher
 from .devices import CpuAllocator, resolve_device, resolve_precision
 from .layers import store_weights_in_fp8
-from .memory import MEMORY_MODES, Offloader, choose_memory_mode, network_groups, working_memory
+from .memory import MEMORY_MODES, Offloader, choose_memory_mode, network_groups, weight_bytes, working_memory
 from .sampling import registry
 from .sampling.noise import BrownianTreeNoiseSampler
 from .sampling.schedules import LCM_ORIGINAL_STEPS, DiscreteSchedule
@@ -336,13 +336,12 @@ class Engine:
             if kept is not None:
                 model = kept
                 self.memory_mode = self._memory_mode(
-                    lambda: {n: _bytes(m) for n, m in network_groups(model).items()}, model.native_size)
+                    lambda: {n: weight_bytes(m) for n, m in network_groups(model).items()}, model.native_size)
             else:
                 sizes = functools.partial(self._planned_sizes, state_dict, path)
                 self.memory_mode = self._memory_mode(sizes, None)
                 del sizes
-                where = self.device if self.memory_mode == "normal" else torch.device("cpu")
-                model = load_checkpoint(path, device=where, dtype=self.precision.unet,
+                model = load_checkpoint(path, device=self._load_device, dtype=self.precision.unet,
                                         vae_dtype=self.precision.vae, text_dtype=self.precision.text,
                                         state_dict=state_dict, prediction=self.prediction)
                 model.key = key
@@ -377,18 +376,20 @@ class Engine:
         free, _total = torch.cuda.mem_get_info(self.device)
         return choose_memory_mode(free, sizes(), working_memory(native_size or 512))
 
+    @property
+    def _load_device(self) -> torch.device:
+        """Where networks are loaded: the device in ``normal`` mode, else the CPU (the offloader moves them)."""
+        return self.device if self.memory_mode == "normal" else torch.device("cpu")
+
     def _planned_sizes(self, state_dict, path) -> dict[str, int]:
         """Bytes each network of the file at ``path`` will take in this engine's dtypes (from the header)."""
         from . import families
-        try:
-            family = families.detect_family(state_dict, name=str(path))
-        except CheckpointError:
-            return {}                   # load_checkpoint says what is wrong
+        family = families.detect_family(state_dict, name=str(path))   # read_checkpoint checked it: no error
         unet_size = 1 if self.fp8 else self.precision.unet.itemsize
         groups = [("unet", (family.unet_prefix,), unet_size), ("vae", (family.vae_prefix,), self.precision.vae.itemsize)]
         groups += [(f"text{'' if i == 0 else f'_{i + 1}'}", tuple(spec.prefixes), self.precision.text.itemsize)
                    for i, spec in enumerate(family.text)]
-        return {name: sum(_numel(state_dict, k) for k in state_dict if k.startswith(prefixes)) * itemsize
+        return {name: sum(state_dict[k].numel() for k in state_dict if k.startswith(prefixes)) * itemsize
                 for name, prefixes, itemsize in groups}
 
     def _place(self) -> None:
@@ -446,8 +447,7 @@ class Engine:
         model = self._require_model()
         if vae_path is None and self.vae_path is None:
             return
-        where = self.device if self.memory_mode == "normal" else torch.device("cpu")
-        model.vae = load_vae(vae_path or model.path, device=where, dtype=self.precision.vae)
+        model.vae = load_vae(vae_path or model.path, device=self._load_device, dtype=self.precision.vae)
         self.vae_path = None if vae_path is None else Path(vae_path)
         model.vae_path = None if vae_path is None else str(vae_path)
         self._place()
@@ -521,8 +521,7 @@ class Engine:
             return self._refiner
         self._refiner = None
         gc.collect()
-        where = self.device if self.memory_mode == "normal" else torch.device("cpu")
-        refiner = load_checkpoint(path, device=where, dtype=self.precision.unet, prediction=self.prediction,
+        refiner = load_checkpoint(path, device=self._load_device, dtype=self.precision.unet, prediction=self.prediction,
                                   with_vae=False, text_dtype=self.precision.text)
         if refiner.family.latent_scale != model.family.latent_scale:
             raise CheckpointError(f"{path}: a {refiner.family.label} model cannot refine {model.family.label} "
@@ -578,11 +577,9 @@ class Engine:
         request.validate()
         model = self._require_model()
         spec, scheduler_key = registry.resolve(request.sampler_name, request.scheduler)
-        second_model = request.refiner_checkpoint or (request.hr_checkpoint_name if request.enable_hr else None)
-        if second_model:
-            refiner = self.refiner(second_model) if request.refiner_checkpoint else None
-        else:
-            refiner = self._refiner = None     # kept only while jobs ask for it: its memory goes back
+        refiner = self.refiner(request.refiner_checkpoint) if request.refiner_checkpoint else None
+        if refiner is None and not (request.enable_hr and request.hr_checkpoint_name):
+            self._refiner = None     # kept only while jobs ask for it (refiner, hires checkpoint): its memory goes back
         self._place()
         steps, batch = request.steps, request.batch_size
         options = {"sdxl": True} if (model.family.is_sdxl and scheduler_key != "automatic"
@@ -594,19 +591,13 @@ class Engine:
         all_seeds = image_seeds(seed, batch * request.n_iter)
         subseed = resolve_seed(request.subseed)
         all_subseeds = image_seeds(subseed, batch * request.n_iter)
-        sampler_kwargs, sampler_info = registry.sampler_parameters(
-            spec, eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin, s_tmax=request.s_tmax,
-            s_noise=request.s_noise)
+        sampler_kwargs, sampler_info = _sampler_parameters(spec, request)
 
         prepared, noise_sigma = None, None
         if request.init_image is not None:
             prepared = self._prepare_img2img(request, all_seeds[:batch])
-            t_enc = int(min(request.denoising_strength, 0.999) * steps)
-            if spec.own_img2img is not None and scheduler_key == "automatic":
-                noise_sigma, sigmas = spec.own_img2img(self.schedule, steps, t_enc)
-            else:
-                sigmas = sigmas[steps - t_enc - 1:]
-                noise_sigma = sigmas[0]
+            noise_sigma, sigmas = _img2img_sigmas(spec, scheduler_key, self.schedule, sigmas, steps,
+                                                  request.denoising_strength)
             extra["Denoising strength"] = request.denoising_strength
             if request.mask is not None:
                 extra.update(self._inpaint_infotext(request, masked=prepared.image_mask is not None))
@@ -676,8 +667,8 @@ class Engine:
             info["Hires upscaler"] = request.hr_upscaler
         return info
 
-    def _hires_pass(self, request: GenerationRequest, ctx: JobContext, prompt: str, samples: torch.Tensor,
-                    seeds: list[int], subseeds: list[int], progress, control, iteration: int,
+    def _hires_pass(self, request: GenerationRequest, ctx: JobContext, samples: torch.Tensor, seeds: list[int],
+                    subseeds: list[int], progress, control, iteration: int,
                     first_pass_steps: int) -> tuple[torch.Tensor, bool]:
         """A1111's ``sample_hr_pass``: the first pass's latents upscaled (in latent space, or decoded, upscaled
         as images and encoded again), cropped to the asked aspect ratio, then an img2img pass over them with
@@ -704,19 +695,12 @@ class Engine:
                                                request.hr_scheduler or request.scheduler)
         steps = request.hr_second_pass_steps or request.steps
         sigmas = registry.build_sigmas(spec, scheduler_key, self._sampling_schedule(spec, model), steps)
-        t_enc = int(min(request.denoising_strength, 0.999) * steps)
-        if spec.own_img2img is not None and scheduler_key == "automatic":
-            noise_sigma, sigmas = spec.own_img2img(self._schedule_of(model), steps, t_enc)
-        else:
-            sigmas = sigmas[steps - t_enc - 1:]
-            noise_sigma = sigmas[0]
-        encoder = self.prompt_encoder(hr_request, model)
+        noise_sigma, sigmas = _img2img_sigmas(spec, scheduler_key, self._schedule_of(model), sigmas, steps,
+                                              request.denoising_strength)
         schedule_steps = steps * 2 if spec.second_order else steps
         text, _ = extra_network_tags(hr_request.prompt)
-        uncond = encoder.schedule(hr_request.negative_prompt, schedule_steps, negative=True,
-                                  first_pass_steps=first_pass_steps)
-        cond = encoder.multicond(text, schedule_steps, first_pass_steps=first_pass_steps)
-        empty = encoder.encode([""])[0] if request.pad_cond_uncond else None
+        cond, uncond, empty = self._conditioning(hr_request, model, text, schedule_steps,
+                                                 first_pass_steps=first_pass_steps)
         image_cond = (self._image_conditioning(hr_request, None, latents.shape[0])
                       if model.family.is_inpainting else None)
         patches = ctx.patches if model is ctx.model else None
@@ -724,17 +708,13 @@ class Engine:
         denoiser = cfg_denoiser(self._model_denoiser(spec, model, patches), cond, uncond, request.cfg_scale,
                                 image_cond=image_cond, check=None if control is None else control.check, empty=empty,
                                 patches=patches, state=state)
-        resize = (request.seed_resize_from_h, request.seed_resize_from_w)
-        rng = ImageRNG(seeds, tuple(latents.shape[1:]), self.device, subseeds=subseeds,
-                       subseed_strength=request.subseed_strength, seed_resize_from=resize if min(resize) > 0 else None)
+        rng = _image_rng(request, seeds, subseeds, tuple(latents.shape[1:]), self.device)
         prepared = _Img2ImgInputs(latents, None, None)
         x = _start_latent(spec, rng.first(), sigmas, prepared, noise_sigma)
         noise_sampler = self._noise_sampler(spec, rng, x, sigmas, seeds)
         reporter = _progress_reporter(progress, iteration, request.n_iter, len(sigmas) - 1, state,
                                       ctx.patches.step_callbacks if patches is not None else ())
-        kwargs, _ = registry.sampler_parameters(spec, eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin,
-                                                s_tmax=request.s_tmax, s_noise=request.s_noise)
-        return _sample(spec, denoiser, x, sigmas, noise_sampler, reporter, kwargs)
+        return _sample(spec, denoiser, x, sigmas, noise_sampler, reporter, _sampler_parameters(spec, request)[0])
 
     def _sampling_schedule(self, spec, model: StableDiffusionModel | None = None) -> DiscreteSchedule:
         """The schedule the sigmas are built on and the denoiser maps sigmas with: the model's, or for LCM
@@ -749,11 +729,13 @@ class Engine:
                              lcm_stride=stride)
 
     def _conditioning(self, request, model: StableDiffusionModel, prompt: str, schedule_steps: int,
-                      encoder: PromptEncoder | None = None):
-        """(cond MultiCond, uncond CondSchedule, empty-prompt padding or None) of ``model`` for a job."""
+                      encoder: PromptEncoder | None = None, *, first_pass_steps: int | None = None):
+        """(cond MultiCond, uncond CondSchedule, empty-prompt padding or None) of ``model`` for a job;
+        ``first_pass_steps``: for hires fix's second pass (``schedule.schedule``)."""
         encoder = encoder or self.prompt_encoder(request, model)
-        uncond = encoder.schedule(request.negative_prompt, schedule_steps, negative=True)
-        cond = encoder.multicond(prompt, schedule_steps)
+        uncond = encoder.schedule(request.negative_prompt, schedule_steps, negative=True,
+                                  first_pass_steps=first_pass_steps)
+        cond = encoder.multicond(prompt, schedule_steps, first_pass_steps=first_pass_steps)
         empty = encoder.encode([""])[0] if request.pad_cond_uncond else None
         return cond, uncond, empty
 
@@ -802,10 +784,7 @@ class Engine:
                 control.new_batch()
             seeds = all_seeds[iteration * batch:(iteration + 1) * batch]
             subseeds = job_seeds.subseeds[iteration * batch:(iteration + 1) * batch]
-            resize = (request.seed_resize_from_h, request.seed_resize_from_w)
-            rng = ImageRNG(seeds, latent_shape, self.device, subseeds=subseeds,
-                           subseed_strength=request.subseed_strength,
-                           seed_resize_from=resize if min(resize) > 0 else None)
+            rng = _image_rng(request, seeds, subseeds, latent_shape, self.device)
             noise = rng.first()
             if prepared is not None and request.initial_noise_multiplier != 1.0:
                 noise = noise * request.initial_noise_multiplier
@@ -817,8 +796,8 @@ class Engine:
             samples, interrupted = _sample(spec, make_denoiser(state), x, sigmas, noise_sampler, reporter,
                                            job_seeds.sampler_kwargs)
             if request.enable_hr and prepared is None and not interrupted:
-                samples, interrupted = self._hires_pass(request, ctx, prompt, samples, seeds, subseeds, progress,
-                                                        control, iteration, schedule_steps)
+                samples, interrupted = self._hires_pass(request, ctx, samples, seeds, subseeds, progress, control,
+                                                        iteration, schedule_steps)
             if prepared is not None and prepared.keep_mask is not None:
                 samples = samples * (1.0 - prepared.keep_mask) + prepared.init_latent * prepared.keep_mask
             for img, img_seed, img_subseed in zip(self.decode_latents(samples), seeds, subseeds):
@@ -936,16 +915,29 @@ def _file_key(path) -> tuple:
     return (str(resolved), stat.st_size, stat.st_mtime_ns)
 
 
-def _numel(state_dict, key: str) -> int:
-    shape = getattr(state_dict[key], "shape", ())
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+def _sampler_parameters(spec, request: GenerationRequest) -> tuple[dict, dict]:
+    """``registry.sampler_parameters`` of the request's eta / s_churn / s_tmin / s_tmax / s_noise for ``spec``."""
+    return registry.sampler_parameters(spec, eta=request.eta, s_churn=request.s_churn, s_tmin=request.s_tmin,
+                                       s_tmax=request.s_tmax, s_noise=request.s_noise)
 
 
-def _bytes(modules) -> int:
-    return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+def _image_rng(request: GenerationRequest, seeds: list[int], subseeds: list[int], shape: tuple[int, int, int],
+               device: torch.device) -> ImageRNG:
+    """The batch's generators with the request's variation seed and seed resize (0 / -1 sides: off)."""
+    resize = (request.seed_resize_from_h, request.seed_resize_from_w)
+    return ImageRNG(seeds, shape, device, subseeds=subseeds, subseed_strength=request.subseed_strength,
+                    seed_resize_from=resize if min(resize) > 0 else None)
+
+
+def _img2img_sigmas(spec, scheduler_key: str, schedule: DiscreteSchedule, sigmas: torch.Tensor, steps: int,
+                    denoising_strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sigma the init latent is noised to, the sigmas sampled) of an img2img pass: the sampler's own rule
+    (DDIM, UniPC with the automatic schedule), else the last ``t_enc + 1`` of ``sigmas`` (A1111's)."""
+    t_enc = int(min(denoising_strength, 0.999) * steps)
+    if spec.own_img2img is not None and scheduler_key == "automatic":
+        return spec.own_img2img(schedule, steps, t_enc)
+    sigmas = sigmas[steps - t_enc - 1:]
+    return sigmas[0], sigmas
 
 
 def refiner_switch_flags(schedule: DiscreteSchedule, sigmas: torch.Tensor, switch_at: float) -> list[bool]:

@@ -44,10 +44,14 @@ def upscaler_names() -> list[str]:
     return [*IMAGE_UPSCALERS, *LATENT_UPSCALE_MODES]
 
 
+def _unknown_upscaler(name, available) -> ValueError:
+    return ValueError(f"unknown upscaler {name!r}; available: {', '.join(available)} (upscaler models such as "
+                      "ESRGAN are not available in this version)")
+
+
 def check_upscaler(name: str | None) -> None:
     if name is not None and name not in IMAGE_UPSCALERS and name not in LATENT_UPSCALE_MODES:
-        raise ValueError(f"unknown upscaler {name!r}; available: {', '.join(upscaler_names())} (upscaler models "
-                         "such as ESRGAN are not available in this version)")
+        raise _unknown_upscaler(name, upscaler_names())
 
 
 def upscale_latent(latents: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
@@ -114,8 +118,7 @@ class ExtrasUpscale:
             raise ValueError(f"extras_upscaler_2_visibility must be within 0..1 (got {self.visibility})")
         for name in (self.upscaler_1, self.upscaler_2):
             if name not in IMAGE_UPSCALERS:
-                raise ValueError(f"unknown upscaler {name!r}; available: {', '.join(IMAGE_UPSCALERS)} (upscaler "
-                                 "models such as ESRGAN are not available in this version)")
+                raise _unknown_upscaler(name, IMAGE_UPSCALERS)
 
     def _one(self, image: Image.Image, upscaler: str, info: dict) -> Image.Image:
         if self.mode == 1:

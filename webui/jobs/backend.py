@@ -23,6 +23,7 @@ from ..paths import (CHECKPOINT_EXTENSIONS, DEMO_CHECKPOINT, VAE_EXTENSIONS, Pat
 from ..engine.prompts.styles import StyleDatabase
 from . import saving
 from .queue import Job, JobQueue
+from .store import TaskStore
 
 VAE_AUTOMATIC, VAE_NONE = "Automatic", "None"
 
@@ -73,7 +74,6 @@ class Backend:
                  vae_decode: str = "full", memory: str = "auto", fp8: bool = False, compile: bool = False,
                  persist: bool = True):
         self.paths, self.options, self.log = paths, options, log
-        from .store import TaskStore
         self.queue = JobQueue(TaskStore(paths.tasks, log=log) if persist else None, summarize=self.task_summary)
         self.status = ModelStatus()
         self._engine_args = dict(device=device, precision=precision, no_half=no_half, no_half_vae=no_half_vae,
@@ -358,9 +358,8 @@ class Backend:
         ValueError for what is wrong. ``target``: the (name, file) the job loads first, or None."""
         import dataclasses
 
-        from ..engine.pipeline import SETTING_FIELDS
         from ..engine.sampling import registry
-        changes = {key: self.options[key] for key in SETTING_FIELDS if getattr(request, key) is None}
+        changes = self._settings_for(request)
         if styles:
             changes["prompt"], changes["negative_prompt"] = self.styles.apply(request.prompt,
                                                                               request.negative_prompt, styles)
@@ -384,6 +383,11 @@ class Backend:
         registry.resolve(request.sampler_name, request.scheduler)        # unknown names fail now, not queued
         return request, refiner
 
+    def _settings_for(self, request) -> dict:
+        """The settings for the prompt-language fields the request left None."""
+        from ..engine.pipeline import SETTING_FIELDS
+        return {key: self.options[key] for key in SETTING_FIELDS if getattr(request, key) is None}
+
     def submit_script(self, request, script, options, *, kind: str = "txt2img", owner: str | None = None,
                       checkpoint: str | None = None, vae: str | None = None, save: bool | None = None,
                       save_grid: bool | None = None, job_id: str | None = None, styles: list[str] | None = None,
@@ -395,14 +399,12 @@ class Backend:
         the script's images (grids first, ``index_of_first_image``)."""
         import dataclasses
 
-        from ..engine.pipeline import SETTING_FIELDS
         styles = list(styles or [])
         target = self._resolve_checkpoint(checkpoint) if checkpoint else None
         self._prepare(request, styles, target)                    # the base request must be valid itself
         if vae is not None:
             self.check_vae(vae)
-        settings = {key: self.options[key] for key in SETTING_FIELDS if getattr(request, key) is None}
-        request = dataclasses.replace(request, **settings)
+        request = dataclasses.replace(request, **self._settings_for(request))   # styles: per run, by the script
         script.validate(request, options, styles=styles)
 
         def work(job: Job) -> GenerationOutput:
@@ -421,9 +423,9 @@ class Backend:
             saving_on = self.options["samples_save"] if save is None else save
             if result.save_as_grid and (self.options["grid_save"] if save_grid is None else save_grid) and saving_on:
                 from .scripts import save_grids
-                with saving.reporting_write_errors(saving.grid_folder(self.paths.outputs, kind)):
-                    out.paths = save_grids(result, saving.grid_folder(self.paths.outputs, kind),
-                                           self.options["samples_format"])
+                grids = saving.grid_folder(self.paths.outputs, kind)
+                with saving.reporting_write_errors(grids):
+                    out.paths = save_grids(result, grids, self.options["samples_format"])
             if result.save_as_samples and saving_on:
                 folder = saving.dated_folder(self.paths.outputs, kind, datetime.date.today())
                 with saving.reporting_write_errors(folder):

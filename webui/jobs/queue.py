@@ -61,7 +61,7 @@ class Job:
     control: JobControl = field(default_factory=JobControl, repr=False)
     progress: JobProgress = field(default_factory=JobProgress)
     payload: dict | None = field(default=None, repr=False)   # the request body that can resubmit it
-    saved: dict | None = None      # a finished task's record from the store: its files and infotexts
+    saved: dict | None = None      # a finished task's summary (``summarize``: its files and infotexts), also stored
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -261,17 +261,16 @@ class JobQueue:
                     self._running = None
 
     def _finish(self, job: Job, state: str) -> None:
+        if state == DONE and self._summarize is not None:   # before the state: a DONE job has its summary
+            try:
+                job.saved = self._summarize(job.result)
+            except Exception as exc:           # a record without its summary; the job stays done
+                job.saved = {"error": f"{type(exc).__name__}: {exc}"}
         job.state, job.finished = state, time.time()
         job.work = None  # drop references held by the closure (images, requests)
         job.payload = None
         if self.store is not None:
-            summary = None
-            if state == DONE and self._summarize is not None:
-                try:
-                    summary = self._summarize(job.result)
-                except Exception as exc:           # a record without its summary; the job stays done
-                    summary = {"error": f"{type(exc).__name__}: {exc}"}
-            self.store.finished(job.id, state, job.finished, job.error, summary)
+            self.store.finished(job.id, state, job.finished, job.error, job.saved)
         job._done.set()
 
     def _trim(self) -> None:

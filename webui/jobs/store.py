@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 )
 """
 KEEP_FINISHED = 1000          # finished records kept; older ones are deleted
+# a record's columns, in the order ``_record`` reads them
+_SELECT = "SELECT id, kind, owner, state, created, started, finished, error, payload, result FROM tasks"
 
 
 @dataclass
@@ -96,14 +98,12 @@ class TaskStore:
                     (KEEP_FINISHED,))
 
     def get(self, task_id: str) -> TaskRecord | None:
-        rows = self._read("SELECT id, kind, owner, state, created, started, finished, error, payload, result "
-                          "FROM tasks WHERE id = ?", (task_id,))
+        rows = self._read(f"{_SELECT} WHERE id = ?", (task_id,))
         return _record(rows[0]) if rows else None
 
     def unfinished(self) -> list[TaskRecord]:
         """Queued and running records, in submission order."""
-        rows = self._read("SELECT id, kind, owner, state, created, started, finished, error, payload, result "
-                          "FROM tasks WHERE state IN ('queued', 'running') ORDER BY seq", ())
+        rows = self._read(f"{_SELECT} WHERE state IN ('queued', 'running') ORDER BY seq", ())
         return [_record(row) for row in rows]
 
     def close(self) -> None:

@@ -22,9 +22,8 @@ from ..engine.sampling import registry
 from ..jobs import saving
 from ..jobs.backend import VAE_AUTOMATIC, VAE_NONE, Backend
 from ..jobs.queue import DONE, FAILED, QUEUED
-from . import extras_tab, scripts_ui
 from ..options import OPTIONS
-from . import mapping
+from . import extras_tab, mapping, scripts_ui
 
 POLL_SECONDS = 0.2
 SCHEDULER_LABELS = tuple(registry.SCHEDULERS.values())

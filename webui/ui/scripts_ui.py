@@ -25,13 +25,12 @@ class ScriptControls:
 
 def build(registry, kind: str) -> ScriptControls:
     """The dropdown and every script's (hidden) controls; call inside the tab's layout."""
-    names = registry.names(kind)
-    titles = {name: registry.find(name, kind).title for name in names}
-    controls = ScriptControls(gr.Dropdown([NONE, *titles.values()], value=NONE, label="Script",
+    scripts = registry.scripts(kind)
+    controls = ScriptControls(gr.Dropdown([NONE, *(s.title for s in scripts)], value=NONE, label="Script",
                                           elem_id=f"{kind}_script"))
-    for name, title in titles.items():
-        script = registry.find(name, kind)
-        with gr.Group(visible=False, elem_id=f"{kind}_script_{name.replace(' ', '_').replace('/', '')}") as group:
+    for script in scripts:
+        title = script.title
+        with gr.Group(visible=False, elem_id=f"{kind}_script_{_slug(script.name)}") as group:
             controls.groups[title] = group
             controls.arguments[title] = [_control(arg, kind, title, i) for i, arg in enumerate(script.args(kind))]
 
@@ -42,8 +41,13 @@ def build(registry, kind: str) -> ScriptControls:
     return controls
 
 
+def _slug(text: str) -> str:
+    """A script's title or name as a piece of an elem_id."""
+    return text.replace(" ", "_").replace("/", "")
+
+
 def _control(arg, kind: str, title: str, index: int):
-    elem_id = f"{kind}_script_{title.replace(' ', '_').replace('/', '')}_{index}"
+    elem_id = f"{kind}_script_{_slug(title)}_{index}"
     if isinstance(arg.value, (tuple, list)) and arg.choices:
         return gr.CheckboxGroup(list(arg.choices), value=list(arg.value), label=arg.label, elem_id=elem_id)
     if isinstance(arg.value, (tuple, list)):          # a dropdown list of values: typed as text instead

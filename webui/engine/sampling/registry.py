@@ -8,6 +8,7 @@ Source of truth: A1111 1.10 ``modules/sd_samplers_kdiffusion.py`` (``samplers_k_
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -271,8 +272,6 @@ def sampler_parameters(spec: SamplerSpec, *, eta: float | None = None, s_churn: 
     DDIM, default 0; ``s_noise`` also to those). Values equal to the default are not written to the
     infotext (A1111's ``Eta`` / ``Eta DDIM``, ``Sigma churn``, ``Sigma tmin``, ``Sigma tmax``, ``Sigma noise``);
     ``s_tmax`` 0 means infinity, as in A1111."""
-    import inspect
-
     accepted = inspect.signature(spec.function).parameters
     kwargs, infotext = {}, {}
     if eta is not None and "eta" in accepted:
@@ -280,7 +279,7 @@ def sampler_parameters(spec: SamplerSpec, *, eta: float | None = None, s_churn: 
         kwargs["eta"] = float(eta)
         if eta != default:
             infotext["Eta DDIM" if spec.name == "DDIM" else "Eta"] = eta
-    given = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax or (None if s_tmax is None else float("inf")),
+    given = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": float("inf") if s_tmax == 0 else s_tmax,
              "s_noise": s_noise}
     for name, value in given.items():
         if value is None or name not in accepted:

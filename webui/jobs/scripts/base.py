@@ -97,6 +97,40 @@ class ScriptResult:
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
 
+    # what every script's run loop does
+    def stopped(self, stop: Callable[[], bool] | None) -> bool:
+        """True (and ``interrupted`` set) once a run was interrupted or ``stop()`` says so: no further run
+        starts. ``stop`` is not asked once a run reported the interrupt."""
+        if self.interrupted or (stop is not None and stop()):
+            self.interrupted = True
+        return self.interrupted
+
+    def record(self, out: Any) -> tuple[list, list, list, list, list]:
+        """Count one runner result in (its interrupt, its warnings not seen yet); returns its (images,
+        infotexts, seeds, prompts, negative prompts)."""
+        self.runs += 1
+        images, texts, seeds, prompts, negatives, interrupted, warnings = run_fields(out)
+        self.interrupted = interrupted
+        self.warnings += [w for w in warnings if w not in self.warnings]
+        return images, texts, seeds, prompts, negatives
+
+    def add(self, image: Image.Image, infotext: str, seed: int | None, prompt: str, negative_prompt: str) -> None:
+        """One image and its aligned fields."""
+        self.images.append(image)
+        self.infotexts.append(infotext)
+        self.seeds.append(seed)
+        self.prompts.append(prompt)
+        self.negative_prompts.append(negative_prompt)
+
+    def add_images(self, run: ScriptRun, images: list, texts: list, seeds: list, prompts: list,
+                   negatives: list) -> None:
+        """Every image of ``run`` (``record``'s lists), the run's request filling in what the runner did
+        not report."""
+        for i, image in enumerate(images):
+            self.add(image, texts[i] if i < len(texts) else "", seeds[i] if i < len(seeds) else run.request.seed,
+                     prompts[i] if i < len(prompts) else run.request.prompt,
+                     negatives[i] if i < len(negatives) else run.request.negative_prompt)
+
 
 # ---- what the caller tells the scripts about the server -------------------------------------------------
 def _no_names() -> list[str]:

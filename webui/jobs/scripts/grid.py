@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..saving import grid_rows
+
 BACKGROUND = (255, 255, 255)
 TEXT_ACTIVE = (0, 0, 0)
 TEXT_INACTIVE = (153, 153, 153)
@@ -24,11 +26,6 @@ class GridAnnotation:
     """One label of a column or row; an inactive one is drawn grey and struck through (prompt matrix)."""
     text: str = ""
     is_active: bool = True
-
-
-def grid_rows(count: int) -> int:
-    """A1111's automatic row count (``n_rows`` -1): round(sqrt(n)), at most n."""
-    return max(1, min(round(math.sqrt(count)), count))
 
 
 def image_grid(images: Sequence[Image.Image], rows: int | None = None,

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from ...engine import images as im
 from .base import Runner, Script, ScriptArg, ScriptResult, ScriptRun, as_choice, as_number, check_image_count, \
-    copy_request, fixed_seed, run_fields
+    copy_request, fixed_seed
 from .tiles import combine_grid, split_grid
 
 TITLE = "Poor man's outpainting"
@@ -133,8 +133,7 @@ class PoorMansOutpainting(Script):
         first_text = None
         for k, (r, col) in enumerate(work):
             tile = grid.rows[r][2][col]
-            if result.interrupted or (stop is not None and stop()):
-                result.interrupted = True
+            if result.stopped(stop):
                 tile[2] = Image.new("RGB", (request.width, request.height))
                 continue
             changes = dict(init_image=tile[2], mask=grid_mask.rows[r][2][col][2],
@@ -144,10 +143,7 @@ class PoorMansOutpainting(Script):
             out = runner(ScriptRun(copy_request(request, **changes), styles=list(styles), save_grid=False,
                                    save_samples=False, index=k, total=len(work),
                                    label=f"Batch {k + 1} out of {len(work)}"))
-            result.runs += 1
-            images, texts, _, _, _, interrupted, warnings = run_fields(out)
-            result.interrupted = interrupted
-            result.warnings += [w for w in warnings if w not in result.warnings]
+            images, texts, _, _, _ = result.record(out)
             tile[2] = images[0] if images else Image.new("RGB", (request.width, request.height))
             if first_text is None and texts:
                 first_text = texts[0]

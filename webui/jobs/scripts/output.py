@@ -15,13 +15,13 @@ def save_grids(result: ScriptResult, folder: str | os.PathLike, extension: str =
     ``saving.grid_folder(outputs, kind)``); call it when the ``grid_save`` setting (or the request's
     ``do_not_save_grid``) says grids are saved. Returns the paths written."""
     folder = Path(folder)
+    ext = extension.lower().lstrip(".")
     paths = []
     for i in result.save_as_grid:
         seed = result.seeds[i] if i < len(result.seeds) else None
         tail = f"-{saving._seed_text(seed)}" if seed is not None else ""
         data = saving.encode_image(result.images[i], result.infotexts[i] if i < len(result.infotexts) else None,
                                    extension)
-        ext = extension.lower().lstrip(".")
         start = saving.next_sequence_number(folder, result.grid_basename)
         names = (f"{result.grid_basename}-{n:04}{tail}.{ext}" for n in itertools.count(start))
         paths.append(saving._write_new(folder, names, data))

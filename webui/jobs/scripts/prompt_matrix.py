@@ -34,7 +34,6 @@ from .base import (
     check_image_count,
     copy_request,
     fixed_seed,
-    run_fields,
 )
 from .grid import draw_prompt_matrix, image_grid
 
@@ -88,7 +87,6 @@ class PromptMatrix(Script):
         check_image_count(self.title, 2 ** source.count("|"), self.env)    # before 2^n prompts are built
         parts, prompts = matrix_prompts(source, options.put_at_start,
                                         ", " if options.variations_delimiter == "comma" else " ")
-        check_image_count(self.title, len(prompts), self.env)
         seed = fixed_seed(request.seed, self.env)
         subseed = fixed_seed(request.subseed, self.env)          # A1111's fix_seed fixes both
         runs = []
@@ -112,29 +110,16 @@ class PromptMatrix(Script):
             styles: Sequence[str] = (), stop: Callable[[], bool] | None = None) -> ScriptResult:
         parts, runs = self._runs(request, options, styles)
         result = ScriptResult(grid_basename="prompt_matrix")
-        cells: list[Image.Image | None] = []
         for run in runs:
-            if result.interrupted or (stop is not None and stop()):
-                result.interrupted = True
+            if result.stopped(stop):
                 break
-            out = runner(run)
-            result.runs += 1
-            images, texts, seeds, prompts, negatives, interrupted, warnings = run_fields(out)
-            result.interrupted = interrupted
-            result.warnings += [w for w in warnings if w not in result.warnings]
-            for i, image in enumerate(images):
-                cells.append(image)
-                result.images.append(image)
-                result.infotexts.append(texts[i] if i < len(texts) else "")
-                result.seeds.append(seeds[i] if i < len(seeds) else run.request.seed)
-                result.prompts.append(prompts[i] if i < len(prompts) else run.request.prompt)
-                result.negative_prompts.append(negatives[i] if i < len(negatives) else run.request.negative_prompt)
+            result.add_images(run, *result.record(runner(run)))
         if not result.images:
             return result
         result.seed = result.seeds[0]
         width, height = result.images[0].size
         # a matrix cut short by an interrupt keeps its shape: the missing cells are black
-        cells += [Image.new("RGB", (width, height)) for _ in range(len(runs) - len(cells))]
+        cells = result.images + [Image.new("RGB", (width, height)) for _ in range(len(runs) - len(result.images))]
         grid = image_grid(cells, rows=1 << ((len(parts) - 1) // 2))
         grid = draw_prompt_matrix(grid, width, height, parts, options.margin_size)
         result.images.insert(0, grid)

@@ -20,7 +20,6 @@ prompt, joined by a space, when both are set.
 """
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,22 +40,9 @@ from .base import (
     check_image_count,
     copy_request,
     fixed_seed,
-    run_fields,
 )
 
 TITLE = "Prompts from file or textbox"
-
-
-def _string(value: str) -> str:
-    return value
-
-
-def _int(value: str) -> int:
-    return int(value)
-
-
-def _float(value: str) -> float:
-    return float(value)
 
 
 def _boolean(value: str) -> bool:
@@ -65,19 +51,17 @@ def _boolean(value: str) -> bool:
 
 # A1111 1.10's prompt_tags (option -> type), in its order
 PROMPT_TAGS: dict[str, Callable[[str], Any]] = {
-    "sd_model": _string, "outpath_samples": _string, "outpath_grids": _string, "prompt_for_display": _string,
-    "prompt": _string, "negative_prompt": _string, "styles": _string, "seed": _int, "subseed_strength": _float,
-    "subseed": _int, "seed_resize_from_h": _int, "seed_resize_from_w": _int, "sampler_index": _int,
-    "sampler_name": _string, "batch_size": _int, "n_iter": _int, "steps": _int, "cfg_scale": _float,
-    "width": _int, "height": _int, "restore_faces": _boolean, "tiling": _boolean,
+    "sd_model": str, "outpath_samples": str, "outpath_grids": str, "prompt_for_display": str,
+    "prompt": str, "negative_prompt": str, "styles": str, "seed": int, "subseed_strength": float,
+    "subseed": int, "seed_resize_from_h": int, "seed_resize_from_w": int, "sampler_index": int,
+    "sampler_name": str, "batch_size": int, "n_iter": int, "steps": int, "cfg_scale": float,
+    "width": int, "height": int, "restore_faces": _boolean, "tiling": _boolean,
     "do_not_save_samples": _boolean, "do_not_save_grid": _boolean,
 }
 # GenerationRequest fields set as they are
 _FIELDS = ("prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
-           "seed_resize_from_w", "sampler_name", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height")
-
-
-_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationRequest))
+           "seed_resize_from_w", "sampler_name", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height",
+           "tiling")
 
 
 def cmdargs(line: str) -> dict[str, Any]:
@@ -158,8 +142,6 @@ def _check_args(args: dict, env: ScriptEnvironment) -> None:
             raise ValueError(f"--{key} is not allowed (images are saved only into the server's output folders)")
     if args.get("restore_faces"):
         raise ValueError("--restore_faces true: face restoration is not supported")
-    if args.get("tiling") and "tiling" not in _REQUEST_FIELDS:
-        raise ValueError("--tiling true: tiling is not supported yet")
     if "sampler_name" in args:
         registry.resolve(args["sampler_name"])
     if "sd_model" in args:
@@ -208,16 +190,12 @@ class PromptsFromFile(Script):
         for i, job in enumerate(options.jobs):
             args = job.args
             changes = {key: args[key] for key in _FIELDS if key in args}
-            if "tiling" in args and "tiling" in _REQUEST_FIELDS:
-                changes["tiling"] = args["tiling"]
             changes["seed"] = args.get("seed", seed)
-            if args.get("prompt") and request.prompt:
-                changes["prompt"] = (f"{args['prompt']} {request.prompt}" if options.prompt_position == "start"
-                                     else f"{request.prompt} {args['prompt']}")
-            if args.get("negative_prompt") and request.negative_prompt:
-                changes["negative_prompt"] = (f"{args['negative_prompt']} {request.negative_prompt}"
-                                              if options.prompt_position == "start"
-                                              else f"{request.negative_prompt} {args['negative_prompt']}")
+            for key in ("prompt", "negative_prompt"):      # the line's text joins the request's, when both are set
+                line_text, request_text = args.get(key), getattr(request, key)
+                if line_text and request_text:
+                    changes[key] = (f"{line_text} {request_text}" if options.prompt_position == "start"
+                                    else f"{request_text} {line_text}")
             run_request = copy_request(request, **changes)
             try:
                 env.check(run_request)
@@ -240,20 +218,9 @@ class PromptsFromFile(Script):
             styles: Sequence[str] = (), stop: Callable[[], bool] | None = None) -> ScriptResult:
         result = ScriptResult()
         for run in self._runs(request, options, styles):
-            if result.interrupted or (stop is not None and stop()):
-                result.interrupted = True
+            if result.stopped(stop):
                 break
-            out = runner(run)
-            result.runs += 1
-            images, texts, seeds, prompts, negatives, interrupted, warnings = run_fields(out)
-            result.interrupted = interrupted
-            result.warnings += [w for w in warnings if w not in result.warnings]
-            for i, image in enumerate(images):
-                result.images.append(image)
-                result.infotexts.append(texts[i] if i < len(texts) else "")
-                result.seeds.append(seeds[i] if i < len(seeds) else run.request.seed)
-                result.prompts.append(prompts[i] if i < len(prompts) else run.request.prompt)
-                result.negative_prompts.append(negatives[i] if i < len(negatives) else run.request.negative_prompt)
+            result.add_images(run, *result.record(runner(run)))
         result.seed = result.seeds[0] if result.seeds else None
         return result
 

@@ -23,7 +23,7 @@ from PIL import Image
 from ...engine import images as im
 from ...engine.upscale import IMAGE_UPSCALERS, upscale_by
 from .base import Runner, Script, ScriptArg, ScriptResult, ScriptRun, as_number, check_image_count, copy_request, \
-    fixed_seed, run_fields
+    fixed_seed
 from .tiles import combine_grid, split_grid, with_params
 
 TITLE = "SD upscale"
@@ -82,7 +82,7 @@ class SDUpscale(Script):
 
     def validate(self, request, options, *, styles: Sequence[str] = ()) -> None:
         self._plan(request, options)
-        self.env.check(copy_request(request, init_image=request.init_image, batch_size=1, n_iter=1))
+        self.env.check(copy_request(request, batch_size=1, n_iter=1))
 
     def run(self, request, options: SDUpscaleOptions, runner: Runner, *, styles: Sequence[str] = (),
             stop: Callable[[], bool] | None = None) -> ScriptResult:
@@ -98,8 +98,7 @@ class SDUpscale(Script):
             index = 0
             for y, h, row in grid.rows:
                 for tile in row:
-                    if result.interrupted or (stop is not None and stop()):
-                        result.interrupted = True
+                    if result.stopped(stop):
                         tile[2] = Image.new("RGB", (request.width, request.height))
                         continue
                     tile_seed = seed + n + index // batch + index % batch
@@ -107,11 +106,7 @@ class SDUpscale(Script):
                                     styles=list(styles), save_grid=False, save_samples=False,
                                     index=n * count + index, total=total,
                                     label=f"Tile {n * count + index + 1} out of {total}")
-                    out = runner(run)
-                    result.runs += 1
-                    images, texts, _, _, _, interrupted, warnings = run_fields(out)
-                    result.interrupted = interrupted
-                    result.warnings += [w for w in warnings if w not in result.warnings]
+                    images, texts, _, _, _ = result.record(runner(run))
                     tile[2] = images[0] if images else Image.new("RGB", (request.width, request.height))
                     if first_text is None and texts:
                         first_text = texts[0]

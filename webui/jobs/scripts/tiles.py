@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from .. import infotext as it
+
 
 @dataclass
 class TileGrid:
@@ -75,7 +77,6 @@ def combine_grid(grid: TileGrid) -> Image.Image:
 def with_params(infotext: str, params: dict) -> str:
     """``infotext`` with ``params`` added to its parameters line, before ``Version`` (A1111's
     ``extra_generation_params`` come there)."""
-    from .. import infotext as it
     added = ", ".join(f"{k}: {it.quote(it.format_value(v))}" for k, v in params.items())
     head, sep, tail = infotext.rpartition(", Version: ")
     if sep:

@@ -57,7 +57,6 @@ from .base import (
     check_image_count,
     copy_request,
     fixed_seed,
-    run_fields,
 )
 from .grid import GridAnnotation, draw_grid_annotations, image_grid
 
@@ -630,15 +629,10 @@ class XYZPlot(Script):
         negatives: list[str | None] = [None] * size
         result = ScriptResult(grid_basename="xyz_grid")
         first_seed = None
-        interrupted = False
         for planned in plan.cells:
-            if interrupted or (stop is not None and stop()):
-                interrupted = True
+            if result.stopped(stop):
                 break
-            out = runner(planned.run)
-            result.runs += 1
-            imgs, infos, run_seeds, run_prompts, run_negatives, interrupted, warnings = run_fields(out)
-            result.warnings += [w for w in warnings if w not in result.warnings]
+            imgs, infos, run_seeds, run_prompts, run_negatives = result.record(runner(planned.run))
             if not imgs:
                 continue
             idx = planned.ix + planned.iy * nx + planned.iz * nx * ny
@@ -650,7 +644,6 @@ class XYZPlot(Script):
             negatives[idx] = run_negatives[0] if run_negatives else planned.run.request.negative_prompt
             if first_seed is None:
                 first_seed = seeds[idx]
-        result.interrupted = interrupted
         if not any(img is not None for img in images):
             return result
 
@@ -681,22 +674,15 @@ class XYZPlot(Script):
                      for iz in range(nz)]
         main_text = self._grid_infotext(texts[0], options, with_z=True, xs=xs, ys=ys, zs=zs)
 
-        def add(image, text, seed, prompt, negative):
-            result.images.append(image)
-            result.infotexts.append(text)
-            result.seeds.append(seed)
-            result.prompts.append(prompt)
-            result.negative_prompts.append(negative)
-
-        add(main, main_text, seeds[0], prompts[0], negatives[0])
+        result.add(main, main_text, seeds[0], prompts[0], negatives[0])
         if options.include_sub_grids:
             for iz, grid in enumerate(sub_grids):
                 k = iz * nx * ny
-                add(grid, sub_texts[iz], seeds[k], prompts[k], negatives[k])
+                result.add(grid, sub_texts[iz], seeds[k], prompts[k], negatives[k])
         result.grid_count = len(result.images)
         if options.include_lone_images:
             for i in range(size):
-                add(images[i], texts[i], seeds[i], prompts[i], negatives[i])
+                result.add(images[i], texts[i], seeds[i], prompts[i], negatives[i])
         result.index_of_first_image = 1
         # A1111 saves the main grid, and the sub-grids too with "Include Sub Grids" when there are several
         result.save_as_grid = list(range(1 + nz)) if options.include_sub_grids and nz > 1 else [0]
