@@ -52,3 +52,19 @@ def run_app(*args: str, log_dir: Path, timeout: float = 120):
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def wait_for_model(app: RunningApp, session=None, timeout: float = 180) -> None:
+    """Poll ``/sdapi/v1/options`` (through ``session``, e.g. one with the API login) until it reports a loaded
+    checkpoint: the model loads in the background after the "Running on" line. ``timeout`` is a deadline against
+    a hang, not a speed claim; past it, or when the server exits, the test fails with the server's log."""
+    import pytest
+    import requests
+
+    get = (session or requests).get
+    deadline = time.monotonic() + timeout
+    while get(f"{app.base}/sdapi/v1/options", timeout=30).json().get("sd_checkpoint_hash") is None:
+        if time.monotonic() > deadline or app.proc.poll() is not None:
+            pytest.fail(f"the model was not loaded {timeout:g} s after the server started (server exit code: "
+                        f"{app.proc.poll()}); server log:\n{app.log.read_text()}")
+        time.sleep(0.2)

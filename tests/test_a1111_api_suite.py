@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import pytest
 import requests
 from PIL import Image
 
-from tests.app_server import run_app
+from tests.app_server import run_app, wait_for_model
 from tests.tiny_models import write_tiny_checkpoint
 
 
@@ -65,10 +64,7 @@ def server(tmp_path_factory):
     (data / "models" / "checkpoints").mkdir(parents=True)
     ckpt = write_tiny_checkpoint(data / "models" / "checkpoints" / "tiny.safetensors")
     with run_app("--nowebui", "--data-dir", data, "--ckpt", ckpt, log_dir=data) as app:
-        deadline = time.time() + 120
-        while requests.get(f"{app.base}/sdapi/v1/options", timeout=30).json().get("sd_checkpoint_hash") is None:
-            assert time.time() < deadline, app.log.read_text()
-            time.sleep(0.2)                   # the model loads in the background
+        wait_for_model(app, timeout=120)      # the model loads in the background
         yield app.base
 
 

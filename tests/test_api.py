@@ -22,7 +22,7 @@ from PIL import Image
 import safetensors.torch
 import torch
 
-from tests.app_server import run_app
+from tests.app_server import run_app, wait_for_model
 from tests.tiny_models import write_tiny_checkpoint
 from webui.demo import dataset as ds
 from webui.engine.files import read_state_dict
@@ -58,12 +58,7 @@ def server(tmp_path_factory):
                  log_dir=data) as app:
         session = requests.Session()
         session.auth = (USER, PASSWORD)
-        deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
-        while session.get(f"{app.base}/sdapi/v1/options", timeout=30).json().get("sd_checkpoint_hash") is None:
-            if time.monotonic() > deadline or app.proc.poll() is not None:
-                pytest.fail(f"the model was not loaded {MODEL_LOAD_TIMEOUT_S} s after the server started "
-                            f"(server exit code: {app.proc.poll()}); server log:\n{app.log.read_text()}")
-            time.sleep(0.2)   # the model loads in the background
+        wait_for_model(app, session, MODEL_LOAD_TIMEOUT_S)   # the model loads in the background
         yield {"base": app.base, "port": app.port, "data": data, "session": session, "proc": app.proc}
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 
 import pytest
 import requests
 from PIL import Image
 
-from tests.app_server import run_app
+from tests.app_server import run_app, wait_for_model
 from tests.tiny_families import write_family_checkpoint
 from tests.tiny_models import write_tiny_checkpoint
 from webui.jobs import infotext
@@ -29,10 +28,7 @@ def server(tmp_path_factory):
     write_tiny_checkpoint(ckpts / "sd1.safetensors")
     with run_app("--nowebui", "--data-dir", data, "--ckpt", base, log_dir=data) as app:
         session = requests.Session()
-        deadline = time.time() + 120
-        while session.get(f"{app.base}/sdapi/v1/options").json().get("sd_checkpoint_hash") is None:
-            assert time.time() < deadline, app.log.read_text()
-            time.sleep(0.2)   # the model loads in the background
+        wait_for_model(app, session, 120)   # the model loads in the background
         yield {"base": app.base, "session": session, "log": app.log}
 
 

@@ -226,7 +226,7 @@ def test_hooks_see_each_call_and_step(engine):
 def server(tmp_path_factory):
     import requests
 
-    from tests.app_server import run_app
+    from tests.app_server import run_app, wait_for_model
     from webui.paths import DEMO_CHECKPOINT
 
     data = tmp_path_factory.mktemp("ext_server")
@@ -243,12 +243,7 @@ def server(tmp_path_factory):
                  log_dir=data) as app:
         session = requests.Session()
         session.auth = ("u", "p")
-        import time
-        deadline = time.monotonic() + 180          # against a hang: the demo model loads in seconds
-        while session.get(f"{app.base}/sdapi/v1/options", timeout=30).json().get("sd_checkpoint_hash") is None:
-            if time.monotonic() > deadline or app.proc.poll() is not None:
-                pytest.fail(f"the model was not loaded 180 s after the server started; log:\n{app.log.read_text()}")
-            time.sleep(0.2)
+        wait_for_model(app, session, 180)          # against a hang: the demo model loads in seconds
         yield {"base": app.base, "session": session, "log": app.log, "url": app.base + "/"}
 
 

@@ -496,6 +496,7 @@ def test_fuzz_harness_for_a_fixed_budget(tmp_path):
 
     out = tmp_path / "fuzz.json"
     proc = subprocess.run([sys.executable, "tests/fuzz/fuzz_parsers.py", "--target", "all", "--runs", str(HARNESS_RUNS),
+                           "--timeout", "120",   # (per input: a hang, not a slow machine; pytest-timeout bounds it all)
                            "--json", str(out), "--artifacts", str(tmp_path / "artifacts")],
                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=880)
     print(proc.stdout[-2000:])

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_memory import pixels
+from tests.test_memory import request as memory_request
 from tests.tiny_models import write_tiny_checkpoint
 from webui.engine import pipeline
 from webui.engine.pipeline import Engine, GenerationRequest
@@ -17,13 +19,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def request(**kw) -> GenerationRequest:
-    base = dict(prompt="a red circle", negative_prompt="blurry", steps=4, seed=3, width=64, height=64,
-                sampler_name="Euler", batch_size=2)
-    return GenerationRequest(**{**base, **kw})
-
-
-def pixels(result) -> list[np.ndarray]:
-    return [np.asarray(i.image.convert("RGB"), np.int16) for i in result.images]
+    """``tests/test_memory.py``'s request (a red circle, 64x64, Euler, batch of 2) with 4 steps and seed 3."""
+    return memory_request(**{"steps": 4, "seed": 3, **kw})
 
 
 def max_diff(a, b) -> int:

@@ -2,7 +2,6 @@
 draw, and one real X/Y grid through the engine on a tiny checkpoint."""
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import numpy as np
@@ -444,14 +443,10 @@ def test_prompt_lines_parse_a1111_command_lines():
         parse_lines("--prompt x --sampler_name Eulr")
     assert parse_lines("--prompt x --subseed 5 --subseed_strength 0.25")[0].args == {
         "prompt": "x", "subseed": 5, "subseed_strength": 0.25}
-    if "tiling" not in {f.name for f in dataclasses.fields(GenerationRequest)}:
-        with pytest.raises(ValueError, match="--tiling true: tiling is not supported"):
-            parse_lines("--prompt x --tiling true")
-    else:
-        pff = registry().find("Prompts from file or textbox", "txt2img")
-        runner = FakeRunner()
-        pff.run(request(), pff.parse([False, False, "start", "--prompt x --tiling true\ny"]), runner)
-        assert [r.request.tiling for r in runner.runs] == [True, False]
+    pff = registry().find("Prompts from file or textbox", "txt2img")
+    runner = FakeRunner()
+    pff.run(request(), pff.parse([False, False, "start", "--prompt x --tiling true\ny"]), runner)
+    assert [r.request.tiling for r in runner.runs] == [True, False]
     with pytest.raises(ValueError, match="No closing quotation"):
         parse_lines('--prompt "x')
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from tests.app_server import run_app
-from tests.test_ui_browser import (CHROMIUM, FLAGS, artifacts, gallery_images, generate, open_page,  # noqa: F401
-                                   set_number)
+from tests.test_ui_browser import (CHROMIUM, artifacts, browser, gallery_images, generate,  # noqa: F401
+                                   open_page, set_number)
 from webui.paths import DEMO_CHECKPOINT
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -22,14 +22,6 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("a1111-features")
     with run_app("--data-dir", data, log_dir=data) as app:
         yield {"url": app.base + "/", "data": data, "log": app.log}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
 
 
 def _pick(page, elem_id: str, option: str) -> None:
@@ -69,7 +61,7 @@ def test_xyz_plot_in_the_browser(server, browser, artifacts):  # noqa: F811
     page.close()
 
 
-def test_variation_seed_in_the_browser(server, browser):
+def test_variation_seed_in_the_browser(server, browser):  # noqa: F811
     page = open_page(browser, server)
     set_number(page, "txt2img_steps", 4)
     page.check("#txt2img_subseed_show input")
