@@ -76,7 +76,8 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(args.threads)
-    from webui.engine.pipeline import Engine, GenerationRequest
+    from webui.engine.residency import Engine
+    from webui.engine.request import GenerationRequest
 
     sides = {}
     if args.only in (None, "ours"):

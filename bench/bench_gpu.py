@@ -37,7 +37,8 @@ def _sync_time(torch) -> float:
 def child_ours(file: str, size: int, config: str) -> dict:
     import torch
 
-    from webui.engine.pipeline import Engine, GenerationRequest
+    from webui.engine.residency import Engine
+    from webui.engine.request import GenerationRequest
     engine = Engine("cuda", "half", **OURS[config])
     t0 = _sync_time(torch)
     engine.load(file)

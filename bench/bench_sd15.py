@@ -115,7 +115,8 @@ def child_ours(file: str, threads: int, precision: str = "full", image_out: str 
     t0 = time.perf_counter()
     import torch
     torch.set_num_threads(threads)
-    from webui.engine.pipeline import Engine, GenerationRequest
+    from webui.engine.residency import Engine
+    from webui.engine.request import GenerationRequest
     import transformers
     transformers.CLIPTextModel  # lazy module: import it here, as `import diffusers` already does on its side
     import_s = time.perf_counter() - t0

@@ -373,7 +373,8 @@ def child_ours(file: str, threads: int, precision: str) -> None:
     t0 = time.perf_counter()
     import torch
     torch.set_num_threads(threads)
-    from webui.engine.pipeline import Engine, GenerationRequest
+    from webui.engine.residency import Engine
+    from webui.engine.request import GenerationRequest
     import transformers
     # lazy modules: import them here, as `import diffusers` + the SDXL pipeline already do on their side
     transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection

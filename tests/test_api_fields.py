@@ -30,7 +30,7 @@ def _png() -> str:
 
 INFOTEXT = "a blue cat\nNegative prompt: dogs\nSteps: 7, Sampler: Euler a, CFG scale: 4.5, Seed: 99, Size: 96x64"
 
-# field -> (probe value, ("used", check(request, target)) | ("refused", words))
+# field -> (probe value, ("used", check(request, job)) | ("refused", words))
 USED, REFUSED = "used", "refused"
 FIELDS = {
     "prompt": ("a red fox", (USED, lambda r, t: r.prompt == "a red fox")),
@@ -85,7 +85,7 @@ FIELDS = {
     "hr_prompt": ("x", (USED, lambda r, t: r.hr_prompt == "x")),
     "hr_negative_prompt": ("y", (USED, lambda r, t: r.hr_negative_prompt == "y")),
     "force_task_id": ("task-1", (USED, None)),       # the task's id: tests/test_api.py
-    "script_name": ("Prompt matrix", (USED, lambda r, t: t["script"][0].title == "Prompt matrix")),
+    "script_name": ("Prompt matrix", (USED, lambda r, t: t.script.name == "Prompt matrix")),
     "script_args": ([1, 2], (USED, None)),           # only with script_name
     "send_images": (False, (USED, None)),            # the response: tests/test_api.py
     "save_images": (True, (USED, None)),
@@ -122,7 +122,7 @@ def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("fields")
     (root / "models" / "checkpoints").mkdir(parents=True)
     write_tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
-    backend = Backend(Paths(root=root), Options(), device="cpu")
+    backend = Backend(Paths(root=root), Options(), device="cpu", persist=False)
     return Api(backend)
 
 
@@ -133,7 +133,7 @@ def _request(api, schema, field, value):
     elif field.startswith("hr_"):
         base["enable_hr"] = True
     body = schema(**{**base, field: value})
-    return api._request(body, schema is schemas.Img2ImgRequest)
+    return api.generation.job(body, "img2img" if schema is schemas.Img2ImgRequest else "txt2img")
 
 
 @pytest.mark.parametrize("schema", [schemas.Txt2ImgRequest, schemas.Img2ImgRequest])
@@ -149,8 +149,8 @@ def test_every_field_is_used_or_refused(api, schema):
                 _request(api, schema, field, value)
             assert info.value.status_code == 422 and check in info.value.detail, (field, info.value.detail)
         elif check is not None:
-            request, target = _request(api, schema, field, value)
-            assert check(request, target), field
+            job = _request(api, schema, field, value)
+            assert check(job.request, job), field
 
 
 def test_defaults_are_accepted(api):
@@ -158,5 +158,5 @@ def test_defaults_are_accepted(api):
     for schema in (schemas.Txt2ImgRequest, schemas.Img2ImgRequest):
         body = schema(prompt="p", width=64, height=64, **({"init_images": [_png()]}
                                                          if schema is schemas.Img2ImgRequest else {}))
-        request, _ = api._request(body, schema is schemas.Img2ImgRequest)
+        request = api.generation.job(body, "img2img" if schema is schemas.Img2ImgRequest else "txt2img").request
         assert request.prompt == "p"

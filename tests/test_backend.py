@@ -6,9 +6,10 @@ import datetime
 
 import pytest
 
+from tests.helpers import submit
 from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.families import NATIVE_SIZE_KEY
-from webui.engine.pipeline import GenerationRequest
+from webui.engine.request import GenerationRequest
 from webui.jobs import infotext, saving
 from webui.jobs.backend import Backend
 from webui.jobs.queue import DONE, FAILED
@@ -51,21 +52,21 @@ def test_lists_and_names(backend):
 @pytest.mark.parametrize("name", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors", "nope"])
 def test_names_outside_the_list_are_refused(backend, name):
     with pytest.raises(ValueError, match="unknown checkpoint .* available: .*tiny-a.safetensors"):
-        backend.submit(request(), checkpoint=name)
+        submit(backend, request(), checkpoint=name)
     with pytest.raises(ValueError, match="unknown checkpoint"):
         backend.load(name)
 
 
 def test_unknown_vae_and_sampler_are_refused_before_queueing(backend):
     with pytest.raises(ValueError, match="unknown VAE 'x.pt'; available: Automatic, None"):
-        backend.submit(request(), vae="x.pt")
+        submit(backend, request(), vae="x.pt")
     with pytest.raises(ValueError, match="sampler"):
-        backend.submit(request(sampler_name="Nope"))
+        submit(backend, request(sampler_name="Nope"))
     assert backend.queue.pending() == []
 
 
 def test_generation_saves_as_a1111_and_reports_previews(backend):
-    job = backend.submit(request(), owner="alice")
+    job = submit(backend, request(), owner="alice")
     assert job.wait(120) and job.state == DONE, job.error
     out = job.result
     assert len(out.images) == 2 and out.seeds == [7, 8] and out.model == "tiny-a.safetensors"
@@ -80,14 +81,14 @@ def test_generation_saves_as_a1111_and_reports_previews(backend):
 
 
 def test_saving_can_be_turned_off(backend):
-    job = backend.submit(request(batch_size=1), save=False)
+    job = submit(backend, request(batch_size=1), save=False)
     assert job.wait(120) and job.state == DONE
     assert job.result.paths == [] and len(job.result.images) == 1
 
 
 def test_a_job_on_a_broken_checkpoint_fails_and_the_next_runs(backend):
-    bad = backend.submit(request(batch_size=1), checkpoint="broken.safetensors")
-    good = backend.submit(request(batch_size=1), save=False)
+    bad = submit(backend, request(batch_size=1), checkpoint="broken.safetensors")
+    good = submit(backend, request(batch_size=1), save=False)
     assert good.wait(120)
     assert bad.state == FAILED and "broken.safetensors" in bad.error
     assert good.state == DONE and good.result.model == "tiny-a.safetensors"
@@ -95,8 +96,8 @@ def test_a_job_on_a_broken_checkpoint_fails_and_the_next_runs(backend):
 
 
 def test_each_job_can_name_its_checkpoint(backend):
-    other = backend.submit(request(batch_size=1), checkpoint="sub/tiny-b.safetensors", save=False)
-    back = backend.submit(request(batch_size=1), checkpoint="tiny-a.safetensors", save=False)
+    other = submit(backend, request(batch_size=1), checkpoint="sub/tiny-b.safetensors", save=False)
+    back = submit(backend, request(batch_size=1), checkpoint="tiny-a.safetensors", save=False)
     assert back.wait(120) and other.state == DONE and back.state == DONE
     assert (other.result.model, back.result.model) == ("sub/tiny-b.safetensors", "tiny-a.safetensors")
-    assert other.result.images[0].tobytes() != back.result.images[0].tobytes()
+    assert other.result.images[0].image.tobytes() != back.result.images[0].image.tobytes()

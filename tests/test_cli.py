@@ -316,7 +316,8 @@ def test_sdxl_with_refiner_sizes_and_prediction(tmp_path):
     bad = app("txt2img", *common, "--original-size", "128")
     assert bad.returncode == 2 and "WIDTHxHEIGHT" in bad.stderr
     wrong = app("txt2img", *common, "--refiner", files_sd1(tmp_path))
-    assert wrong.returncode == 2 and "SD 1.x model cannot refine SDXL" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert wrong.returncode == 2 and "is a SD 1.x model; it cannot refine SDXL" in wrong.stderr \
+        and "Traceback" not in wrong.stderr
 
 
 def files_sd1(folder: Path) -> Path:

@@ -20,10 +20,12 @@ from tests.test_pipeline import NEGATIVE, PROMPT, Reference, _max_diff
 from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
 from webui.engine.cond import Cond
 from webui.engine.patches import CallInfo
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
 from webui.paths import PROJECT_ROOT, Paths
+from webui.jobs.parameters import extra_params
 
 W = H = 64
 
@@ -110,7 +112,7 @@ def test_original_format_controlnet_matches_diffusers(setup, sampler):
     diff = _max_diff(result.images[0].image, expected)
     assert diff <= 2, diff
     assert _max_diff(plain.images[0].image, expected) > 4        # the ControlNet did change the picture
-    assert result.extra["ControlNet 0"].startswith("Module: none, Model: control_tiny [")
+    assert extra_params(result.facts)["ControlNet 0"].startswith("Module: none, Model: control_tiny [")
 
 
 def test_guidance_range_and_control_modes():

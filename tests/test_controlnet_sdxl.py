@@ -22,11 +22,13 @@ from tests import tiny_families as tf
 from tests import tiny_models
 from tests.references import k_diffusion
 from tests.test_controlnet_model import _randomize
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.unet import UNetConfig
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
 from webui.paths import PROJECT_ROOT, Paths
+from webui.jobs.parameters import extra_params
 
 TOLERANCE = 1e-4
 W = H = 64
@@ -356,7 +358,7 @@ def test_sdxl_controlnet_end_to_end_matches_diffusers(setup):
     plain = _generate(setup["engine"], setup["manager"], None)
     assert _pixel_diff(plain.images[0].image, expected) > 4      # the ControlNet did change the picture
     assert np.asarray(expected).std() > 5                         # and the picture is not flat
-    assert result.extra["ControlNet 0"].startswith("Module: none, Model: control_tiny_xl [")
+    assert extra_params(result.facts)["ControlNet 0"].startswith("Module: none, Model: control_tiny_xl [")
 
 
 def test_sd1_controlnet_on_sdxl_model_is_refused_by_name(setup):
@@ -366,7 +368,7 @@ def test_sd1_controlnet_on_sdxl_model_is_refused_by_name(setup):
     assert message.startswith("ControlNet unit 0: control_tiny_sd1 is a custom ControlNet (context 64); "
                               "the loaded model is SDXL (context 192); they differ in "), message
     assert "context_dim 64 vs 192" in message and "adm_in_channels None vs 1632" in message
-    assert message.endswith(": not applied") and "ControlNet 0" not in result.extra
+    assert message.endswith(": not applied") and "ControlNet 0" not in extra_params(result.facts)
 
 
 def test_sdxl_controlnet_on_sd1_model_is_refused_by_name(setup, root):

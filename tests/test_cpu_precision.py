@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from webui.engine import devices
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.paths import DEMO_CHECKPOINT
 
 FLAGS = "processor : 0\nflags : fpu sse2 avx2 avx512f {}\nmodel name : x\n"

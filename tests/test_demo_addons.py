@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from webui.demo import dataset as ds
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
 from webui.paths import DEMO_CHECKPOINT, PROJECT_ROOT, Paths

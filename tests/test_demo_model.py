@@ -20,7 +20,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from webui.demo import dataset as ds
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.sampling.registry import SAMPLERS
 from webui.paths import DEMO_CHECKPOINT
 

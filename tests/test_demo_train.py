@@ -19,7 +19,8 @@ from webui.demo import train as tr
 from webui.engine import families
 from webui.engine.checkpoint import load_checkpoint
 from webui.engine.files import read_metadata
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIXES = (tr.UNET_PREFIX, tr.VAE_PREFIX, tr.TEXT_PREFIX)

@@ -14,7 +14,8 @@ from tests.tiny_models import write_tiny_checkpoint, write_vae_file
 from webui.engine import images as im
 from webui.engine.control import JobControl
 from webui.engine.files import CheckpointError
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 
 W = H = 64
 STEPS = 4

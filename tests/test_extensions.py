@@ -14,11 +14,13 @@ import torch
 
 from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.patches import JobPatches, ModelPatcher, WeightPatch
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.unet import UNetExtras
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
 from webui.paths import PROJECT_ROOT, Paths
+from webui.jobs.parameters import extra_params
 
 EXAMPLE = PROJECT_ROOT / "extensions" / "soft_contrast"
 
@@ -98,7 +100,7 @@ def test_discovery_and_failures_are_reported(extensions):
 def test_a_failing_extension_is_skipped_and_the_job_goes_on(extensions, engine):
     hooks = extensions.job_hooks({"Soft contrast": {"enabled": True, "strength": 0.5}})
     result = engine.generate(request(), hooks=hooks)
-    assert len(result.images) == 1 and result.extra["Soft contrast"] == 0.5
+    assert len(result.images) == 1 and extra_params(result.facts)["Soft contrast"] == 0.5
     joined = " | ".join(result.warnings)
     assert "raises_in_job: on_job failed: ValueError: job callback broke" in joined
     assert "residuals failed" in joined and "model wrapper failed" in joined
@@ -114,7 +116,7 @@ def test_example_extension_changes_the_picture_as_it_says(extensions, engine):
     plain = engine.generate(request())
     soft = engine.generate(request(), hooks=extensions.job_hooks({"Soft contrast": {"enabled": True, "strength": 0.6}}))
     off = engine.generate(request(), hooks=extensions.job_hooks({"Soft contrast": {"enabled": False}}))
-    assert off.images[0].image.tobytes() == plain.images[0].image.tobytes() and "Soft contrast" not in off.extra
+    assert off.images[0].image.tobytes() == plain.images[0].image.tobytes() and "Soft contrast" not in extra_params(off.facts)
     import numpy as np
     a, b = (np.asarray(r.images[0].image, dtype=np.float32) for r in (plain, soft))
     assert b.std() < a.std()          # softer contrast
@@ -193,7 +195,7 @@ def test_residuals_wrappers_and_callbacks_reach_the_unet(engine):
 
 
 def test_hooks_see_each_call_and_step(engine):
-    from webui.engine.pipeline import JobHooks
+    from webui.engine.job_hooks import JobHooks
     log = {"calls": [], "steps": [], "text": 0}
 
     def prepare(ctx):

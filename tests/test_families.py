@@ -19,7 +19,8 @@ from PIL import Image, ImageOps
 
 from tests import tiny_families as tf
 from tests.references import k_diffusion
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 
 W = H = 64
 PROMPT, NEGATIVE = "a red circle on a blue background", "blurry, low quality"

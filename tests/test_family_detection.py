@@ -17,7 +17,8 @@ from tests.tiny_models import write_tiny_checkpoint
 from webui.engine import families
 from webui.engine.checkpoint import load_checkpoint
 from webui.engine.files import CheckpointError
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 
 # file -> (family name, prediction, zero terminal SNR, text encoder classes, native size)
 LOADABLE = {

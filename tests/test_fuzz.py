@@ -470,7 +470,8 @@ def test_api_never_runs_ghostscript_on_an_eps(monkeypatch):
     from fastapi import HTTPException
     from PIL import EpsImagePlugin
 
-    from webui.api.routes import Limits, decode_image
+    from webui.api.routes import decode_image
+    from webui.jobs.spec import Limits
 
     def ghostscript(*args, **kwargs):
         raise AssertionError("Ghostscript was run on a request's bytes")

@@ -11,8 +11,9 @@ import torch
 from tests.test_memory import pixels
 from tests.test_memory import request as memory_request
 from tests.tiny_models import write_tiny_checkpoint
-from webui.engine import pipeline
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.job_hooks import JobHooks
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.sampling import registry
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -47,19 +48,17 @@ def test_fp16_on_cuda_matches_the_cpu(ckpt, cpu_result):
 
 
 @pytest.mark.parametrize("sampler", [s.name for s in registry.SAMPLERS])
-def test_the_sampling_loop_never_syncs(ckpt, monkeypatch, sampler):
-    sample = pipeline._sample
-
-    def strict(*args, **kwargs):
+def test_the_sampling_loop_never_syncs(ckpt, sampler):
+    def strict(apply, x, sigmas):           # a sample wrapper: the loop runs in torch's sync debug mode
         torch.cuda.set_sync_debug_mode("error")
         try:
-            return sample(*args, **kwargs)
+            return apply(x, sigmas)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    monkeypatch.setattr(pipeline, "_sample", strict)
     engine = Engine("cuda", "half")
     engine.load(ckpt)
-    engine.generate(request(sampler_name=sampler, steps=3))
+    engine.generate(request(sampler_name=sampler, steps=3),
+                    hooks=JobHooks(prepare=[lambda ctx: ctx.patches.sample_wrappers.append(strict)]))
 
 
 @pytest.mark.parametrize("mode", ["medvram", "lowvram"])

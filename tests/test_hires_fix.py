@@ -13,10 +13,11 @@ from PIL import Image
 
 from tests.test_pipeline import NEGATIVE, PROMPT, _max_diff, files, reference  # noqa: F401
 from webui.engine import upscale
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.prompts.schedule import schedule
 from webui.jobs import infotext
-from webui.jobs.generation import ModelInfo, infotexts
+from webui.jobs.parameters import ModelInfo, infotexts
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_hires_infotext_and_png_info(engine):
     params = infotext.parse(text)
     assert (params["Denoising strength"], params["Hires upscale"], params["Hires steps"], params["Hires upscaler"],
             params["Hires sampler"], params["Hires prompt"]) == ("0.6", "1.5", "3", "Nearest", "Heun", "a blue square")
-    from webui.ui.mapping import fields_from_infotext
+    from webui.jobs.request.fields import fields_from_infotext
     fields = fields_from_infotext(text)
     assert (fields["enable_hr"], fields["hr_scale"], fields["hr_upscaler"], fields["hr_second_pass_steps"]) == \
         (True, 1.5, "Nearest", 3)

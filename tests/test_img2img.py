@@ -18,7 +18,9 @@ from PIL import Image, ImageFilter, ImageOps
 
 from tests.references import LDMShim, k_diffusion
 from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
+from webui.jobs.parameters import extra_params
 
 W = H = 64
 PROMPT, NEGATIVE = "a red circle on a blue background", "blurry"
@@ -421,7 +423,7 @@ def test_inpaint_whole_picture_masked_content(engine, reference, fill):
     ours = result.images[0].image
     assert _max_diff(ours, expected[0]) <= 2
     _check_composite(ours, prep, init)
-    extra = result.extra
+    extra = extra_params(result.facts)
     assert extra["Mask blur"] == 4 and "Inpaint area" not in extra
     assert extra.get("Masked content") == (None, "fill", None, "latent noise", "latent nothing")[fill + 1]
 
@@ -446,7 +448,7 @@ def test_inpaint_invert_mask(engine, reference, sampler):
         _check_composite(ours.image, prep, init)
     alpha = np.asarray(prep.overlay)[..., 3]
     assert alpha[28, 32] == 255 and alpha[2, 2] == 0          # the drawn box is kept, the rest repainted
-    assert result.extra["Mask mode"] == "Inpaint not masked"
+    assert extra_params(result.facts)["Mask mode"] == "Inpaint not masked"
 
 
 @pytest.mark.parametrize("fill, padding", [(1, 8), (0, 32), (2, 0)])
@@ -464,7 +466,7 @@ def test_inpaint_only_masked(engine, reference, fill, padding):
     outside = np.ones((80, 96), bool)
     outside[y:y + h, x:x + w] = False
     assert np.array_equal(np.asarray(ours)[outside], np.asarray(init)[outside])   # outside the crop: untouched
-    assert result.extra["Inpaint area"] == "Only masked" and result.extra["Masked area padding"] == padding
+    assert extra_params(result.facts)["Inpaint area"] == "Only masked" and extra_params(result.facts)["Masked area padding"] == padding
 
 
 def test_blank_mask_only_masked_falls_back_to_img2img(engine, reference):
@@ -477,8 +479,8 @@ def test_blank_mask_only_masked_falls_back_to_img2img(engine, reference):
     assert _max_diff(result.images[0].image, plain.images[0].image) == 0
     assert _max_diff(result.images[0].image, expected[0]) <= 2
     assert _max_diff(result.images[0].image, init) > 10
-    assert "Inpaint area" not in result.extra and "Masked content" not in result.extra
-    assert result.extra["Mask blur"] == 4
+    assert "Inpaint area" not in extra_params(result.facts) and "Masked content" not in extra_params(result.facts)
+    assert extra_params(result.facts)["Mask blur"] == 4
 
 
 def test_blank_mask_whole_picture_keeps_the_image(engine):
@@ -543,7 +545,7 @@ def test_denoising_strength_trims_steps(engine, reference, strength, calls):
     assert len(spy.calls) == calls                           # t_enc + 1 Euler steps
     expected, _ = reference.generate(init=init, strength=strength)
     assert _max_diff(result.images[0].image, expected[0]) <= 2
-    assert result.extra["Denoising strength"] == strength
+    assert extra_params(result.facts)["Denoising strength"] == strength
 
 
 def test_sde_img2img_brownian_tree_spans_the_full_schedule(engine, reference):

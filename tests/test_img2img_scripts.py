@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from tests.tiny_models import write_tiny_checkpoint
-from webui.engine.pipeline import GenerationRequest
+from webui.engine.request import GenerationRequest
 from webui.engine.upscale import upscale_by
-from webui.jobs.scripts import RunResult
+from webui.engine.result import ImageRecord
+from webui.jobs.output import GenerationOutput
 from webui.jobs.scripts.outpainting import OutpaintingOptions, PoorMansOutpainting, canvas
 from webui.jobs.scripts.sd_upscale import SDUpscale
 from webui.jobs.scripts.tiles import combine_grid, split_grid
@@ -42,8 +43,8 @@ class Recorder:
     def __call__(self, run):
         self.runs.append(run)
         tile = run.request.init_image
-        return RunResult([self.change(tile) if self.change else tile], [f"tile\nSeed: {run.request.seed}, Version: x"],
-                         [run.request.seed])
+        return GenerationOutput([ImageRecord(self.change(tile) if self.change else tile, run.request.seed,
+                                             infotext=f"tile\nSeed: {run.request.seed}, Version: x")])
 
 
 def test_sd_upscale_plan_seeds_and_blend():
@@ -60,7 +61,7 @@ def test_sd_upscale_plan_seeds_and_blend():
     # A1111: batch k of two tiles starts at seed + k; the second upscale starts at seed + 1
     assert [r.request.seed for r in recorder.runs[:6]] == [100, 101, 101, 102, 102, 103]
     assert recorder.runs[6].request.seed == 101
-    assert result.images[0].tobytes() == upscaled.tobytes()           # the tiles came back as they went
+    assert result.pictures[0].tobytes() == upscaled.tobytes()           # the tiles came back as they went
     assert "SD upscale overlap: 16, SD upscale upscaler: Lanczos, Version: x" in result.infotexts[0]
     assert result.save_as_samples == [0, 1]
     with pytest.raises(ValueError, match="unknown upscaler"):
@@ -83,7 +84,7 @@ def test_outpainting_canvas_and_tiles():
     assert len(recorder.runs) == 8 and [r.request.seed for r in recorder.runs] == list(range(7, 15))
     first = recorder.runs[0].request
     assert (first.mask_blur, first.inpaint_full_res, first.latent_mask.size) == (8, False, (64, 64))
-    assert result.images[0].size == (128, 128)
+    assert result.pictures[0].size == (128, 128)
 
 
 @pytest.fixture(scope="module")

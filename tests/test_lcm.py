@@ -10,7 +10,8 @@ import torch
 from tests.references import LDMShim, k_diffusion
 from tests.test_pipeline import H, NEGATIVE, PROMPT, W, _init_image, _max_diff
 from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.sampling import registry
 
 
@@ -124,9 +125,9 @@ def test_lcm_img2img_matches_a1111(setup):
 def test_lcm_sigmas_live_on_the_original_timesteps(setup):
     engine, _, model = setup
     spec, key = registry.resolve("LCM")
-    ours = registry.build_sigmas(spec, key, engine._sampling_schedule(spec), 5)
+    ours = registry.build_sigmas(spec, key, engine.resident.sampling_schedule(spec), 5)
     torch.testing.assert_close(ours, model.get_sigmas(5), rtol=1e-5, atol=0)   # float rounding of the t grid
-    karras = registry.build_sigmas(spec, "karras", engine._sampling_schedule(spec), 5)
+    karras = registry.build_sigmas(spec, "karras", engine.resident.sampling_schedule(spec), 5)
     assert float(karras[-2]) == pytest.approx(float(model.sigma_min), rel=1e-5)
     assert float(karras[0]) == pytest.approx(float(model.sigma_max), rel=1e-5)
     assert registry.resolve("k_lcm")[0].name == "LCM"

@@ -16,10 +16,12 @@ import torch
 from extensions.lora import formats, weight_patches
 from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.patches import JobPatches, ModelPatcher
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
 from webui.paths import PROJECT_ROOT, Paths, file_identity
+from webui.jobs.parameters import extra_params
 
 ATTN = "input_blocks.1.1.transformer_blocks.0.attn2"
 
@@ -138,7 +140,7 @@ def test_warnings_and_infotext(env):
     assert "no LoRA named 'missing'" in text and "LoRA style:" in text and "lora_unet_no_such_module" in text
     assert "must be numbers" in text
     digest = hashlib.sha256((env["folder"] / "style.safetensors").read_bytes()).hexdigest()[:12]
-    assert result.extra["Lora hashes"] == f"style: {digest}"
+    assert extra_params(result.facts)["Lora hashes"] == f"style: {digest}"
     assert result.images[0].prompt == "a red cat <lora:style:1> <lora:missing:1> <lora:peft:x>"
 
 

@@ -402,7 +402,8 @@ def test_kohya_lora_matches_diffusers(tmp_path, ckpt):
     from diffusers import StableDiffusionPipeline
 
     from tests.test_pipeline import NEGATIVE, PROMPT, H, W, Reference, _max_diff
-    from webui.engine.pipeline import Engine, GenerationRequest
+    from webui.engine.residency import Engine
+    from webui.engine.request import GenerationRequest
 
     multiplier, steps, seed = 0.7, 5, 4321
     engine = Engine("cpu", "full")

@@ -31,10 +31,12 @@ from tests import tiny_families as tf
 from tests.tiny_models import CONTEXT_DIM as SD1_CONTEXT, write_tiny_checkpoint
 from webui.engine.checkpoint import load_checkpoint
 from webui.engine.diffusers_names import unet_module_names
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
 from webui.paths import PROJECT_ROOT, Paths
+from webui.jobs.parameters import extra_params
 
 MULTIPLIER = 0.7
 RANK = 4          # Linear layers (kohya's network_dim)
@@ -455,10 +457,10 @@ def test_sdxl_lora_through_the_extension(env, name):
     assert image.tobytes() == by_hand(env, "a red cat", [(name, MULTIPLIER, MULTIPLIER)]).tobytes()
     assert image.tobytes() != plain.tobytes()
     digest = hashlib.sha256((env["folder"] / f"{name}.safetensors").read_bytes()).hexdigest()[:12]
-    assert result.extra["Lora hashes"] == f"{name}: {digest}"
+    assert extra_params(result.facts)["Lora hashes"] == f"{name}: {digest}"
     # the next job without the LoRA: weights bit-identical to the checkpoint's, the same plain image
     again = generate(env, "a red cat")
-    assert "Lora hashes" not in again.extra
+    assert "Lora hashes" not in extra_params(again.facts)
     assert again.images[0].image.tobytes() == plain.tobytes()
     assert _same_state(model, original)
 
@@ -491,7 +493,7 @@ def _refused(env, engine, name):
     result = generate(env, f"a red cat <lora:{name}:1>", engine)
     assert result.images[0].image.tobytes() == plain.tobytes()
     assert _same_state(model, original)
-    assert "Lora hashes" not in result.extra
+    assert "Lora hashes" not in extra_params(result.facts)
     return result.warnings
 
 
@@ -525,7 +527,7 @@ def test_text_only_sdxl_loras_on_sd1_are_refused(env):
     # the same tensors without that metadata are applied
     plain = generate(env, "a red cat", "sd1").images[0].image
     applied = generate(env, "a red cat <lora:mlp_plain:1>", "sd1")
-    assert applied.warnings == [] and "Lora hashes" in applied.extra
+    assert applied.warnings == [] and "Lora hashes" in extra_params(applied.facts)
     assert applied.images[0].image.tobytes() != plain.tobytes()
     assert applied.images[0].image.tobytes() == by_hand(env, "a red cat", [("mlp_plain", 1.0, 1.0)], "sd1").tobytes()
 

@@ -7,15 +7,19 @@ the CPU) before it runs, put everything back after (also when a call raises), an
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from tests.tiny_models import write_tiny_checkpoint
-from webui.engine import memory, pipeline
+from webui.engine import memory
 from webui.engine.layers import FP8, Conv2d, Linear
 from webui.engine.patches import WeightPatch
-from webui.engine.pipeline import Engine, GenerationRequest, JobHooks
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
+from webui.engine.job_hooks import JobHooks
 from webui.paths import DEMO_CHECKPOINT
 
 GiB = 2**30
@@ -67,14 +71,14 @@ def test_auto_mode_chooses_from_free_vram_as_documented():
 def test_on_a_cpu_auto_is_normal(files):
     engine = Engine("cpu", "full")
     engine.load(files["a"])
-    assert engine.memory_mode == "normal" and not engine._offloader.attached
+    assert engine.memory_mode == "normal" and not engine.offloader.attached
 
 
 @pytest.mark.parametrize("mode", ["medvram", "lowvram"])
 def test_the_modes_draw_the_same_pictures(files, baseline, mode):
     engine = Engine("cpu", "full", memory=mode)
     engine.load(files["a"])
-    assert engine.memory_mode == mode and engine._offloader.attached
+    assert engine.memory_mode == mode and engine.offloader.attached
     assert same(engine.generate(request()), baseline["txt2img"])
     assert same(engine.generate(baseline["img2img_request"]), baseline["img2img"])
 
@@ -85,7 +89,7 @@ def test_medvram_brings_each_network_before_it_runs(files):
     seen = []
     probes = {"text": model.text_model, "unet": model.unet, "vae": model.vae.decoder}
     for name, module in probes.items():       # registered after the offloader's hooks: run after them
-        module.register_forward_pre_hook(lambda *_a, name=name: seen.append((name, engine._offloader.resident)))
+        module.register_forward_pre_hook(lambda *_a, name=name: seen.append((name, engine.offloader.resident)))
     engine.generate(request(steps=2))
     assert seen and all(name == resident for name, resident in seen), seen
     order = [name for i, (name, _) in enumerate(seen) if i == 0 or seen[i - 1][0] != name]
@@ -172,7 +176,7 @@ def test_fp8_pictures_stay_close_to_bf16_on_the_demo_model():
         assert psnr >= 35, (prompt, psnr)          # measured 46-50 dB
 
 
-def test_kept_checkpoints_switch_back_without_reading_the_file(files, baseline, monkeypatch):
+def test_kept_checkpoints_switch_back_without_reading_the_file(files, baseline):
     engine = Engine("cpu", "full")
     engine.checkpoints_limit = 2
     first = engine.load(files["a"])
@@ -182,14 +186,18 @@ def test_kept_checkpoints_switch_back_without_reading_the_file(files, baseline, 
     assert engine.kept_checkpoints == [str(files["a"])]
     b_pictures = engine.generate(request())
 
-    def no_read(path):
-        raise AssertionError(f"{path} was read again")
-    monkeypatch.setattr(pipeline, "read_checkpoint", no_read)
-    assert engine.load(files["a"]) is first
-    assert same(engine.generate(request()), baseline["txt2img"])       # the patch was taken off before keeping
-    engine.load(files["b"])
-    assert same(engine.generate(request()), b_pictures)
-    monkeypatch.undo()
+    path = files["a"]
+    data, stat = path.read_bytes(), path.stat()
+    path.write_bytes(bytes(len(data)))      # reading it now fails; its identity (size, mtime) is as before
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    try:
+        assert engine.load(files["a"]) is first
+        assert same(engine.generate(request()), baseline["txt2img"])       # the patch was taken off before keeping
+        engine.load(files["b"])
+        assert same(engine.generate(request()), b_pictures)
+    finally:
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     engine.load(files["c"])                       # limit 2: c resident, b kept, a (least recent) freed
     assert [p.endswith("b.safetensors") for p in engine.kept_checkpoints] == [True]
     engine.unload()

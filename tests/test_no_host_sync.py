@@ -14,8 +14,9 @@ import torch
 
 from tests.tiny_families import write_family_checkpoint
 from tests.tiny_models import write_tiny_checkpoint
-from webui.engine import pipeline
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.job_hooks import JobHooks
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.sampling import registry
 
 _HOST_READS = {torch.Tensor.item, torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
@@ -50,18 +51,18 @@ def files(tmp_path_factory):
             "refiner": write_family_checkpoint(root / "refiner.safetensors", "sdxl-refiner")}
 
 
-@pytest.fixture
-def on_device(monkeypatch):
-    """The sampler's starting latent (txt2img, img2img, hires pass) as a DeviceTensor; the sampling result is
+def _on_device(apply, x, sigmas):
+    """A sample wrapper (``JobPatches.sample_wrappers``): the loop's starting latent as a DeviceTensor; the result
     handed back as a plain tensor for the decode, as a real device's would be read after the loop."""
-    start, sample = pipeline._start_latent, pipeline._sample
-    monkeypatch.setattr(pipeline, "_start_latent", lambda *a, **k: start(*a, **k).as_subclass(DeviceTensor))
+    latents = apply(x.as_subclass(DeviceTensor), sigmas)
+    assert isinstance(latents, DeviceTensor)            # the loop really ran on "device" tensors
+    return latents.as_subclass(torch.Tensor)
 
-    def sampled(*args, **kwargs):
-        latents, interrupted = sample(*args, **kwargs)
-        assert isinstance(latents, DeviceTensor)            # the loop really ran on "device" tensors
-        return latents.as_subclass(torch.Tensor), interrupted
-    monkeypatch.setattr(pipeline, "_sample", sampled)
+
+@pytest.fixture
+def on_device():
+    """Job hooks that run every pass's sampler loop (txt2img, img2img, hires pass, refiner) on "device" tensors."""
+    return JobHooks(prepare=[lambda ctx: ctx.patches.sample_wrappers.append(_on_device)])
 
 
 def test_the_fake_device_catches_host_reads():
@@ -80,18 +81,20 @@ def test_every_sampler_runs_without_host_reads(files, on_device, sampler):
     engine.load(files["sd1"])
     base = dict(prompt="a [red:blue:2] cat AND a dog", negative_prompt="blurry", steps=4, width=64, height=64, seed=3,
                 sampler_name=sampler)
-    engine.generate(GenerationRequest(**base))
-    engine.generate(GenerationRequest(**base, init_image=engine.generate(GenerationRequest(**base)).images[0].image,
-                                      denoising_strength=0.6))
+    engine.generate(GenerationRequest(**base), hooks=on_device)
+    first = engine.generate(GenerationRequest(**base), hooks=on_device).images[0].image
+    engine.generate(GenerationRequest(**base, init_image=first, denoising_strength=0.6), hooks=on_device)
 
 
 def test_sdxl_refiner_hires_and_parameters_run_without_host_reads(files, on_device):
     engine = Engine("cpu", "full")
     engine.load(files["xl"])
     base = dict(prompt="a cat", negative_prompt="", steps=4, width=64, height=64, seed=3)
-    result = engine.generate(GenerationRequest(**base, refiner_checkpoint=str(files["refiner"]), refiner_switch_at=0.5))
+    result = engine.generate(GenerationRequest(**base, refiner_checkpoint=str(files["refiner"]), refiner_switch_at=0.5),
+                             hooks=on_device)
     assert result.refiner_switched
-    engine.generate(GenerationRequest(**base, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent (bicubic)"))
+    engine.generate(GenerationRequest(**base, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent (bicubic)"),
+                    hooks=on_device)
     engine.generate(GenerationRequest(**base, sampler_name="Euler", s_churn=1.0, subseed=9, subseed_strength=0.4,
-                                      tiling=True))
-    engine.generate(GenerationRequest(**base, sampler_name="Euler a", eta=0.5, cfg_scale=1.0))
+                                      tiling=True), hooks=on_device)
+    engine.generate(GenerationRequest(**base, sampler_name="Euler a", eta=0.5, cfg_scale=1.0), hooks=on_device)

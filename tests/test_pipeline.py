@@ -13,7 +13,9 @@ from PIL import Image
 
 from tests.references import LDMShim, k_diffusion
 from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
+from webui.jobs.parameters import extra_params
 
 W = H = 64
 PROMPT, NEGATIVE = "a red circle on a blue background", "blurry"
@@ -146,7 +148,7 @@ def test_img2img_matches_reference(engine, reference, sampler):
                                                denoising_strength=strength))
     expected = reference.generate(sampler, steps, seed, init_image=init, strength=strength)
     assert _max_diff(result.images[0].image, expected[0]) <= 2
-    assert result.extra["Denoising strength"] == strength
+    assert extra_params(result.facts)["Denoising strength"] == strength
 
 
 def test_same_seed_same_image_and_batches_follow_seed_plus_i(engine):

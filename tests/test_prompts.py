@@ -17,14 +17,17 @@ import torch
 
 from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.denoiser import cfg_denoiser
-from webui.engine.pipeline import Engine, GenerationRequest, JobHooks
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
+from webui.engine.job_hooks import JobHooks
 from webui.engine.prompts import composable, emphasis, schedule
 from webui.engine.prompts.chunks import PromptChunker
 from webui.engine.prompts.conditioning import CondSchedule, MultiCond, PromptEncoder, PromptOptions, apply_emphasis
 from webui.engine.prompts.embeddings import EmbeddingDatabase, EmbeddingError, load_embedding
 from webui.engine.prompts.styles import Style, StyleDatabase, merge
 from webui.jobs import infotext
-from webui.jobs.generation import ModelInfo, infotexts
+from webui.jobs.parameters import ModelInfo, infotexts
+from webui.jobs.parameters import extra_params
 
 EMPHASIS = [
     ('normal text', [('normal text', 1.0)]),
@@ -153,12 +156,12 @@ def engine(tmp_path_factory):
 
 
 def encoder_of(engine, **options) -> PromptEncoder:
-    return PromptEncoder(engine._text_encoder, engine.embeddings, PromptOptions(**options))
+    return PromptEncoder(engine.text_encoder, engine.embeddings, PromptOptions(**options))
 
 
 def by_hand(engine, rows: list[list[int]]) -> torch.Tensor:
     with torch.inference_mode():
-        return engine._text_encoder.encode_ids(rows)
+        return engine.text_encoder.encode_ids(rows)
 
 
 def words(n: int) -> str:
@@ -166,7 +169,7 @@ def words(n: int) -> str:
 
 
 def test_long_prompt_is_chunks_concatenated(engine):
-    te = engine._text_encoder
+    te = engine.text_encoder
     ids = te.tokenize([words(100)])[0]
     assert len(ids) == 100
     got = encoder_of(engine).encode([words(100)])
@@ -176,7 +179,7 @@ def test_long_prompt_is_chunks_concatenated(engine):
 
 
 def test_break_starts_a_new_chunk(engine):
-    te = engine._text_encoder
+    te = engine.text_encoder
     got = encoder_of(engine).encode(["a red cat BREAK a blue dog"])
     first, second = te.tokenize(["a red cat", "a blue dog"])
     expected = torch.cat([by_hand(engine, [te.pad_ids(first)]), by_hand(engine, [te.pad_ids(second)])], dim=1)
@@ -184,7 +187,7 @@ def test_break_starts_a_new_chunk(engine):
 
 
 def test_comma_backtrack_moves_the_words_after_the_last_comma(engine):
-    te = engine._text_encoder
+    te = engine.text_encoder
     text = words(70) + ", " + words(10)          # comma at token 70; the chunk fills at 75
     chunker = encoder_of(engine).chunker()
     chunks = chunker.split(text).chunks
@@ -209,7 +212,7 @@ def test_token_counts_follow_a1111(engine):
 
 @pytest.mark.parametrize("mode", ["Original", "No norm", "Ignore"])
 def test_emphasis_equals_direct_computation(engine, mode):
-    te = engine._text_encoder
+    te = engine.text_encoder
     text = "a (red:1.5) cat on [green] grass"
     got = encoder_of(engine, emphasis=mode).encode([text])
     pieces = emphasis.parse(text)
@@ -231,13 +234,13 @@ def test_emphasis_equals_direct_computation(engine, mode):
 
 
 def test_emphasis_none_keeps_brackets_as_text(engine):
-    te = engine._text_encoder
+    te = engine.text_encoder
     got = encoder_of(engine, emphasis="None").encode(["(red:1.5) cat"])
     torch.testing.assert_close(got, by_hand(engine, [te.pad_ids(te.tokenize(["(red:1.5) cat"])[0])]), rtol=0, atol=0)
 
 
 def test_scheduled_texts_share_one_batch_and_chunk_count(engine):
-    te = engine._text_encoder
+    te = engine.text_encoder
     sched = encoder_of(engine).schedule("[" + words(80) + ":dog:3]", 10)
     assert [end for end, _ in sched.entries] == [3, 10]
     short = sched.entries[1][1].crossattn
@@ -268,7 +271,7 @@ def write_embedding(folder, name: str, fmt: str, vectors: torch.Tensor):
 
 def with_added_tokens(engine, vectors: torch.Tensor):
     """A copy of the text encoder whose vocabulary has extra ids carrying ``vectors`` (diffusers' way)."""
-    model = copy.deepcopy(engine._text_encoder.model)
+    model = copy.deepcopy(engine.text_encoder.model)
     old = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(old + vectors.shape[0])
     with torch.no_grad():
@@ -278,7 +281,7 @@ def with_added_tokens(engine, vectors: torch.Tensor):
 
 @pytest.mark.parametrize("fmt, count", [("a1111", 3), ("diffusers", 1), ("safetensors", 2)])
 def test_embedding_equals_vectors_inserted_by_hand(engine, fmt, count):
-    te = engine._text_encoder
+    te = engine.text_encoder
     vectors = _vectors(count, te.width, seed=count)
     path = write_embedding(engine.embeddings_dir, f"emb-{fmt}", fmt, vectors)
     try:
@@ -295,7 +298,7 @@ def test_embedding_equals_vectors_inserted_by_hand(engine, fmt, count):
 
 
 def test_embedding_is_not_split_across_chunks(engine):
-    vectors = _vectors(4, engine._text_encoder.width, seed=9)
+    vectors = _vectors(4, engine.text_encoder.width, seed=9)
     path = write_embedding(engine.embeddings_dir, "four", "safetensors", vectors)
     try:
         chunks = encoder_of(engine).chunker().split(words(73) + " four").chunks
@@ -305,7 +308,7 @@ def test_embedding_is_not_split_across_chunks(engine):
 
 
 def test_embedding_files_that_are_wrong_are_reported(engine, tmp_path):
-    width = engine._text_encoder.width
+    width = engine.text_encoder.width
     torch.save({"a": torch.zeros(3), "b": torch.zeros(3)}, tmp_path / "two.pt")
     with pytest.raises(EmbeddingError, match="one tensor"):
         load_embedding(tmp_path / "two.pt")
@@ -374,7 +377,7 @@ def test_second_order_sampler_schedules_over_model_calls(engine):
 
 def test_each_distinct_prompt_is_encoded_once_per_job(engine):
     calls = []
-    handle = engine._text_encoder.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+    handle = engine.text_encoder.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
     try:
         engine.generate(GenerationRequest(prompt="[cat:dog:5] AND bird", negative_prompt="[a|b]", width=64,
                                           height=64, steps=10, batch_size=2, n_iter=2, seed=3))
@@ -430,14 +433,14 @@ def test_extra_network_tags_reach_their_handler_and_unknown_kinds_are_reported(e
     finally:
         handle.remove()
     assert [(t.kind, t.args) for t in received] == [("test", ("one", "0.5")), ("test", ("two",))]
-    assert result.extra["Test net"] == "one, two"
+    assert extra_params(result.facts)["Test net"] == "one, two"
     assert len(result.warnings) == 1 and "<hypernet:x:1>" in result.warnings[0] and "test" in result.warnings[0]
     torch.testing.assert_close(seen[0][0], encoder_of(engine).encode(["a cat   "])[0], rtol=0, atol=0)
     assert result.images[0].prompt == request.prompt          # infotext keeps the tags, as A1111
 
 
 def test_infotext_records_ti_hashes_emphasis_and_clip_skip_and_round_trips(engine):
-    vectors = _vectors(2, engine._text_encoder.width, seed=4)
+    vectors = _vectors(2, engine.text_encoder.width, seed=4)
     path = write_embedding(engine.embeddings_dir, "myemb", "a1111", vectors)
     try:
         request = GenerationRequest(prompt="a (myemb:1.2) cat", negative_prompt="blurry", width=64, height=64,
@@ -452,13 +455,13 @@ def test_infotext_records_ti_hashes_emphasis_and_clip_skip_and_round_trips(engin
         assert parsed.clip_skip == 2 and parsed.extra["TI hashes"] == f"myemb: {short}"
         assert parsed.extra["Emphasis"] == "No norm" and parsed.prompt == request.prompt
         plain = engine.generate(GenerationRequest(prompt="a cat", width=64, height=64, steps=2, seed=5))
-        assert "TI hashes" not in plain.extra and "Emphasis" not in plain.extra
+        assert "TI hashes" not in extra_params(plain.facts) and "Emphasis" not in extra_params(plain.facts)
     finally:
         path.unlink()
 
 
 def test_embedding_changes_the_image(engine):
-    vectors = _vectors(1, engine._text_encoder.width, seed=11) * 5
+    vectors = _vectors(1, engine.text_encoder.width, seed=11) * 5
     base = dict(width=64, height=64, steps=4, seed=6, prompt="a zzz cat")
     before = engine.generate(GenerationRequest(**base)).images[0].image
     path = write_embedding(engine.embeddings_dir, "zzz", "safetensors", vectors)

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui.engine.pipeline import GenerationRequest
+from webui.engine.request import GenerationRequest
+from webui.engine.result import ImageRecord
 from webui.jobs import infotext
+from webui.jobs.output import GenerationOutput
 from webui.jobs.scripts import (
     AXIS_OPTIONS,
     GridAnnotation,
-    RunResult,
     ScriptEnvironment,
     ScriptRegistry,
     axis_options,
@@ -62,7 +63,7 @@ class FakeRunner:
         self.runs = []
         self.size = size
 
-    def __call__(self, run) -> RunResult:
+    def __call__(self, run) -> GenerationOutput:
         self.runs.append(run)
         r = run.request
         n = len(self.runs)
@@ -73,8 +74,8 @@ class FakeRunner:
         texts = [infotext.build(r.prompt, r.negative_prompt, {
             "Steps": r.steps, "Sampler": r.sampler_name, "CFG scale": r.cfg_scale, "Seed": seed + i,
             "Size": f"{r.width}x{r.height}", "Version": "test"}) for i in range(count)]
-        return RunResult(images, texts, [seed + i for i in range(count)], [r.prompt] * count,
-                         [r.negative_prompt] * count)
+        return GenerationOutput([ImageRecord(image, seed + i, prompt=r.prompt, negative_prompt=r.negative_prompt,
+                                             infotext=text) for i, (image, text) in enumerate(zip(images, texts))])
 
 
 def request(**kw) -> GenerationRequest:
@@ -292,7 +293,7 @@ def test_grid_size_and_labels_are_drawn():
     xyz = registry().find("X/Y/Z plot", "txt2img")
     o = xyz.parse(xyz_args(index_of("Steps"), "10, 20", index_of("CFG Scale"), "3, 9"))
     result = xyz.run(request(), o, FakeRunner())
-    grid = result.images[0]
+    grid = result.pictures[0]
     pad_left = 64 * 3 // 4
     assert grid.width == 2 * 64 + pad_left and grid.height > 2 * 64
     pad_top = grid.height - 2 * 64
@@ -305,10 +306,10 @@ def test_grid_size_and_labels_are_drawn():
         return grid.getpixel((pad_left + col * 64 + 32, pad_top + row * 64 + 32))
     assert len({cell(0, 0), cell(1, 0), cell(0, 1), cell(1, 1)}) == 4
     plain = xyz.run(request(), xyz.parse(xyz_args(index_of("Steps"), "10, 20", index_of("CFG Scale"), "3, 9",
-                                                  draw_legend=False)), FakeRunner()).images[0]
+                                                  draw_legend=False)), FakeRunner()).pictures[0]
     assert plain.size == (128, 128)
     margin = xyz.run(request(), xyz.parse(xyz_args(index_of("Steps"), "10, 20", index_of("CFG Scale"), "3, 9",
-                                                   margin_size=10)), FakeRunner()).images[0]
+                                                   margin_size=10)), FakeRunner()).pictures[0]
     assert margin.size == (grid.width + 10, grid.height + 10)
 
 
@@ -339,11 +340,11 @@ def test_z_axis_gives_a_grid_per_value_and_one_of_them():
     assert len(result.images) == 1
     full = xyz.run(request(), xyz.parse(xyz_args(**args, include_sub_grids=True, include_lone_images=True)),
                    FakeRunner())
-    main, subs, lone = full.images[0], full.images[1:4], full.images[4:]
+    main, subs, lone = full.pictures[0], full.pictures[1:4], full.pictures[4:]
     assert len(lone) == 6 and full.grid_count == 4 and full.save_as_grid == [0, 1, 2, 3]
     assert all(s.size == subs[0].size for s in subs)
     assert main.width == 3 * subs[0].width and main.height > subs[0].height      # a title band for Z
-    assert main.size == result.images[0].size
+    assert main.size == result.pictures[0].size
     main_params, sub_params = infotext.parse(full.infotexts[0]), infotext.parse(full.infotexts[2])
     assert main_params["Z Type"] == "CFG Scale" and main_params["Z Values"] == "3, 5, 7"
     assert "Z Type" not in sub_params and sub_params["X Type"] == "Steps" and sub_params["CFG scale"] == "5"
@@ -359,7 +360,7 @@ def test_batches_make_grid_cells_and_interrupts_leave_black_cells():
     runner = FakeRunner()
     result = xyz.run(request(batch_size=2, n_iter=2), xyz.parse(xyz_args(index_of("Steps"), "1, 2",
                                                                           draw_legend=False)), runner)
-    assert result.images[0].size == (2 * 128, 128)                     # each cell: the run's 2x2 grid
+    assert result.pictures[0].size == (2 * 128, 128)                     # each cell: the run's 2x2 grid
 
     class Interrupting(FakeRunner):
         def __call__(self, run):
@@ -370,8 +371,8 @@ def test_batches_make_grid_cells_and_interrupts_leave_black_cells():
     result = xyz.run(request(), xyz.parse(xyz_args(index_of("Steps"), "1-4", draw_legend=False,
                                                    include_lone_images=True)), runner)
     assert len(runner.runs) == 2 and result.interrupted
-    assert result.images[0].size == (256, 64)
-    assert result.images[3].getpixel((5, 5)) == (0, 0, 0) and result.images[4].getpixel((5, 5)) == (0, 0, 0)
+    assert result.pictures[0].size == (256, 64)
+    assert result.pictures[3].getpixel((5, 5)) == (0, 0, 0) and result.pictures[4].getpixel((5, 5)) == (0, 0, 0)
     stopped = xyz.run(request(), xyz.parse(xyz_args(index_of("Steps"), "1-4")), FakeRunner(), stop=lambda: True)
     assert stopped.images == [] and stopped.interrupted
 
@@ -385,7 +386,7 @@ def test_grids_are_saved_with_a1111_names(tmp_path):
     assert [p.name for p in paths] == ["xyz_grid-0000-1234.png", "xyz_grid-0001-1234.png", "xyz_grid-0002-1234.png"]
     assert save_grids(result, tmp_path)[0].name == "xyz_grid-0003-1234.png"        # never overwritten
     with Image.open(paths[0]) as saved:
-        assert saved.size == result.images[0].size
+        assert saved.size == result.pictures[0].size
         assert "X/Y/Z plot" in saved.info["parameters"]
 
 
@@ -413,7 +414,7 @@ def test_prompt_matrix_runs_and_grid():
     assert not any(r.save_grid for r in runner.runs)
     assert len(result.images) == 5 and result.index_of_first_image == 1 and result.save_as_grid == [0]
     assert result.grid_basename == "prompt_matrix" and result.infotexts[0] == result.infotexts[1]
-    grid = result.images[0]
+    grid = result.pictures[0]
     pad_left = 64 * 3 // 4
     assert grid.width == 2 * 64 + pad_left and grid.height > 128
     assert _dark(grid, (pad_left, 0, grid.width, grid.height - 128)) > 0
@@ -500,8 +501,8 @@ def test_registry_lookup_and_extensions():
 # ---- one real grid through the engine ---------------------------------------------------------------------
 def test_real_xy_grid_on_a_tiny_checkpoint(tmp_path):
     from tests.tiny_models import write_tiny_checkpoint
-    from webui.engine.pipeline import Engine
-    from webui.jobs.generation import ModelInfo, infotexts
+    from webui.engine.residency import Engine
+    from webui.jobs.parameters import ModelInfo, infotexts
 
     engine = Engine("cpu", "full")
     engine.load(write_tiny_checkpoint(tmp_path / "tiny.safetensors"))
@@ -509,21 +510,22 @@ def test_real_xy_grid_on_a_tiny_checkpoint(tmp_path):
 
     def runner(run):
         result = engine.generate(run.request)
-        return RunResult([g.image for g in result.images], infotexts(run.request, result, model),
-                         [g.seed for g in result.images], interrupted=result.interrupted)
+        return GenerationOutput([r.replace(infotext=t) for r, t in zip(result.images, infotexts(run.request, result,
+                                                                                               model))],
+                                result.interrupted)
 
     xyz = registry().find("X/Y/Z plot", "txt2img")
     req = GenerationRequest(prompt="a red circle", width=64, height=64, steps=2, seed=-1)
     o = xyz.parse(xyz_args(index_of("Seed"), "1, 2", index_of("CFG Scale"), "1, 7", draw_legend=False,
                            include_lone_images=True))
     result = xyz.run(req, o, runner)
-    grid = result.images[0]
+    grid = result.pictures[0]
     assert grid.size == (128, 128) and result.runs == 4 and len(result.images) == 5
     quads = [np.asarray(grid.crop((c * 64, r * 64, c * 64 + 64, r * 64 + 64)), dtype=np.int16)
              for r in range(2) for c in range(2)]
     for a, b in itertools.combinations(quads, 2):
         assert np.abs(a - b).mean() > 0.5                               # four distinct cells
-    for quad, lone in zip(quads, result.images[1:]):
+    for quad, lone in zip(quads, result.pictures[1:]):
         assert np.array_equal(quad, np.asarray(lone, dtype=np.int16))
     assert [infotext.parse(t)["Seed"] for t in result.infotexts[1:]] == ["1", "2", "1", "2"]
     params = infotext.parse(result.infotexts[0])

@@ -10,7 +10,8 @@ import torch
 from tests.tiny_families import write_family_checkpoint
 from tests.tiny_models import write_tiny_checkpoint, write_vae_file
 from webui.engine.files import CheckpointError
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.sampling import registry, schedules
 
 REQUEST = dict(prompt="a red cat", negative_prompt="blurry", steps=3, width=64, height=64, seed=2)

@@ -14,7 +14,7 @@ import torch
 
 from tests.tiny_families import write_family_checkpoint
 from tests.tiny_models import write_tiny_checkpoint
-from webui.engine.pipeline import Engine
+from webui.engine.residency import Engine
 from webui.engine.prompts.conditioning import PromptEncoder, PromptOptions
 from webui.engine.vector import SizeConditioning
 
@@ -30,12 +30,12 @@ def engine(tmp_path_factory):
 
 
 def encoder_of(engine) -> PromptEncoder:
-    return PromptEncoder(engine._text_encoders, engine.embeddings, PromptOptions(), vector_kind="sdxl",
+    return PromptEncoder(engine.text_encoders, engine.embeddings, PromptOptions(), vector_kind="sdxl",
                          sizes=SizeConditioning.for_image(64, 64))
 
 
 def _ids(engine, text: str, extra: list[int] = ()) -> list[int]:
-    tokens = engine._text_encoder.tokenize([text])[0] + list(extra)
+    tokens = engine.text_encoder.tokenize([text])[0] + list(extra)
     return [49406, *tokens, 49407] + [49407] * (75 - len(tokens))
 
 
@@ -119,7 +119,7 @@ def test_empty_negative_prompt_is_zeros_but_keeps_the_size_embedding(engine):
 
 
 def test_a_prompt_naming_a_skipped_embedding_is_told_why(engine):
-    from webui.engine.pipeline import GenerationRequest
+    from webui.engine.request import GenerationRequest
 
     path = engine.embeddings_dir / "old-style.safetensors"
     safetensors.torch.save_file({"emb_params": torch.zeros(1, 64)}, str(path))

@@ -62,9 +62,10 @@ def test_info_names_the_model_the_job_ran_with(tmp_path):
         bodies = [schemas.Txt2ImgRequest(prompt=f"job {n}", seed=n, steps=1, width=64, height=64,
                                          override_settings={"sd_model_checkpoint": name})
                   for n, name in enumerate(("a.safetensors", "b.safetensors"))]
-        (job_a, request_a), (job_b, _) = (api._submit(body, False) for body in bodies)
+        spec_a, spec_b = (api.generation.job(body, "txt2img") for body in bodies)
+        job_a, job_b = backend.submit(spec_a), backend.submit(spec_b)
         assert job_a.wait(120) and job_b.wait(120) and job_b.state == "done"
-        info = api._info(request_a, job_a.result, bodies[0], job_a.id)
+        info = api.generation._info(spec_a, job_a.result, job_a.id)
         assert "Model: a," in info["infotexts"][0]
         assert (info["sd_model_name"], info["sd_model_hash"]) == ("a", infotext_hash(info["infotexts"][0]))
         assert backend.model_info.name == "b"           # the resident model is b by now

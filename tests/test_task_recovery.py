@@ -12,8 +12,9 @@ import requests
 from PIL import Image
 
 from tests.app_server import run_app
+from tests.helpers import WorkSpec, run_work, submit
 from tests.tiny_models import write_tiny_checkpoint
-from webui.engine.pipeline import GenerationRequest
+from webui.engine.request import GenerationRequest
 from webui.jobs import saving
 from webui.jobs.backend import Backend
 from webui.jobs.queue import CANCELLED, DONE, FAILED, QUEUED, RUNNING, DuplicateJobId, JobQueue
@@ -26,16 +27,17 @@ DEADLINE_S = 300          # against a hang only
 
 def test_records_follow_the_jobs_and_answer_after_the_queue_is_gone(tmp_path):
     store = TaskStore(tmp_path / "tasks.sqlite3")
-    queue = JobQueue(store, summarize=lambda result: {"files": [f"{result}.png"]})
+    queue = JobQueue(run_work, store, summarize=lambda result: {"files": [f"{result}.png"]})
     queue.start()
     gate = threading.Event()
-    first = queue.submit(lambda job: gate.wait(30) and "a", kind="txt2img", owner="api", payload={"body": {"x": 1}})
-    second = queue.submit(lambda job: "b", kind="txt2img", owner="api", job_id="mine", payload={"body": {}})
+    first = queue.submit(WorkSpec("txt2img", owner="api", resumable=True, work=lambda job: gate.wait(30) and "a"))
+    kept = WorkSpec("txt2img", owner="api", resumable=True, styles=("s",), work=lambda job: "b")
+    second = queue.submit(kept, job_id="mine")
     deadline = time.monotonic() + 30
     while store.get(first.id).state != RUNNING:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert store.get("mine").state == QUEUED and store.get("mine").payload == {"body": {}}
+    assert store.get("mine").state == QUEUED and store.get("mine").payload == kept.to_json()
     gate.set()
     assert second.wait(30)
     queue.stop()
@@ -43,11 +45,11 @@ def test_records_follow_the_jobs_and_answer_after_the_queue_is_gone(tmp_path):
     assert (record.state, record.result, record.payload) == (DONE, {"files": ["b.png"]}, None)
     assert store.get(first.id).result == {"files": ["a.png"]}
 
-    later = JobQueue(TaskStore(tmp_path / "tasks.sqlite3"))      # a new process, the same file
+    later = JobQueue(run_work, TaskStore(tmp_path / "tasks.sqlite3"))      # a new process, the same file
     job = later.get("mine")
     assert job.state == DONE and job.saved == {"files": ["b.png"]} and job.wait(0)
     with pytest.raises(DuplicateJobId):
-        later.submit(lambda job: None, kind="txt2img", job_id="mine")
+        later.submit(WorkSpec("txt2img", work=lambda job: None), job_id="mine")
 
 
 def test_recover_fails_the_running_one_resubmits_queued_ones_in_order_and_cancels_the_rest(tmp_path):
@@ -59,14 +61,14 @@ def test_recover_fails_the_running_one_resubmits_queued_ones_in_order_and_cancel
             store.started(f"t{i}", 1001.0)
         elif state == DONE:
             store.finished(f"t{i}", DONE, 1001.0, result={"files": ["x.png"]})
-    queue = JobQueue(TaskStore(tmp_path / "tasks.sqlite3"))
+    queue = JobQueue(run_work, TaskStore(tmp_path / "tasks.sqlite3"))
     resumed = []
 
     def resume(record):
         if record.payload["n"] == "bad":
             raise ValueError("checkpoint 'gone' not found")
         resumed.append(record.id)
-        queue.submit(lambda job: record.payload["n"], kind=record.kind, job_id=record.id, payload=record.payload,
+        queue.submit(WorkSpec(record.kind, resumable=True, work=lambda job: record.payload["n"]), job_id=record.id,
                      resumed=True)
     assert queue.recover(resume) == {"failed": 2, "resumed": 2, "cancelled": 1}
     assert resumed == ["t2", "t4"]
@@ -83,9 +85,9 @@ def test_a_store_that_cannot_write_is_logged_once_and_the_queue_goes_on(tmp_path
     lines = []
     store = TaskStore(tmp_path / "tasks.sqlite3", log=lines.append)
     store._db.close()                     # every write now fails, as on a full or read-only disk
-    queue = JobQueue(store)
+    queue = JobQueue(run_work, store)
     queue.start()
-    jobs = [queue.submit(lambda job, i=i: i, kind="txt2img", payload={}) for i in range(3)]
+    jobs = [queue.submit(WorkSpec("txt2img", resumable=True, work=lambda job, i=i: i)) for i in range(3)]
     assert all(job.wait(30) and job.state == DONE for job in jobs)
     queue.stop()
     assert len(lines) == 1 and "could not be written" in lines[0]
@@ -105,12 +107,12 @@ def test_a_full_disk_fails_that_job_with_a_clear_message_and_the_next_one_runs(t
     def full(folder, names, data):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(saving, "_write_new", full)
-    job = backend.submit(GenerationRequest(**request), save=True)
+    job = submit(backend, GenerationRequest(**request), save=True)
     assert job.wait(DEADLINE_S) and job.state == FAILED
     assert "could not save the images in" in job.error and "the disk is full" in job.error, job.error
     assert str(tmp_path / "outputs") in job.error
     monkeypatch.setattr(saving, "_write_new", real)
-    again = backend.submit(GenerationRequest(**request), save=True)
+    again = submit(backend, GenerationRequest(**request), save=True)
     assert again.wait(DEADLINE_S) and again.state == DONE, again.error
     assert backend.queue.store.get(again.id).result["files"][0].startswith("txt2img-images/")
     assert backend.queue.store.get(job.id).state == FAILED

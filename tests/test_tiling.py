@@ -8,7 +8,9 @@ import torch
 
 from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.patches import JobPatches
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
+from webui.jobs.parameters import extra_params
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def _modes(model) -> set[str]:
 def test_circular_padding_makes_the_decoder_wrap_around(engine):
     model = engine.model
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    with engine._patcher.applied(model, JobPatches(conv_padding="circular")):
+    with engine.patched(JobPatches(conv_padding="circular")):
         assert _modes(model) == {"circular"}
         image, shifted = model.vae.decode(z), model.vae.decode(torch.roll(z, shifts=(3, 5), dims=(2, 3)))
         unet = model.unet(torch.roll(z, 2, 3), torch.tensor([500.0]), torch.zeros(1, 77, 64))
@@ -43,7 +45,7 @@ def test_circular_padding_makes_the_decoder_wrap_around(engine):
 def test_tiling_request(engine):
     base = dict(prompt="a red cat", steps=3, width=64, height=64, seed=4)
     tiled, plain = engine.generate(GenerationRequest(tiling=True, **base)), engine.generate(GenerationRequest(**base))
-    assert tiled.extra["Tiling"] is True and "Tiling" not in plain.extra
+    assert extra_params(tiled.facts)["Tiling"] is True and "Tiling" not in extra_params(plain.facts)
     assert tiled.images[0].image.tobytes() != plain.images[0].image.tobytes()
     assert _modes(engine.model) == {"zeros"}
     again = engine.generate(GenerationRequest(**base))

@@ -1,16 +1,25 @@
-"""webui/ui/mapping.py: UI values -> engine request by field name, and infotext -> UI fields."""
+"""webui/jobs/request/fields.py: UI values -> a validated job by field name, and infotext -> UI fields."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from webui.engine.pipeline import GenerationRequest
+from webui.engine.request import GenerationRequest
 from webui.jobs import infotext
-from webui.ui import mapping
+from webui.jobs.backend import Backend
+from webui.jobs.request import fields as mapping
+from webui.options import Options
+from webui.paths import Paths
 
 TXT2IMG = {"prompt": "a red circle", "negative_prompt": "blue", "sampler_name": "DPM++ 2M", "scheduler": "Karras",
            "steps": 25.0, "cfg_scale": 6, "seed": 1234.0, "width": 96, "height": 64, "batch_size": 2, "n_iter": 3}
+
+
+@pytest.fixture(scope="module")
+def requests(tmp_path_factory):
+    """The request parsers of a server with no models (the UI's values are checked there)."""
+    return Backend(Paths(root=tmp_path_factory.mktemp("ui")), Options(), persist=False, log=lambda m: None).requests
 
 
 def test_txt2img_fields_map_by_name():
@@ -37,9 +46,9 @@ def test_img2img_words_become_the_engine_numbers():
     ({"width": 100}, "multiple of 8"), ({"steps": 2.5}, "whole number"), ({"seed": None}, "seed is empty"),
     ({"resize_mode": "Stretch"}, "resize mode"), ({"inpainting_fill": "blur"}, "masked content"),
 ])
-def test_bad_values_give_clear_errors(change, message):
+def test_bad_values_give_clear_errors(requests, change, message):
     with pytest.raises(ValueError, match=message):
-        mapping.request_from_fields(dict(TXT2IMG, **change))
+        mapping.job_from_fields(requests, dict(TXT2IMG, **change), "txt2img")
 
 
 def test_unknown_field_names_are_refused():
@@ -65,7 +74,7 @@ def test_uploaded_mask_transparent_is_black():
     assert arr[:, :4].min() == 255 and arr[:, 4:].max() == 0
 
 
-def test_infotext_fills_every_field_it_names():
+def test_infotext_fills_every_field_it_names(requests):
     text = infotext.build("a red circle, top left", "blue", {
         "Steps": 31, "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": 5.5, "Seed": 99,
         "Size": "96x64", "Model hash": "abcdef1234", "Model": "webui-demo-64px", "Denoising strength": 0.4})
@@ -89,5 +98,5 @@ def test_infotext_fills_every_field_it_names():
     legacy = mapping.fields_from_infotext("cat\nSteps: 20, Sampler: DPM++ 2M Karras, Seed: 1")
     assert (legacy["sampler_name"], legacy["scheduler"]) == ("DPM++ 2M", "Karras")
     # and the fields make a valid request again
-    request = mapping.request_from_fields({k: v for k, v in fields.items() if k != "checkpoint"})
+    request = mapping.job_from_fields(requests, {k: v for k, v in fields.items() if k != "checkpoint"}, "txt2img").request
     assert (request.width, request.height, request.seed, request.refiner_checkpoint) == (96, 64, 99, None)

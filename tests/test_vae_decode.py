@@ -13,7 +13,8 @@ from PIL import Image
 
 from tests.tiny_models import write_tiny_checkpoint
 from webui.engine import preview as pv
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.jobs.backend import Backend
 from webui.options import Options
 from webui.paths import PROJECT_ROOT, Paths
@@ -83,11 +84,13 @@ def test_the_server_without_the_file_logs_it_and_decodes_with_the_vae(ckpt, tmp_
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     (paths.checkpoints / "tiny.safetensors").write_bytes(ckpt.read_bytes())
     lines = []
-    backend = Backend(paths, Options(tmp_path / "config.json"), device="cpu", precision="full", log=lines.append, vae_decode="taesd")
-    backend._ensure_model("tiny.safetensors", paths.checkpoints / "tiny.safetensors", "Automatic")
-    assert backend._engine.fast_decoder is None
+    backend = Backend(paths, Options(tmp_path / "config.json"), device="cpu", precision="full", log=lines.append,
+                      vae_decode="taesd", persist=False)
+    backend.start("tiny.safetensors").wait()
+    assert backend.status.state == "ready" and backend.models.engine.fast_decoder is None
     assert any("taesd_decoder.safetensors" in line and "model's VAE" in line for line in lines), lines
     _write_taesd(tmp_path / "models" / "vae_approx")
-    backend._loaded = (None, None, None)                     # reload: now it is found
-    backend._ensure_model("tiny.safetensors", paths.checkpoints / "tiny.safetensors", "Automatic")
-    assert isinstance(backend._engine.fast_decoder, pv.TAESDDecoder)
+    backend.unload().wait()                                   # reload: now it is found
+    backend.load("tiny.safetensors").wait()
+    assert isinstance(backend.models.engine.fast_decoder, pv.TAESDDecoder)
+    backend.stop()

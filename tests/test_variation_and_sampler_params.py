@@ -16,10 +16,12 @@ import torch
 
 from tests.references import k_diffusion
 from tests.test_pipeline import H, NEGATIVE, PROMPT, W, Reference, _max_diff, files, reference  # noqa: F401
-from webui.engine.pipeline import Engine, GenerationRequest
+from webui.engine.residency import Engine
+from webui.engine.request import GenerationRequest
 from webui.engine.seeds import ImageRNG
 from webui.jobs import infotext
-from webui.jobs.generation import ModelInfo, infotexts
+from webui.jobs.parameters import ModelInfo, infotexts
+from webui.jobs.parameters import extra_params
 
 SHAPE = (4, H // 8, W // 8)
 
@@ -167,18 +169,18 @@ def test_sampler_parameters_match_k_diffusion(engine, reference, sampler, fn, pa
     expected = _reference_image(reference, fn, 4, 21, params)
     assert _max_diff(result.images[0].image, expected) <= 2
     assert _max_diff(result.images[0].image, _image(engine, sampler_name=sampler).images[0].image) > 2
-    assert {k: str(v) for k, v in result.extra.items() if k in words} == words
+    assert {k: str(v) for k, v in extra_params(result.facts).items() if k in words} == words
     if "eta" in params and params["eta"] == 1.0:
-        assert "Eta" not in result.extra                         # the default is not written
+        assert "Eta" not in extra_params(result.facts)                         # the default is not written
 
 
 def test_parameters_a_sampler_does_not_take_change_nothing(engine):
     plain = _image(engine, sampler_name="DPM++ 2M")
     churned = _image(engine, sampler_name="DPM++ 2M", s_churn=3.0, eta=0.3)
     assert churned.images[0].image.tobytes() == plain.images[0].image.tobytes()
-    assert "Sigma churn" not in churned.extra and "Eta" not in churned.extra     # as A1111: not its parameters
+    assert "Sigma churn" not in extra_params(churned.facts) and "Eta" not in extra_params(churned.facts)     # as A1111: not its parameters
     ddim = _image(engine, sampler_name="DDIM", eta=0.4)
-    assert ddim.extra["Eta DDIM"] == 0.4
+    assert extra_params(ddim.facts)["Eta DDIM"] == 0.4
     assert _max_diff(ddim.images[0].image, _image(engine, sampler_name="DDIM").images[0].image) > 2
     repeat = _image(engine, sampler_name="DDIM", eta=0.4)                        # per-image noise: reproducible
     assert repeat.images[0].image.tobytes() == ddim.images[0].image.tobytes()

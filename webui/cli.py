@@ -1,13 +1,19 @@
-"""Command line: ``python app.py`` serves the web UI (``webui.server``); subcommands run headless jobs."""
+"""Command line: ``python app.py`` serves the web UI (``webui.server``); subcommands run headless jobs.
+
+``txt2img`` / ``img2img`` go through the same door as the server: a ``Backend`` (without task persistence) with
+the same extensions loaded, the same request parser (``jobs/request/cli.py``; ``--request FILE.json`` takes an
+A1111 request body) and the same queue and executor, so LoRA tags, ControlNet units and every job hook work
+here too.
+"""
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
-from .paths import PROJECT_ROOT, Paths, default_checkpoint
-from .server import PREDICTIONS, add_memory_args, add_server_args, compile_cache, memory_mode
+from .flags import add_engine_args, add_folder_args, compile_cache, engine_options, extensions_folder, folders
+from .paths import PROJECT_ROOT, Paths
+from .server import add_server_args
 
 SUBCOMMANDS = ("txt2img", "img2img")
 
@@ -28,10 +34,8 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
-    p.add_argument("--ckpt", type=Path,
-                   help="checkpoint file (default: the first in --ckpt-dir that is not the demo model, "
-                        "else the demo model)")
-    p.add_argument("--ckpt-dir", type=Path, help="folder of checkpoints (default: models/checkpoints)")
+    add_folder_args(p, defaults=False)
+    add_engine_args(p, defaults=False)
     p.add_argument("--vae", type=Path, help="external VAE file replacing the checkpoint's own")
     p.add_argument("--prompt", "-p", default="")
     p.add_argument("--negative-prompt", "-n", default="")
@@ -49,32 +53,26 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
                    help="how (word:1.2) / [word] weights apply (A1111's setting)")
     p.add_argument("--style", action="append", default=[], metavar="NAME",
                    help="a style from <data-dir>/styles.csv (repeatable, applied in order)")
-    p.add_argument("--embeddings-dir", type=Path, help="textual-inversion embeddings (default: <data-dir>/models/embeddings)")
-    p.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"),
-                   help="auto: fp16 on CUDA; on CPU bf16 where the processor has it natively, else fp32")
-    p.add_argument("--no-half", action="store_true", help="keep every network in float32")
-    p.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
-    p.add_argument("--vae-decode", choices=("full", "taesd"), default="full",
-                   help="taesd: decode with TAESD from <data-dir>/models/vae_approx (much faster, softer detail)")
-    add_memory_args(p)
-    p.add_argument("--prediction", choices=PREDICTIONS,
-                   help="force what the model predicts (default: from the file: SD 2.x measured, v_pred keys)")
     p.add_argument("--refiner", type=Path, metavar="FILE", help="a checkpoint that takes over at --refiner-switch-at")
     p.add_argument("--refiner-switch-at", type=float, default=0.8,
                    help="fraction of the schedule after which the refiner runs (default 0.8)")
     p.add_argument("--original-size", type=_size, metavar="WxH", help="SDXL size conditioning (default: the image size)")
     p.add_argument("--target-size", type=_size, metavar="WxH", help="SDXL size conditioning (default: the image size)")
     p.add_argument("--crop-top-left", type=_pair, metavar="TOP,LEFT", help="SDXL crop conditioning (default 0,0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--request", type=Path, metavar="FILE.json",
+                   help="an A1111 request body (as POST /sdapi/v1/txt2img or img2img takes it: hires fix, scripts, "
+                        "refiner ...) instead of the generation flags")
+    p.add_argument("--alwayson-scripts", type=Path, metavar="FILE.json",
+                   help="the extensions' arguments: A1111's alwayson_scripts object (title -> {\"args\": [...]})")
+    p.add_argument("--controlnet", action="append", metavar="KEY=VALUE,...",
+                   help="a ControlNet unit, e.g. model=control_sd15_canny,image=hint.png,module=canny,weight=0.8 "
+                        "(repeatable; sd-webui-controlnet's unit fields)")
     p.add_argument("-o", "--output", type=Path,
                    help="a .png path for one image, or a folder for images and grid "
                         "(default: <outdir>/<kind>-images/<date>, grids in <outdir>/<kind>-grids/<date>)")
-    p.add_argument("--outdir", type=Path, help="root of the default output folders (default: <data-dir>/outputs)")
-    p.add_argument("--data-dir", type=Path,
-                   help="base folder of user data: models/, outputs/, cache/ (default: the project folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     if img2img:
-        p.add_argument("--init-image", type=Path, required=True)
+        p.add_argument("--init-image", type=Path, help="the picture to start from (required without --request)")
         p.add_argument("--denoising-strength", type=float, default=0.75)
         p.add_argument("--resize-mode", type=int, default=0,
                        help="0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
@@ -94,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      allow_abbrev=False)
     add_server_args(parser)
     sub = parser.add_subparsers(dest="command")
-    _add_generation_args(sub.add_parser("txt2img", help="generate images from a prompt"), img2img=False)
-    _add_generation_args(sub.add_parser("img2img", help="transform or inpaint an image"), img2img=True)
+    parser.subcommands = {}
+    for kind, text in (("txt2img", "generate images from a prompt"), ("img2img", "transform or inpaint an image")):
+        parser.subcommands[kind] = sub.add_parser(kind, help=text)
+        _add_generation_args(parser.subcommands[kind], img2img=kind == "img2img")
     _add_train_demo_args(sub.add_parser("train-demo", help="train the small demo model on procedural shape scenes"))
     return parser
 
@@ -141,105 +141,56 @@ def run_train_demo(args) -> int:
     return 0
 
 
-def _open_image(path: Path, what: str):
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise SystemExit(f"error: cannot read {what} {path}: {exc}") from None
+def _error(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
-def _pick_checkpoint(args, paths: Paths) -> Path:
-    if args.ckpt is not None:
-        return args.ckpt
-    found = default_checkpoint(paths)
-    if found is None:
-        raise SystemExit(f"error: no checkpoint given and none found in {paths.checkpoints}; "
-                         "put a .safetensors file there or pass --ckpt PATH")
-    return found
+def run_generation(args, defaults: dict) -> int:
+    if args.command == "img2img" and args.request is None and args.init_image is None:
+        return _error("img2img needs --init-image FILE (or --request FILE.json)")
+    paths = folders(args)
+    log = lambda message: print(message, file=sys.stderr)   # noqa: E731
 
-
-def _require_file(path: Path | None, what: str) -> None:
-    if path is not None and not path.is_file():
-        raise SystemExit(f"error: {what} {path} {'is not a file' if path.exists() else 'not found'}")
-
-
-def run_generation(args) -> int:
-    paths = Paths(root=args.data_dir or PROJECT_ROOT, ckpt_dir=args.ckpt_dir, outdir=args.outdir,
-                  embeddings_dir=args.embeddings_dir)
-    ckpt = _pick_checkpoint(args, paths)
-    _require_file(ckpt, "checkpoint file")     # before importing torch: a typo fails fast
-    _require_file(args.vae, "VAE file")
-    _require_file(args.refiner, "refiner file")
-    images = {}
-    if args.command == "img2img":
-        images["init_image"] = _open_image(args.init_image, "init image")
-        images["mask"] = _open_image(args.mask, "mask") if args.mask else None
-
-    from .engine.files import CheckpointError
-    from .engine.pipeline import Engine, GenerationRequest
+    from .hooks.registry import ExtensionManager
     from .jobs import saving
-    from .jobs.generation import ModelInfo, save_result
+    from .jobs.backend import Backend
+    from .jobs.queue import DONE
+    from .jobs.request.cli import job_from_args
+    from .options import Options
     from .progress_bar import StepBar
 
-    request = GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, sampler_name=args.sampler,
-        scheduler=args.scheduler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
-        width=args.width or 512, height=args.height or 512, batch_size=args.batch_size, n_iter=args.n_iter,
-        clip_skip=args.clip_skip, emphasis=args.emphasis, original_size=args.original_size,
-        target_size=args.target_size, crops_coords_top_left=args.crop_top_left,
-        refiner_checkpoint=str(args.refiner) if args.refiner else None, refiner_switch_at=args.refiner_switch_at)
-    if args.command == "img2img":
-        request.init_image, request.mask = images["init_image"], images["mask"]
-        request.denoising_strength = args.denoising_strength
-        request.resize_mode = args.resize_mode
-        request.mask_blur = args.mask_blur
-        request.inpainting_fill = args.inpainting_fill
-        request.inpaint_full_res = args.inpaint_full_res
-        request.inpaint_full_res_padding = args.inpaint_full_res_padding
-        request.inpainting_mask_invert = args.inpainting_mask_invert
+    options = Options(None, log=log)
+    extensions = ExtensionManager(extensions_folder(args), paths, options, log)
+    extensions.load()
+    compile_cache(args, paths.root)
+    backend = Backend(paths, options, extensions=extensions, log=log, persist=False, taesd_required=True,
+                      tracebacks=False,
+                      **engine_options(args))
     try:
-        if args.style:
-            from .engine.prompts.styles import StyleDatabase
-            request.prompt, request.negative_prompt = StyleDatabase(paths.styles).apply(
-                request.prompt, request.negative_prompt, args.style)
-        request.validate()
-        from .engine.sampling import registry
-        registry.resolve(request.sampler_name, request.scheduler)
-        compile_cache(args, paths.root)
-        engine = Engine(args.device, args.precision, no_half=args.no_half, no_half_vae=args.no_half_vae,
-                        prediction=args.prediction, memory=memory_mode(args), fp8=args.fp8, compile=args.compile)
-        loaded = engine.load(ckpt, vae_path=args.vae)
-        if args.vae_decode == "taesd":
-            engine.set_fast_decoder(paths.root / "models" / "vae_approx")
-        engine.embeddings_dir, engine.hash_cache = paths.embeddings, paths.hash_cache
-        request.width = args.width or loaded.native_size   # validated above with 512 in their place
-        request.height = args.height or loaded.native_size
-    except (ValueError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    model = ModelInfo.of(ckpt, args.vae, paths.hash_cache)
-    refiner = ModelInfo.of(args.refiner, hash_cache=paths.hash_cache) if args.refiner else None
-    try:
+        spec = job_from_args(backend.requests, args, defaults)    # checked before the model loads
+        load = backend.start(spec.checkpoint, spec.vae)
+        load.wait()
+        if load.state != DONE:
+            return _error(load.error or "the model did not load")
+        if args.request is None and (args.width is None or args.height is None):   # the model's native size
+            size = backend.native_size or 512
+            spec = job_from_args(backend.requests, args, defaults, width=size, height=size)
         with StepBar(disable=args.quiet) as bar:
-            result = engine.generate(request, progress=bar.update)
-    except CheckpointError as exc:            # a refiner that is not a checkpoint or does not fit
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if args.output is not None:
-        out, grid_dir = args.output, None          # a folder given with -o holds the grid too
-    else:
-        today = datetime.date.today()              # A1111: <kind>-images/<date>, <kind>-grids/<date>
-        out = saving.dated_folder(paths.outputs, args.command, today)
-        grid_dir = saving.grid_folder(paths.outputs, args.command, today)
-    for path in save_result(request, result, model, out, kind=args.command, grid_dir=grid_dir, refiner=refiner):
+            job = backend.submit(spec, watch=bar.update)
+            job.wait()
+        if job.state != DONE:
+            return _error(job.error or job.state, 1)
+        out = job.result
+        written = saving.save_to(out.images, args.output) if args.output is not None else out.paths
+    except ValueError as exc:
+        return _error(str(exc))
+    finally:
+        backend.stop()
+    for path in written:
         print(path)
-    if request.seed < 0:
-        print(f"seed: {result.seed}", file=sys.stderr)
+    if spec.request.seed < 0 and out.images:
+        print(f"seed: {out.images[0].seed}", file=sys.stderr)
     return 0
 
 
@@ -247,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in SUBCOMMANDS:
-        return run_generation(args)
+        sub = parser.subcommands[args.command]
+        return run_generation(args, {a.dest: a.default for a in sub._actions})
     if args.command == "train-demo":
         return run_train_demo(args)
     from .server import run

@@ -1,9 +1,7 @@
-"""A terminal progress bar over the engine's per-step callback (tqdm)."""
+"""A terminal progress bar over a job's progress reports (tqdm)."""
 from __future__ import annotations
 
 from tqdm import tqdm
-
-from .engine.control import Progress
 
 
 class StepBar:
@@ -14,14 +12,15 @@ class StepBar:
         self._bar: tqdm | None = None
         self._iteration = -1
 
-    def update(self, p: Progress) -> None:
+    def update(self, p) -> None:
+        """``p``: a ``jobs.queue.JobProgress`` (``batch`` of ``batches``, ``batch_step`` of ``batch_total``)."""
         if self.disable:
             return
-        if self._bar is None or p.iteration != self._iteration:
+        if self._bar is None or p.batch != self._iteration:
             self.close()
-            self._iteration = p.iteration
-            self._bar = tqdm(total=p.total, desc=f"batch {p.iteration + 1}/{p.iterations}", unit="step")
-        self._bar.update(p.step - self._bar.n)
+            self._iteration = p.batch
+            self._bar = tqdm(total=p.batch_total, desc=f"batch {p.batch + 1}/{p.batches}", unit="step")
+        self._bar.update(p.batch_step - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .paths import PROJECT_ROOT, Paths
-
-PREDICTIONS = ("eps", "v")   # engine.families.PREDICTIONS (named here so that the flags need no torch import)
+from .flags import add_engine_args, add_folder_args, compile_cache, engine_options, extensions_folder, folders
 
 LISTEN_WARNING = """
 WARNING: --listen without --gradio-auth: anyone who can reach this machine on port {port} can use the UI,
@@ -42,52 +40,10 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]", help="require a login for the UI")
     g.add_argument("--gradio-auth-path", type=Path, metavar="FILE",
                    help="file of user:password entries (comma- or line-separated)")
-    g.add_argument("--ckpt", type=Path, help="checkpoint to load at start (default: the first one found)")
-    g.add_argument("--ckpt-dir", type=Path, help="folder of checkpoints (default: models/checkpoints)")
-    g.add_argument("--vae-dir", type=Path, help="folder of VAE files (default: models/vae)")
-    g.add_argument("--lora-dir", type=Path, help="folder of LoRA files (default: models/lora)")
-    g.add_argument("--embeddings-dir", type=Path, help="folder of textual-inversion embeddings (default: models/embeddings)")
-    g.add_argument("--outdir", type=Path, help="root of the output folders (default: outputs)")
-    g.add_argument("--data-dir", type=Path, help="base folder of models/, outputs/, cache/ (default: the project)")
     g.add_argument("--ui-settings-file", type=Path, help="settings file (default: <data-dir>/config.json)")
-    g.add_argument("--extensions-dir", type=Path, help="folder of extensions (default: the project's extensions/)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    g.add_argument("--precision", default="auto", choices=("auto", "full", "half", "bf16"),
-                   help="auto: fp16 on CUDA; on CPU bf16 where the processor has it natively, else fp32")
-    g.add_argument("--no-half", action="store_true", help="keep every network in float32")
-    g.add_argument("--no-half-vae", action="store_true", help="keep the VAE in float32")
-    g.add_argument("--vae-decode", choices=("full", "taesd"), default="full",
-                   help="taesd: decode with TAESD from models/vae_approx (much faster, softer detail)")
-    add_memory_args(g)
-    g.add_argument("--prediction", choices=PREDICTIONS,
-                   help="force what every model predicts (default: from the file: SD 2.x measured, v_pred keys)")
     g.add_argument("--theme", choices=("light", "dark"), help="force the light or dark theme")
-
-
-def add_memory_args(g) -> None:
-    """Speed and memory flags shared by the server and the command line."""
-    vram = g.add_mutually_exclusive_group()
-    vram.add_argument("--medvram", action="store_true",
-                      help="only the network in use (text encoder, UNet or VAE) on the GPU, the others in RAM")
-    vram.add_argument("--lowvram", action="store_true",
-                      help="weights in RAM, each block copied to the GPU just before it runs (slow, least VRAM)")
-    vram.add_argument("--normalvram", action="store_true",
-                      help="every network on the GPU (default: chosen from the free VRAM at each load)")
-    g.add_argument("--fp8", action="store_true",
-                   help="store the UNet's weights as float8 (half the memory of fp16), compute in fp16/bf16")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet (slow first image per size, faster after; kernels cached on disk)")
-
-
-def memory_mode(args) -> str:
-    return "medvram" if args.medvram else "lowvram" if args.lowvram else "normal" if args.normalvram else "auto"
-
-
-def compile_cache(args, root: Path) -> None:
-    """``--compile``: inductor's kernel cache under the data folder unless the user set one."""
-    if getattr(args, "compile", False):
-        import os
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "cache" / "torch-compile"))
+    add_folder_args(p.add_argument_group("folders (the server and the subcommands)"))
+    add_engine_args(p.add_argument_group("engine (the server and the subcommands)"))
 
 
 def listen_warning(listen: bool, auth: list, port: int) -> str | None:
@@ -128,7 +84,7 @@ def extension_routers(extensions) -> list:
     with the message, and the extension's error list records it."""
     from fastapi import APIRouter
 
-    from .api.routes import error_responses
+    from .api.errors import error_responses
 
     routers = []
     for ext in extensions.active():
@@ -187,8 +143,8 @@ def _raise(exc):
 
 
 def api_limits(args):
-    """The API's request limits (``api.routes.Limits``) from --max-size / --max-batch-images."""
-    from .api.routes import Limits
+    """The API's request limits (``jobs.spec.Limits``) from --max-size / --max-batch-images."""
+    from .jobs.spec import Limits
     return Limits(max_size=args.max_size, max_images=args.max_batch_images)
 
 
@@ -244,9 +200,8 @@ def run(args) -> int:
         print(f"error: checkpoint file {args.ckpt} not found", file=sys.stderr)
         return 2
     port = args.port or (7861 if args.nowebui else 7860)
-    root = args.data_dir or PROJECT_ROOT
-    paths = Paths(root=root, ckpt_dir=args.ckpt_dir, vae_dir=args.vae_dir, outdir=args.outdir,
-                  lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir)
+    paths = folders(args)
+    root = paths.root
     for warning in (listen_warning(args.listen and not args.nowebui, auth, port),
                     api_warning(args.listen and (args.api or args.nowebui), api_auth, port)):
         if warning:
@@ -262,11 +217,9 @@ def run(args) -> int:
 
     options = Options(args.ui_settings_file or root / "config.json", log=lambda m: print(m, file=sys.stderr))
     log = lambda m: print(m, file=sys.stderr)   # noqa: E731
-    extensions = ExtensionManager(args.extensions_dir or PROJECT_ROOT / "extensions", paths, options, log)
+    extensions = ExtensionManager(extensions_folder(args), paths, options, log)
     extensions.load()
-    backend = Backend(paths, options, device=args.device, precision=args.precision, no_half=args.no_half,
-                      no_half_vae=args.no_half_vae, extensions=extensions, prediction=args.prediction,
-                      vae_decode=args.vae_decode, memory=memory_mode(args), fp8=args.fp8, compile=args.compile)
+    backend = Backend(paths, options, extensions=extensions, log=log, **engine_options(args))
     app = build_app(backend, args, auth, api_auth)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30))
@@ -280,13 +233,12 @@ def run(args) -> int:
         time.sleep(0.05)
     extensions.app_started(app)
     try:   # the model loads in the background once the page is served
-        backend.start(args.ckpt)
+        backend.start(backend.catalog.add_checkpoint(args.ckpt) if args.ckpt is not None else None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         server.should_exit = True
         return 2
-    from .api.routes import Api      # tasks stored before a restart (kill -9 included)
-    recovered = backend.queue.recover(Api(backend, api_limits(args)).resume)
+    recovered = backend.queue.recover(backend.resume)     # tasks stored before a restart (kill -9 included)
     if any(recovered.values()):
         print("tasks from before the restart: {resumed} queued again, {failed} failed (the running one and any "
               "that could not be resumed), {cancelled} cancelled".format(**recovered), file=sys.stderr)

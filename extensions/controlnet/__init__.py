@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from webui.engine.hashing import file_sha256
-from webui.jobs.saving import png_base64
-from webui.paths import file_identity, files_by_stem, model_folders
+from webui.hooks.api import file_identity, file_sha256, files_by_stem, model_folders, png_base64
 
 from . import preprocessors as pp
 from .units import CONTROL_MODES, MAX_UNITS, RESIZE_MODES, Unit, control_residuals, decode_image, hint_tensor, \

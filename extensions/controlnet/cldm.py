@@ -14,7 +14,7 @@ give the rest (depths per level, middle depth, context width, ``adm_in_channels`
 
 Module attribute names equal the original checkpoint keys under ``control_model.``, so original files
 load with ``load_state_dict`` and no key table; diffusers-format files are renamed with the UNet's own
-diffusers name map (``webui.engine.diffusers_names``) plus the few ControlNet-specific names. The encoder
+diffusers name map (``unet_module_names``) plus the few ControlNet-specific names. The encoder
 modules are the UNet's own: they are taken from a ``UNetModel`` built on the meta device, so the two
 networks cannot drift apart.
 """
@@ -28,11 +28,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from webui.engine import families
-from webui.engine.checkpoint import build_network, infer_config
-from webui.engine.diffusers_names import unet_module_names
-from webui.engine.files import CheckpointError, read_metadata, read_state_dict
-from webui.engine.unet import UNetConfig, UNetModel, embed_time
+from webui.hooks.api import CheckpointError, UNetConfig, UNetModel, build_network, embed_time, families, \
+    infer_config, read_metadata, read_state_dict, unet_module_names
 
 PREFIX = "control_model."
 HINT_BLOCK_CHANNELS = (16, 32, 96, 256)  # the released ControlNets' hint encoder widths

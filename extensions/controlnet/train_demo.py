@@ -18,8 +18,7 @@ import torch
 
 from webui.demo import dataset as ds
 from webui.demo.finetune import Budget, DemoBase, optimise, save_addon
-from webui.engine.unet import UNetExtras
-from webui.paths import PROJECT_ROOT
+from webui.hooks.api import PROJECT_ROOT, UNetExtras
 
 from .cldm import ControlNet
 

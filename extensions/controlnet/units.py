@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.engine import images as im
-from webui.engine.unet import UNetExtras
+from webui.hooks.api import UNetExtras
+from webui.hooks.api import images as im
 
 from . import preprocessors as pp
 

@@ -11,11 +11,8 @@ import threading
 import weakref
 from pathlib import Path
 
-from webui.engine.files import read_metadata
-from webui.engine.hashing import file_sha256
-from webui.engine.patches import WeightPatch
-from webui.engine.prompts.conditioning import infotext_hash
-from webui.paths import file_identity, files_by_stem, model_folders
+from webui.hooks.api import WeightPatch, file_identity, file_sha256, files_by_stem, hash_entry, model_folders, \
+    read_metadata
 
 EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 
@@ -138,7 +135,7 @@ def setup(hooks):
                 shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
                 ctx.warnings.append(f"LoRA {name}: {len(ignored)} key(s) not applied (nothing in this model "
                                     f"matches them): {shown}")
-            hashes.append(infotext_hash(name, library.short_hash(path, identity)))
+            hashes.append(hash_entry(name, library.short_hash(path, identity)))
         if hashes:
             ctx.infotext["Lora hashes"] = ", ".join(hashes)
 

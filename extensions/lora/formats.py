@@ -42,8 +42,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from webui.engine.diffusers_names import unet_module_names
-from webui.engine.files import read_metadata, read_state_dict
+from webui.hooks.api import read_metadata, read_state_dict, unet_module_names
 
 
 # kohya names: "lora_unet_" / "lora_te_" (SDXL: "lora_te1_", "lora_te2_") + a module path with "." -> "_"

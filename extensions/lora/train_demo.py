@@ -18,8 +18,7 @@ from torch import nn
 
 from webui.demo import dataset as ds
 from webui.demo.finetune import Budget, DemoBase, optimise, save_addon
-from webui.engine.diffusers_names import unet_module_names
-from webui.paths import PROJECT_ROOT
+from webui.hooks.api import PROJECT_ROOT, unet_module_names
 
 OUT = PROJECT_ROOT / "models" / "lora" / "webui-demo-outline.safetensors"
 

@@ -178,22 +178,21 @@ def cfg_denoiser(model: ModelDenoiser, cond, uncond, cfg_scale: float, *, image_
     return denoise
 
 
-def switching_denoiser(first: Denoiser, second: Denoiser, switch_at: list[bool], state: SamplingState,
-                       on_switch: Callable[[], None] | None = None) -> Denoiser:
+class SwitchingDenoiser:
     """``first`` until the sampler reaches a sigma where ``switch_at[k]`` is true, then ``second`` for good
-    (the refiner: the same sampler state, another model). ``k`` is the number of steps the sampler has
-    reported (``state.steps_reported``): the index of the schedule sigma the call is made at for the first
-    call of a step and for a second-order sampler's call at the next sigma. Decided on the host: no sync."""
-    switched = False
+    (the refiner: the same sampler state, another model); ``switched`` says whether it happened. ``k`` is the
+    number of steps the sampler has reported (``state.steps_reported``): the index of the schedule sigma the
+    call is made at for the first call of a step and for a second-order sampler's call at the next sigma.
+    Decided on the host: no sync."""
 
-    def denoise(x, sigma):
-        nonlocal switched
-        if not switched and switch_at[min(state.steps_reported, len(switch_at) - 1)]:
-            switched = True
-            if on_switch is not None:
-                on_switch()
-        return (second if switched else first)(x, sigma)
-    return denoise
+    def __init__(self, first: Denoiser, second: Denoiser, switch_at: list[bool], state: SamplingState):
+        self.first, self.second, self.switch_at, self.state = first, second, switch_at, state
+        self.switched = False
+
+    def __call__(self, x, sigma):
+        if not self.switched and self.switch_at[min(self.state.steps_reported, len(self.switch_at) - 1)]:
+            self.switched = True
+        return (self.second if self.switched else self.first)(x, sigma)
 
 
 def masked_denoiser(denoiser: Denoiser, init_latent, keep_mask) -> Denoiser:

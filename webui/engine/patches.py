@@ -10,11 +10,13 @@ weights). ``ModelPatcher.applied(model, patches)`` makes it true for the job:
 - the padding of the UNet's and VAE's convolutions (``conv_padding``: "circular" for tiling), put back after.
 
 The rest is read by the denoiser during sampling: UNet wrappers and block wrappers, residual providers
-(ControlNet), wrappers around each model call (before CFG) and after CFG, per-step callbacks.
+(ControlNet), wrappers around each model call (before CFG) and after CFG, per-step callbacks, and wrappers
+around each pass's sampler loop.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
@@ -48,6 +50,42 @@ class CallInfo:
 ResidualProvider = Callable[[torch.Tensor, torch.Tensor, object, CallInfo], "UNetExtras | None"]
 
 
+@dataclass(frozen=True)
+class PatchKind:
+    """One kind of per-job change: its ``JobPatches`` field, how a failure is named, what a failed entry gives
+    instead (``fallback``, None: nothing), and where the function sits in an entry (``part``: a field of a
+    dataclass entry, an index of a tuple entry; None: the entry is the function)."""
+    field: str
+    label: str
+    fallback: Callable | None = None
+    part: str | int | None = None
+
+    def guarded(self, entry, guard: Callable[..., Callable], name: str = ""):
+        if self.part is None:
+            return guard(entry, f"{self.label} {name}".strip(), self.fallback)
+        if isinstance(self.part, int):
+            detail = entry[0]
+            return (*entry[:self.part], guard(entry[self.part], f"{self.label} {detail}", self.fallback),
+                    *entry[self.part + 1:])
+        detail = getattr(entry, "module", "")
+        return dataclasses.replace(entry, **{self.part: guard(getattr(entry, self.part), f"{self.label} {detail}",
+                                                              self.fallback)})
+
+
+# The per-job patch kinds, once: JobPatches' lists, in the order the hook documents them.
+PATCH_KINDS: tuple[PatchKind, ...] = (
+    PatchKind("weights", "weight patch", torch.zeros_like, part="delta"),
+    PatchKind("text_hooks", "text hook", None, part=1),
+    PatchKind("unet_wrappers", "UNet wrapper", lambda apply, *a: apply(*a)),
+    PatchKind("block_wrappers", "block wrapper", lambda apply, *a: apply(*a)),
+    PatchKind("residuals", "residuals", None),
+    PatchKind("model_wrappers", "model wrapper", lambda apply, x, sigma, cond, info: apply(x, sigma, cond)),
+    PatchKind("after_cfg", "after-CFG function", lambda denoised, *a: denoised),
+    PatchKind("step_callbacks", "step callback", None),
+    PatchKind("sample_wrappers", "sample wrapper", lambda apply, x, sigmas: apply(x, sigmas)),
+)
+
+
 @dataclass
 class JobPatches:
     weights: list[WeightPatch] = field(default_factory=list)
@@ -58,10 +96,32 @@ class JobPatches:
     model_wrappers: list[Callable] = field(default_factory=list)   # w(apply, x, sigma, cond, info) -> x0
     after_cfg: list[Callable] = field(default_factory=list)        # f(denoised, x, sigma, info) -> denoised
     step_callbacks: list[Callable] = field(default_factory=list)   # f(progress) after each sampler step
+    sample_wrappers: list[Callable] = field(default_factory=list)  # w(apply, x, sigmas) -> latents: the loop
     conv_padding: str | None = None    # "circular": the UNet's and VAE's convolutions wrap around (tiling)
 
     def add_block_wrapper(self, block: str, wrapper: Callable) -> None:
         self.block_wrappers.setdefault(block, []).append(wrapper)
+
+    def lists(self) -> Iterator[tuple[PatchKind, str, list]]:
+        """Every list of entries, with its kind (block wrappers: one list per block, named by the block)."""
+        for kind in PATCH_KINDS:
+            value = getattr(self, kind.field)
+            if isinstance(value, dict):
+                yield from ((kind, name, entries) for name, entries in value.items())
+            else:
+                yield kind, "", value
+
+    def marks(self) -> dict[tuple[str, str], int]:
+        """How many entries each list has now (``guard_since`` takes it)."""
+        return {(kind.field, name): len(entries) for kind, name, entries in self.lists()}
+
+    def guard_since(self, marks: dict[tuple[str, str], int], guard: Callable[..., Callable]) -> None:
+        """Wrap every entry added since ``marks`` with ``guard(fn, what, fallback)`` -- a function that, when
+        ``fn`` fails, reports ``what`` and returns ``fallback(*args)`` -- so that a failing piece is dropped from
+        the job instead of failing it."""
+        for kind, name, entries in self.lists():
+            start = marks.get((kind.field, name), 0)
+            entries[start:] = [kind.guarded(entry, guard, name) for entry in entries[start:]]
 
     def unet_extras(self, x, t, cond, info: CallInfo) -> UNetExtras | None:
         """The residual providers' contributions summed, with the block wrappers."""

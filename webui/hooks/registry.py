@@ -9,7 +9,6 @@ the failing piece is left out of that job (the job says so in its warnings) and 
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import sys
@@ -20,11 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..engine.control import Interrupted, Skipped
-from ..engine.patches import JobPatches
-from ..engine.pipeline import JobContext, JobHooks
+from ..engine.job_hooks import JobContext, JobHooks
 from .manifest import Manifest, ManifestError, read_manifest
 
 
@@ -145,7 +141,7 @@ class ExtensionManager:
             try:
                 ext.manifest = read_manifest(folder)
             except ManifestError as exc:
-                self._fail(ext, str(exc))
+                self.fail(ext, str(exc))
                 self.extensions[folder.name] = ext
                 continue
             ext.enabled = ext.name not in disabled
@@ -156,7 +152,7 @@ class ExtensionManager:
     def _import(self, ext: Extension) -> None:
         missing = ext.manifest.missing_requirements()
         if missing:
-            self._fail(ext, f"needs the Python module(s) {', '.join(missing)} (pip install them)")
+            self.fail(ext, f"needs the Python module(s) {', '.join(missing)} (pip install them)")
             return
         module_name = f"extensions.{ext.folder.name}"
         try:
@@ -179,12 +175,12 @@ class ExtensionManager:
             hooks = ExtensionHooks(ext.manifest, self.paths, self.options, self.log)
             setup(hooks)
         except Exception as exc:
-            self._fail(ext, f"could not load: {type(exc).__name__}: {exc}", traceback.format_exc())
+            self.fail(ext, f"could not load: {type(exc).__name__}: {exc}", traceback.format_exc())
             return
         ext.hooks = hooks
         self.log(f"extension loaded: {ext.name} {ext.manifest.version}")
 
-    def _fail(self, ext: Extension, message: str, details: str | None = None) -> None:
+    def fail(self, ext: Extension, message: str, details: str | None = None) -> None:
         with self._lock:
             ext.errors.append(message)
             del ext.errors[:-20]
@@ -227,7 +223,7 @@ class ExtensionManager:
             except Exception as exc:
                 failed = True
                 message = f"{what} failed: {type(exc).__name__}: {exc}"
-                self._fail(ext, message, traceback.format_exc())
+                self.fail(ext, message, traceback.format_exc())
                 if warnings is not None:
                     warnings.append(f"extension {ext.name}: {message}; left out of this job")
                 return fallback(*args, **kwargs) if fallback is not None else None
@@ -247,43 +243,22 @@ class ExtensionManager:
 
     def _job_callback(self, ext: Extension, callback: Callable, args: dict) -> Callable:
         def prepare(ctx: JobContext) -> None:
-            before = _sizes(ctx.patches)
+            marks = ctx.patches.marks()
             self.guard(ext, callback, "on_job", warnings=ctx.warnings)(ctx, args)
-            self._guard_new_patches(ext, ctx, before)
+            self._guard_new_patches(ext, ctx, marks)
         return prepare
 
     def _network_handler(self, ext: Extension, handler: Callable) -> Callable:
         def handle(tags, ctx: JobContext) -> None:
-            before = _sizes(ctx.patches)
+            marks = ctx.patches.marks()
             self.guard(ext, handler, "extra network handler", warnings=ctx.warnings)(tags, ctx)
-            self._guard_new_patches(ext, ctx, before)
+            self._guard_new_patches(ext, ctx, marks)
         return handle
 
-    def _guard_new_patches(self, ext: Extension, ctx: JobContext, before: dict) -> None:
-        """Wrap what the extension just added to the job's patches, so a failure at sampling time drops
-        that piece and the job goes on."""
-        p, w = ctx.patches, ctx.warnings
-        p.weights[before["weights"]:] = [
-            dataclasses.replace(patch, delta=self.guard(ext, patch.delta, f"weight patch {patch.module}",
-                                                        torch.zeros_like, w))
-            for patch in p.weights[before["weights"]:]]
-        p.text_hooks[before["text_hooks"]:] = [(m, self.guard(ext, h, f"text hook {m}", None, w))
-                                               for m, h in p.text_hooks[before["text_hooks"]:]]
-        p.unet_wrappers[before["unet_wrappers"]:] = [
-            self.guard(ext, f, "UNet wrapper", lambda apply, *a: apply(*a), w) for f in p.unet_wrappers[before["unet_wrappers"]:]]
-        p.model_wrappers[before["model_wrappers"]:] = [
-            self.guard(ext, f, "model wrapper", lambda apply, x, s, c, info: apply(x, s, c), w)
-            for f in p.model_wrappers[before["model_wrappers"]:]]
-        p.residuals[before["residuals"]:] = [self.guard(ext, f, "residuals", None, w)
-                                             for f in p.residuals[before["residuals"]:]]
-        p.after_cfg[before["after_cfg"]:] = [self.guard(ext, f, "after-CFG function", lambda d, *a: d, w)
-                                             for f in p.after_cfg[before["after_cfg"]:]]
-        p.step_callbacks[before["step_callbacks"]:] = [self.guard(ext, f, "step callback", None, w)
-                                                       for f in p.step_callbacks[before["step_callbacks"]:]]
-        for block, wrappers in p.block_wrappers.items():
-            start = before["blocks"].get(block, 0)
-            wrappers[start:] = [self.guard(ext, f, f"block wrapper {block}", lambda apply, *a: apply(*a), w)
-                                for f in wrappers[start:]]
+    def _guard_new_patches(self, ext: Extension, ctx: JobContext, marks: dict) -> None:
+        """Wrap what the extension just added to the job's patches (every kind, ``patches.PATCH_KINDS``), so a
+        failure at sampling time drops that piece and the job goes on."""
+        ctx.patches.guard_since(marks, lambda fn, what, fallback: self.guard(ext, fn, what, fallback, ctx.warnings))
 
     def api_script_args(self, alwayson: dict[str, Any] | None) -> dict[str, dict]:
         """A1111's ``alwayson_scripts`` -> title -> args dict; an unknown title or bad args: ValueError."""
@@ -325,13 +300,6 @@ class ExtensionManager:
             if kind in ext.hooks.network_listers:
                 return self.guard(ext, ext.hooks.network_listers[kind], f"{kind} list", lambda: [])
         return None
-
-
-def _sizes(p: JobPatches) -> dict:
-    return {"weights": len(p.weights), "text_hooks": len(p.text_hooks), "unet_wrappers": len(p.unet_wrappers),
-            "model_wrappers": len(p.model_wrappers), "residuals": len(p.residuals), "after_cfg": len(p.after_cfg),
-            "step_callbacks": len(p.step_callbacks),
-            "blocks": {b: len(ws) for b, ws in p.block_wrappers.items()}}
 
 
 __all__ = ["Extension", "ExtensionHooks", "ExtensionManager"]

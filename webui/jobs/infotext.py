@@ -78,6 +78,38 @@ def build(prompt: str, negative_prompt: str, params: dict[str, object]) -> str:
     return f"{prompt}{negative}\n{', '.join(parts)}".strip()
 
 
+def hash_entry(name: str, short_hash: str) -> str:
+    """One ``name: hash`` entry of A1111's ``TI hashes`` / ``Lora hashes`` (``:`` and ``,`` dropped from the name)."""
+    return f"{name.replace(':', '').replace(',', '')}: {short_hash}"
+
+
+def with_params(text: str, extra: dict[str, object]) -> str:
+    """``text`` with ``extra`` parameters added before ``Version`` (where A1111 puts a script's or an extension's
+    ``extra_generation_params``); empty values are left out."""
+    prompt, negative, pairs = split(text)
+    params: dict[str, object] = {}
+    version = None
+    for key, value in pairs:
+        if key == "Version":
+            version = value
+        else:
+            params[key] = value
+    params.update({k: v for k, v in extra.items() if v not in (None, "")})
+    if version is not None:
+        params["Version"] = version
+    return build(prompt, negative, params)
+
+
+def insert_params(text: str, params: dict[str, object]) -> str:
+    """``text`` with ``params`` written into its last line before ``, Version: `` (or appended), as they are --
+    without reading the text first (SD upscale's tiles: the runs' texts as they came)."""
+    added = ", ".join(f"{k}: {quote(format_value(v))}" for k, v in params.items())
+    head, sep, tail = text.rpartition(", Version: ")
+    if sep:
+        return f"{head}, {added}{sep}{tail}"
+    return f"{text}, {added}" if text else added
+
+
 def _params(line: str) -> list[tuple[str, str]]:
     """``_PARAM_RE.findall(line)``, in linear time.
 
@@ -102,7 +134,9 @@ def _params(line: str) -> list[tuple[str, str]]:
         pos = end
 
 
-def _split(text: str) -> tuple[str, str, list[tuple[str, str]]]:
+def split(text: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """(prompt, negative prompt, the parameters as (key, value) pairs, values unquoted). The last line holds the
+    parameters only when it has at least 3 pairs (A1111's rule); otherwise it is prompt text."""
     *lines, last = text.replace("\r\n", "\n").strip().split("\n")
     pairs = _params(last)
     if len(pairs) < 3:
@@ -128,7 +162,7 @@ def parse(text: str) -> dict[str, str]:
     Keys: "Prompt", "Negative prompt", every parameter; "Clip skip" defaults to "1". The paste-UI
     defaults A1111 adds afterwards (Hires*, Mask mode, RNG, Schedule type...) are not added.
     """
-    prompt, negative, pairs = _split(text)
+    prompt, negative, pairs = split(text)
     res = {"Prompt": prompt, "Negative prompt": negative}
     for key, value in pairs:
         m = _SIZE_RE.match(value)
@@ -189,7 +223,7 @@ def split_legacy_sampler(sampler: str, scheduler: str | None = None) -> tuple[st
 
 def parse_typed(text: str) -> Infotext:
     """Parse into typed fields. A value that does not convert stays (raw) in `extra`."""
-    prompt, negative, pairs = _split(text)
+    prompt, negative, pairs = split(text)
     info = Infotext(prompt=prompt, negative_prompt=negative)
     for key, value in dict(pairs).items():
         if key == "Size" and (m := _SIZE_RE.match(value)):

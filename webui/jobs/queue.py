@@ -1,13 +1,14 @@
-"""One queue for every job that uses the device: generations from any browser (and later the API) and
-model loads. A single worker thread runs them one at a time, in arrival order.
+"""One queue for every job that uses the device: generations from any browser, the API and the command line,
+and model loads. A single worker thread runs them one at a time, in arrival order.
 
-Each job carries its owner (the browser session or API client that asked), its own ``JobControl`` (so an
-interrupt reaches only that job), its progress (step, ETA, live preview) and, when it ends, its result or
-its error. A job that raises is marked failed with the message; the worker goes on with the next one.
+What is queued is a value (``spec.JobSpec``); ``run(spec, job)`` -- the executor -- runs it. Each ``Job`` is that
+value with its runtime state: its own ``JobControl`` (so an interrupt reaches only that job), its progress
+(step, ETA, live preview, reported by the executor through ``Job.report``) and, when it ends, its result or its
+error. A job that raises is marked failed with the message; the worker goes on with the next one.
 
-With a ``TaskStore`` every job's record is also written to disk as it changes; ``recover`` at start-up
-resubmits the queued tasks that carry a request body, marks the one that was running failed (the process
-died under it) and keeps answering for finished ones.
+With a ``TaskStore`` every job's record is also written to disk as it changes, with the job's value for
+resumable (API) tasks; ``recover`` at start-up resubmits the queued tasks that carry one, marks the one that was
+running failed (the process died under it) and keeps answering for finished ones.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.control import Interrupted, JobControl
+from .spec import JobSpec
 from .store import TaskRecord, TaskStore
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -40,6 +42,10 @@ class JobProgress:
     text: str = ""                 # e.g. "Batch 2/3"
     preview: Any = None            # a PIL image, refreshed every N steps
     preview_step: int = 0          # `step` when the preview was made (clients fetch only new ones)
+    batch: int = 0                 # the batch running now (from 0), of ``batches``
+    batches: int = 0
+    batch_step: int = 0            # steps done in this batch, of ``batch_total``
+    batch_total: int = 0
 
     @property
     def fraction(self) -> float:
@@ -49,9 +55,7 @@ class JobProgress:
 @dataclass
 class Job:
     id: str
-    kind: str
-    owner: str | None
-    work: Callable[[Job], Any] = field(repr=False)
+    spec: JobSpec | None = field(repr=False)      # None for a finished task known from the store only
     created: float = field(default_factory=time.time)
     state: str = QUEUED
     started: float | None = None
@@ -60,9 +64,25 @@ class Job:
     error: str | None = None
     control: JobControl = field(default_factory=JobControl, repr=False)
     progress: JobProgress = field(default_factory=JobProgress)
-    payload: dict | None = field(default=None, repr=False)   # the request body that can resubmit it
     saved: dict | None = None      # a finished task's summary (``summarize``: its files and infotexts), also stored
+    kind: str = ""
+    owner: str | None = None
+    watchers: list[Callable[[JobProgress], None]] = field(default_factory=list, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.spec is not None:
+            self.kind, self.owner = self.spec.kind, self.spec.owner
+
+    def report(self, *, preview=None, **fields) -> None:
+        """From the executor: progress (``JobProgress``'s fields) and, every N steps, a live preview."""
+        p = self.progress
+        for name, value in fields.items():
+            setattr(p, name, value)
+        if preview is not None:
+            p.preview, p.preview_step = preview, p.step
+        for watch in self.watchers:
+            watch(p)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job has finished (True) or ``timeout`` passed (False)."""
@@ -80,11 +100,12 @@ class Job:
 class JobQueue:
     """Runs submitted jobs one at a time on a worker thread, in arrival order."""
 
-    def __init__(self, store: TaskStore | None = None,
-                 summarize: Callable[[Any], dict | None] | None = None) -> None:
-        """``store``: where task records go (None: memory only); ``summarize(result)``: what of a finished
-        job's result its record keeps (files, infotexts)."""
-        self.store, self._summarize = store, summarize
+    def __init__(self, run: Callable[[JobSpec, Job], Any], store: TaskStore | None = None,
+                 summarize: Callable[[Any], dict | None] | None = None, *, tracebacks: bool = True) -> None:
+        """``run(spec, job)``: the executor; ``store``: where task records go (None: memory only);
+        ``summarize(result)``: what of a finished job's result its record keeps (files, infotexts);
+        ``tracebacks``: print a failing job's traceback (the server's log; the command line says the error)."""
+        self._run, self.store, self._summarize, self._tracebacks = run, store, summarize, tracebacks
         self._lock = threading.Condition()
         self._pending: deque[Job] = deque()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -115,11 +136,11 @@ class JobQueue:
             thread.join(timeout)
 
     # ---- submitting and asking -------------------------------------------------------------
-    def submit(self, work: Callable[[Job], Any], *, kind: str, owner: str | None = None,
-               job_id: str | None = None, payload: dict | None = None, resumed: bool = False) -> Job:
-        """Queue ``work(job)``; ``job_id`` (e.g. A1111's ``force_task_id``) must be new (also to the store,
-        unless ``resumed``: a stored task submitted again). ``payload``: the JSON request body kept in the
-        store so that the task can be submitted again after a restart."""
+    def submit(self, spec: JobSpec, *, job_id: str | None = None, resumed: bool = False,
+               watch: Callable[[JobProgress], None] | None = None) -> Job:
+        """Queue ``spec``; ``job_id`` (e.g. A1111's ``force_task_id``) must be new (also to the store, unless
+        ``resumed``: a stored task submitted again). A resumable spec is kept in the store so that the task can
+        be submitted again after a restart. ``watch(progress)``: called on each progress report."""
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the job queue is shutting down")
@@ -127,9 +148,10 @@ class JobQueue:
             job_id = job_id or f"{next(self._counter)}-{uuid.uuid4().hex[:12]}"
             if job_id in self._jobs or (given and self.store is not None and self.store.get(job_id)):
                 raise DuplicateJobId(f"a job with id {job_id!r} already exists")
-            job = Job(job_id, kind, owner, work, payload=payload)
+            job = Job(job_id, spec, watchers=[watch] if watch is not None else [])
             if self.store is not None:
-                self.store.add(TaskRecord(job.id, kind, owner, QUEUED, job.created, payload=payload))
+                payload = spec.to_json() if spec.resumable else None
+                self.store.add(TaskRecord(job.id, spec.kind, spec.owner, QUEUED, job.created, payload=payload))
             self._jobs[job_id] = job
             self._pending.append(job)
             self._trim()
@@ -146,17 +168,18 @@ class JobQueue:
         record = self.store.get(job_id)
         if record is None:
             return None
-        job = Job(record.id, record.kind, record.owner, None, created=record.created, state=record.state,
-                  started=record.started, finished=record.finished, error=record.error, saved=record.result)
+        job = Job(record.id, None, created=record.created, state=record.state, started=record.started,
+                  finished=record.finished, error=record.error, saved=record.result, kind=record.kind,
+                  owner=record.owner)
         if record.state in FINISHED:
             job._done.set()
         return job
 
     def recover(self, resume: Callable[[TaskRecord], Any]) -> dict[str, int]:
         """At start-up, before ``start``: the stored tasks that did not finish. The one that was running is
-        marked failed (the process stopped under it); queued ones with a request body go to ``resume(record)``
-        (which submits them again with ``resumed=True``), in their order; others are cancelled with the
-        reason. Returns how many of each."""
+        marked failed (the process stopped under it); queued ones with a stored job value go to
+        ``resume(record)`` (which submits them again with ``resumed=True``), in their order; others are cancelled
+        with the reason. Returns how many of each."""
         counts = {"failed": 0, "resumed": 0, "cancelled": 0}
         if self.store is None:
             return counts
@@ -242,13 +265,14 @@ class JobQueue:
                 if self.store is not None:
                     self.store.started(job.id, job.started)
             try:
-                result = job.work(job)
+                result = self._run(job.spec, job)
             except Interrupted:
                 with self._lock:
                     job.error = "interrupted"
                     self._finish(job, CANCELLED)
             except Exception as exc:  # a failing job is reported to its owner; the queue goes on
-                traceback.print_exc()
+                if self._tracebacks:
+                    traceback.print_exc()
                 with self._lock:
                     job.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                     self._finish(job, FAILED)
@@ -267,8 +291,7 @@ class JobQueue:
             except Exception as exc:           # a record without its summary; the job stays done
                 job.saved = {"error": f"{type(exc).__name__}: {exc}"}
         job.state, job.finished = state, time.time()
-        job.work = None  # drop references held by the closure (images, requests)
-        job.payload = None
+        job.spec = None   # drop the images of the request (the result stays for its client)
         if self.store is not None:
             self.store.finished(job.id, state, job.finished, job.error, job.saved)
         job._done.set()

@@ -190,6 +190,22 @@ def save_image(image: Image.Image, folder: str | os.PathLike, *, seed: int | Non
     return _write_new(folder, names, data)
 
 
+def save_to(records, out: str | os.PathLike) -> list[Path]:
+    """The command line's ``-o``: ``out`` a ``.png`` path (one image, or ``name-N.png`` for several) or a folder
+    (A1111 naming ``NNNNN-SEED.png``, and a ``grid-NNNN.png`` of several). ``records``: ``ImageRecord``s."""
+    out = Path(out)
+    if out.suffix.lower() == ".png":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        paths = [out] if len(records) == 1 else [out.with_name(f"{out.stem}-{i + 1}.png") for i in range(len(records))]
+        for record, path in zip(records, paths):
+            path.write_bytes(png_with_infotext(record.image, record.infotext))
+        return paths
+    paths = [save_image(r.image, out, seed=r.seed, infotext=r.infotext) for r in records]
+    if len(paths) > 1:
+        paths.append(save_grid([r.image for r in records], out, records[0].infotext))
+    return paths
+
+
 def grid_rows(count: int, rows: int | None = None) -> int:
     """A1111's image_grid rule for opts.n_rows = -1 (default): round(sqrt(n)); never more than n."""
     if count < 1:

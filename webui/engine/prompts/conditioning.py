@@ -94,7 +94,7 @@ class PromptEncoder:
     hash_cache: object = None
     used_embeddings: dict[str, Embedding] = field(default_factory=dict)
     emphasis_used: bool = False
-    ti_hashes: str = ""
+    used_hashes: list[tuple[str, str]] = field(default_factory=list)   # (name, short hash), A1111's TI hashes order
     vector_kind: str | None = None
     sizes: SizeConditioning | None = None
 
@@ -146,8 +146,7 @@ class PromptEncoder:
         self.used_embeddings.update(used)
         if used:
             # as A1111: each encoding call puts its own embeddings in front of those recorded before
-            hashes = [infotext_hash(name, e.short_hash(self.hash_cache)) for name, e in used.items()]
-            self.ti_hashes = ", ".join(hashes + ([self.ti_hashes] if self.ti_hashes else []))
+            self.used_hashes[:0] = [(name, e.short_hash(self.hash_cache)) for name, e in used.items()]
         if self.options.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
             self.emphasis_used = True
         return torch.cat(outputs, dim=1), pooled
@@ -175,20 +174,6 @@ class PromptEncoder:
                 cache[text] = self.schedule(text, steps, first_pass_steps=first_pass_steps)
             parts.append((cache[text], weight))
         return MultiCond(parts)
-
-    def infotext(self) -> dict:
-        """``TI hashes`` and ``Emphasis`` for the images made with what was encoded so far."""
-        params = {}
-        if self.ti_hashes:
-            params["TI hashes"] = self.ti_hashes
-        if self.emphasis_used:
-            params["Emphasis"] = self.options.emphasis
-        return params
-
-
-def infotext_hash(name: str, short_hash: str) -> str:
-    """One ``name: hash`` entry of A1111's ``TI hashes`` / ``Lora hashes`` (``:`` and ``,`` dropped from the name)."""
-    return f"{name.replace(':', '').replace(',', '')}: {short_hash}"
 
 
 def make_chunker(text_encoder: TextEncoder, embeddings: EmbeddingDatabase | None,

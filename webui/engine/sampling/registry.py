@@ -8,53 +8,16 @@ Source of truth: A1111 1.10 ``modules/sd_samplers_kdiffusion.py`` (``samplers_k_
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 
 from . import samplers as k
 from . import schedules
 from .ddim import a1111_timesteps, ddim_sigmas, sample_ddim, sample_plms
+from .entry import SCHEDULERS, Sampler, SamplerSpec, build_sigmas, effective_scheduler, scheduler_label
 from .unipc import sample_unipc, unipc_sigmas
 
-__all__ = ["SamplerSpec", "SAMPLERS", "SCHEDULERS", "resolve", "build_sigmas", "scheduler_label",
-           "effective_scheduler", "find_sampler"]
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """One entry of A1111's sampler list.
-
-    name: A1111 display name. function: ``sample_x(denoiser, x, sigmas, *, callback, noise_sampler, **options)``.
-    aliases: A1111's aliases (API / old infotexts). default_scheduler: the schedule type "Automatic" means
-    for this sampler. discard_penultimate_sigma: build ``steps + 1`` sigmas and drop the next-to-last one.
-    noise: 'ancestral' (fresh noise per step: A1111 draws it from the per-image RNG), 'brownian' (a Brownian
-    tree seeded with the images' seeds) or None. deterministic: no noise after the initial latent.
-    options: keyword arguments the function gets for this entry (e.g. ``solver_type='heun'``).
-    second_order: two model calls per step (A1111 uses it for progress accounting). lcm: the model is run
-    as a latent consistency model (A1111's ``LCMCompVisDenoiser``): its sigmas, schedule types included, are
-    built on LCM's 50 original timesteps and the denoiser applies LCM's boundary scalings.
-    own_schedule: ``(schedule, steps) -> sigmas`` used for "Automatic" instead of a schedule type (A1111's
-    timestep samplers DDIM / UniPC pick their own timesteps). own_img2img: ``(schedule, steps, t_enc) ->
-    (noise sigma, sigmas)``, their own img2img trimming, used with "Automatic". vp_latent: like A1111's timestep samplers, the
-    loop starts from unscaled noise in the variance-preserving space and its result is returned there, so
-    txt2img starts at ``noise * sqrt(1 + sigma_0^2)`` and the result is divided by ``sqrt(1 + sigma_last^2)``.
-    """
-    name: str
-    function: Callable
-    aliases: tuple[str, ...] = ()
-    default_scheduler: str = "uniform"
-    discard_penultimate_sigma: bool = False
-    noise: str | None = None
-    deterministic: bool = True
-    options: dict = field(default_factory=dict, hash=False, compare=False)
-    second_order: bool = False
-    own_schedule: Callable | None = field(default=None, hash=False, compare=False)
-    own_img2img: Callable | None = field(default=None, hash=False, compare=False)
-    vp_latent: bool = False
-    lcm: bool = False
+__all__ = ["SamplerSpec", "Sampler", "SAMPLERS", "SCHEDULERS", "resolve", "sampler", "build_sigmas",
+           "scheduler_label", "effective_scheduler", "find_sampler"]
 
 
 def _alphas_cumprod(schedule: schedules.DiscreteSchedule) -> torch.Tensor:
@@ -133,20 +96,6 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     _ancestral("LCM", k.sample_lcm, ("k_lcm",), lcm=True),
 )
 
-# key -> A1111 label, in A1111's order. "beta" (needs scipy.stats.beta.ppf) is not available.
-SCHEDULERS: dict[str, str] = {
-    "automatic": "Automatic",
-    "uniform": "Uniform",
-    "karras": "Karras",
-    "exponential": "Exponential",
-    "polyexponential": "Polyexponential",
-    "sgm_uniform": "SGM Uniform",
-    "kl_optimal": "KL Optimal",
-    "align_your_steps": "Align Your Steps",
-    "simple": "Simple",
-    "normal": "Normal",
-    "ddim": "DDIM",
-}
 _SCHEDULER_ALIASES = {"sgmuniform": "sgm_uniform"}
 
 # Aliases of A1111's removed "<sampler> Karras" / "<sampler> Exponential" entries (1.5-1.8): k_<x>_ka and
@@ -220,71 +169,6 @@ def resolve(sampler_name: str, scheduler_name: str | None = None, *,
     return spec, scheduler
 
 
-def effective_scheduler(spec: SamplerSpec, scheduler_key: str) -> str:
-    """The schedule type actually used: 'automatic' -> the sampler's default."""
-    return spec.default_scheduler if scheduler_key == "automatic" else scheduler_key
-
-
-def scheduler_label(spec: SamplerSpec, scheduler_key: str) -> str:
-    """A1111 label of the schedule type actually used ("Automatic" resolved to the sampler's default;
-    it stays "Automatic" for samplers that choose their own timesteps)."""
-    if scheduler_key == "automatic" and spec.own_schedule is not None:
-        return SCHEDULERS["automatic"]
-    return SCHEDULERS[effective_scheduler(spec, scheduler_key)]
-
-
-def build_sigmas(spec: SamplerSpec, scheduler_key: str, schedule: schedules.DiscreteSchedule, steps: int, *,
-                 always_discard_penultimate: bool = False, **schedule_options) -> torch.Tensor:
-    """The sigmas A1111 samples ``steps`` steps with (CPU float32, as A1111's ``get_sigmas``).
-
-    'automatic' -> the sampler's default schedule type. For samplers that discard the penultimate sigma
-    (or with ``always_discard_penultimate``, A1111's "always discard next-to-last sigma" option) the
-    schedule is built for ``steps + 1`` and its next-to-last value dropped, so the step count is kept.
-    ``schedule_options`` go to the schedule function (e.g. ``rho=``, ``sigma_min=``, ``sdxl=`` for AYS).
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if scheduler_key == "automatic" and spec.own_schedule is not None:
-        return spec.own_schedule(schedule, steps)
-    key = effective_scheduler(spec, scheduler_key)
-    function = schedules.SCHEDULE_FUNCTIONS.get(key)
-    if function is None:
-        raise ValueError(f"unknown schedule type {scheduler_key!r}; available: " + ", ".join(SCHEDULERS))
-    discard = spec.discard_penultimate_sigma or always_discard_penultimate
-    sigmas = function(schedule, steps + 1 if discard else steps, **schedule_options)
-    if discard:
-        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
-    return sigmas
-
-
-# A1111's names and defaults of the sampler parameters a request may set (``p.eta``, ``p.s_churn``...)
-_PARAMETER_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
-_PARAMETER_INFOTEXT = {"s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax",
-                       "s_noise": "Sigma noise"}
-
-
-def sampler_parameters(spec: SamplerSpec, *, eta: float | None = None, s_churn: float | None = None,
-                       s_tmin: float | None = None, s_tmax: float | None = None,
-                       s_noise: float | None = None) -> tuple[dict, dict]:
-    """(keyword arguments for ``spec.function``, infotext entries) for the parameters a request set, as A1111
-    hands them to k-diffusion: each goes to the samplers whose function takes it (``s_churn``, ``s_tmin``,
-    ``s_tmax``, ``s_noise``: Euler, Heun, DPM2; ``eta``: the ancestral and SDE samplers, default 1, and
-    DDIM, default 0; ``s_noise`` also to those). Values equal to the default are not written to the
-    infotext (A1111's ``Eta`` / ``Eta DDIM``, ``Sigma churn``, ``Sigma tmin``, ``Sigma tmax``, ``Sigma noise``);
-    ``s_tmax`` 0 means infinity, as in A1111."""
-    accepted = inspect.signature(spec.function).parameters
-    kwargs, infotext = {}, {}
-    if eta is not None and "eta" in accepted:
-        default = accepted["eta"].default
-        kwargs["eta"] = float(eta)
-        if eta != default:
-            infotext["Eta DDIM" if spec.name == "DDIM" else "Eta"] = eta
-    given = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": float("inf") if s_tmax == 0 else s_tmax,
-             "s_noise": s_noise}
-    for name, value in given.items():
-        if value is None or name not in accepted:
-            continue
-        kwargs[name] = float(value)
-        if value != _PARAMETER_DEFAULTS[name]:
-            infotext[_PARAMETER_INFOTEXT[name]] = value
-    return kwargs, infotext
+def sampler(sampler_name: str, scheduler_name: str | None = None) -> Sampler:
+    """``resolve`` as one value: the entry with its schedule type."""
+    return Sampler(*resolve(sampler_name, scheduler_name))

@@ -9,12 +9,11 @@ What an interface calls::
     result = script.run(request, options, runner, styles=styles, stop=lambda: job.control.interrupted)
     save_grids(result, saving.grid_folder(outputs, kind))          # when grids are saved
 
-``runner(ScriptRun) -> RunResult`` generates one run (see ``base``). Grids are drawn in ``grid``.
+``runner(ScriptRun) -> GenerationOutput`` generates one run (see ``base``). Grids are drawn in ``grid``.
 """
 from .base import (
     KINDS,
     Runner,
-    RunResult,
     Script,
     ScriptArg,
     ScriptEnvironment,
@@ -42,7 +41,6 @@ __all__ = [
     "PromptMatrixOptions",
     "PromptsFromFile",
     "PromptsFromFileOptions",
-    "RunResult",
     "Runner",
     "Script",
     "ScriptArg",

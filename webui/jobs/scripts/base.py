@@ -2,8 +2,8 @@
 
 A script (A1111's "Script" dropdown, the API's ``script_name`` / ``script_args``) turns one request into
 several generation runs and combines their results. It never touches the engine: each run goes through a
-``runner`` the caller supplies (``runner(ScriptRun) -> RunResult``), which on the real server generates on
-the job's worker thread (the whole script is one job).
+``runner`` the caller supplies (``runner(ScriptRun) -> GenerationOutput``), which on the real server generates
+on the job's worker thread (the whole script is one job).
 
 Lifecycle, for one request:
 
@@ -25,7 +25,8 @@ from typing import Any
 
 from PIL import Image
 
-from ...engine.pipeline import GenerationRequest
+from ...engine.request import GenerationRequest
+from ...engine.result import ImageRecord
 
 KINDS = ("txt2img", "img2img")
 MAX_SEED = 4294967294          # A1111's random.randrange(4294967294) for "fixed" random seeds
@@ -56,37 +57,20 @@ class ScriptRun:
     label: str = ""
 
 
-@dataclass
-class RunResult:
-    """What one run produced (``jobs.backend.GenerationOutput`` has these attributes and may be returned
-    as is). Only ``images`` is required; the lists are per image."""
-    images: list[Image.Image]
-    infotexts: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    negative_prompts: list[str] = field(default_factory=list)
-    interrupted: bool = False
-    warnings: list[str] = field(default_factory=list)
-
-
-Runner = Callable[[ScriptRun], Any]     # returns a RunResult (or anything with its attributes)
+Runner = Callable[[ScriptRun], Any]     # returns a ``GenerationOutput`` (``images``: one ImageRecord per image)
 
 
 @dataclass
 class ScriptResult:
-    """A script's combined output, in A1111's order (grids first where A1111 puts them first).
+    """A script's combined output, in A1111's order (grids first where A1111 puts them first): one
+    ``ImageRecord`` per image.
 
-    Every list is aligned with ``images``. ``index_of_first_image``: A1111's field (1 when a grid leads).
-    ``grid_count``: how many leading images are grids. ``save_as_grid``: indices of the images A1111 saves
-    into the grids folder (when the ``grid_save`` setting is on), named with ``grid_basename``
-    (``xyz_grid-NNNN``, ``prompt_matrix-NNNN``); the runs' own images were already saved by the runner.
-    ``seed``: A1111's ``info["seed"]``.
+    ``index_of_first_image``: A1111's field (1 when a grid leads). ``grid_count``: how many leading images are
+    grids. ``save_as_grid``: indices of the images A1111 saves into the grids folder (when the ``grid_save``
+    setting is on), named with ``grid_basename`` (``xyz_grid-NNNN``, ``prompt_matrix-NNNN``); the runs' own
+    images were already saved by the runner. ``seed``: A1111's ``info["seed"]``.
     """
-    images: list[Image.Image] = field(default_factory=list)
-    infotexts: list[str] = field(default_factory=list)
-    seeds: list[int | None] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)
-    negative_prompts: list[str] = field(default_factory=list)
+    images: list[ImageRecord] = field(default_factory=list)
     index_of_first_image: int = 0
     grid_count: int = 0
     save_as_grid: list[int] = field(default_factory=list)
@@ -97,6 +81,18 @@ class ScriptResult:
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def pictures(self) -> list[Image.Image]:
+        return [r.image for r in self.images]
+
+    @property
+    def infotexts(self) -> list[str]:
+        return [r.infotext for r in self.images]
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [r.seed for r in self.images]
+
     # what every script's run loop does
     def stopped(self, stop: Callable[[], bool] | None) -> bool:
         """True (and ``interrupted`` set) once a run was interrupted or ``stop()`` says so: no further run
@@ -105,31 +101,12 @@ class ScriptResult:
             self.interrupted = True
         return self.interrupted
 
-    def record(self, out: Any) -> tuple[list, list, list, list, list]:
-        """Count one runner result in (its interrupt, its warnings not seen yet); returns its (images,
-        infotexts, seeds, prompts, negative prompts)."""
+    def record(self, out: Any) -> list[ImageRecord]:
+        """Count one runner result in (its interrupt, its warnings not seen yet); returns its image records."""
         self.runs += 1
-        images, texts, seeds, prompts, negatives, interrupted, warnings = run_fields(out)
-        self.interrupted = interrupted
-        self.warnings += [w for w in warnings if w not in self.warnings]
-        return images, texts, seeds, prompts, negatives
-
-    def add(self, image: Image.Image, infotext: str, seed: int | None, prompt: str, negative_prompt: str) -> None:
-        """One image and its aligned fields."""
-        self.images.append(image)
-        self.infotexts.append(infotext)
-        self.seeds.append(seed)
-        self.prompts.append(prompt)
-        self.negative_prompts.append(negative_prompt)
-
-    def add_images(self, run: ScriptRun, images: list, texts: list, seeds: list, prompts: list,
-                   negatives: list) -> None:
-        """Every image of ``run`` (``record``'s lists), the run's request filling in what the runner did
-        not report."""
-        for i, image in enumerate(images):
-            self.add(image, texts[i] if i < len(texts) else "", seeds[i] if i < len(seeds) else run.request.seed,
-                     prompts[i] if i < len(prompts) else run.request.prompt,
-                     negatives[i] if i < len(negatives) else run.request.negative_prompt)
+        self.interrupted = bool(getattr(out, "interrupted", False))
+        self.warnings += [w for w in getattr(out, "warnings", None) or [] if w not in self.warnings]
+        return list(getattr(out, "images", None) or [])
 
 
 # ---- what the caller tells the scripts about the server -------------------------------------------------
@@ -336,14 +313,6 @@ def fixed_seed(seed: int | None, env: ScriptEnvironment) -> int:
     if seed is None or seed == "" or int(seed) == -1:
         return int(env.new_seed())
     return int(seed)
-
-
-def run_fields(result: Any) -> tuple[list, list, list, list, list, bool, list]:
-    """(images, infotexts, seeds, prompts, negative prompts, interrupted, warnings) of a runner's result."""
-    images = list(getattr(result, "images", None) or [])
-    return (images, list(getattr(result, "infotexts", None) or []), list(getattr(result, "seeds", None) or []),
-            list(getattr(result, "prompts", None) or []), list(getattr(result, "negative_prompts", None) or []),
-            bool(getattr(result, "interrupted", False)), list(getattr(result, "warnings", None) or []))
 
 
 def check_image_count(title: str, count: int, env: ScriptEnvironment) -> None:

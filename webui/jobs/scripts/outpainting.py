@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from ...engine import images as im
+from ...engine.result import ImageRecord
 from .base import Runner, Script, ScriptArg, ScriptResult, ScriptRun, as_choice, as_number, check_image_count, \
     copy_request, fixed_seed
 from .tiles import combine_grid, split_grid
@@ -143,15 +144,12 @@ class PoorMansOutpainting(Script):
             out = runner(ScriptRun(copy_request(request, **changes), styles=list(styles), save_grid=False,
                                    save_samples=False, index=k, total=len(work),
                                    label=f"Batch {k + 1} out of {len(work)}"))
-            images, texts, _, _, _ = result.record(out)
-            tile[2] = images[0] if images else Image.new("RGB", (request.width, request.height))
-            if first_text is None and texts:
-                first_text = texts[0]
-        result.images.append(combine_grid(grid))
-        result.infotexts.append(first_text or "")         # A1111: the first tile's infotext
-        result.seeds.append(seed)
-        result.prompts.append(request.prompt)
-        result.negative_prompts.append(request.negative_prompt)
+            records = result.record(out)
+            tile[2] = records[0].image if records else Image.new("RGB", (request.width, request.height))
+            if first_text is None and records:
+                first_text = records[0].infotext
+        result.images.append(ImageRecord(combine_grid(grid), seed, prompt=request.prompt,        # A1111: the first
+                                         negative_prompt=request.negative_prompt, infotext=first_text or ""))  # tile's
         result.seed = seed
         result.save_as_samples = [0]
         return result

@@ -18,10 +18,9 @@ def save_grids(result: ScriptResult, folder: str | os.PathLike, extension: str =
     ext = extension.lower().lstrip(".")
     paths = []
     for i in result.save_as_grid:
-        seed = result.seeds[i] if i < len(result.seeds) else None
-        tail = f"-{saving._seed_text(seed)}" if seed is not None else ""
-        data = saving.encode_image(result.images[i], result.infotexts[i] if i < len(result.infotexts) else None,
-                                   extension)
+        record = result.images[i]
+        tail = f"-{saving._seed_text(record.seed)}" if record.seed is not None else ""
+        data = saving.encode_image(record.image, record.infotext, extension)
         start = saving.next_sequence_number(folder, result.grid_basename)
         names = (f"{result.grid_basename}-{n:04}{tail}.{ext}" for n in itertools.count(start))
         paths.append(saving._write_new(folder, names, data))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ...engine.pipeline import GenerationRequest
+from ...engine.request import GenerationRequest
 from .base import (
     Runner,
     Script,
@@ -113,20 +113,17 @@ class PromptMatrix(Script):
         for run in runs:
             if result.stopped(stop):
                 break
-            result.add_images(run, *result.record(runner(run)))
+            result.images += result.record(runner(run))
         if not result.images:
             return result
-        result.seed = result.seeds[0]
-        width, height = result.images[0].size
+        first = result.images[0]
+        result.seed = first.seed
+        width, height = first.image.size
         # a matrix cut short by an interrupt keeps its shape: the missing cells are black
-        cells = result.images + [Image.new("RGB", (width, height)) for _ in range(len(runs) - len(result.images))]
+        cells = result.pictures + [Image.new("RGB", (width, height)) for _ in range(len(runs) - len(result.images))]
         grid = image_grid(cells, rows=1 << ((len(parts) - 1) // 2))
         grid = draw_prompt_matrix(grid, width, height, parts, options.margin_size)
-        result.images.insert(0, grid)
-        result.infotexts.insert(0, result.infotexts[0])
-        result.seeds.insert(0, result.seeds[0])
-        result.prompts.insert(0, result.prompts[0])
-        result.negative_prompts.insert(0, result.negative_prompts[0])
+        result.images.insert(0, first.replace(image=grid, path=None))
         result.index_of_first_image = result.grid_count = 1
         result.save_as_grid = [0]
         return result

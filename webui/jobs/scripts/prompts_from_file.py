@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...engine.pipeline import GenerationRequest
+from ...engine.request import GenerationRequest
 from ...engine.sampling import registry
 from .base import (
     Runner,
@@ -220,8 +220,8 @@ class PromptsFromFile(Script):
         for run in self._runs(request, options, styles):
             if result.stopped(stop):
                 break
-            result.add_images(run, *result.record(runner(run)))
-        result.seed = result.seeds[0] if result.seeds else None
+            result.images += result.record(runner(run))
+        result.seed = result.images[0].seed if result.images else None
         return result
 
 

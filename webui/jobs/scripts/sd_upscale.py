@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from PIL import Image
 
 from ...engine import images as im
+from ...engine.result import ImageRecord
 from ...engine.upscale import IMAGE_UPSCALERS, upscale_by
+from .. import infotext
 from .base import Runner, Script, ScriptArg, ScriptResult, ScriptRun, as_number, check_image_count, copy_request, \
     fixed_seed
-from .tiles import combine_grid, split_grid, with_params
+from .tiles import combine_grid, split_grid
 
 TITLE = "SD upscale"
 UPSCALERS = tuple(IMAGE_UPSCALERS)
@@ -106,16 +108,14 @@ class SDUpscale(Script):
                                     styles=list(styles), save_grid=False, save_samples=False,
                                     index=n * count + index, total=total,
                                     label=f"Tile {n * count + index + 1} out of {total}")
-                    images, texts, _, _, _ = result.record(runner(run))
-                    tile[2] = images[0] if images else Image.new("RGB", (request.width, request.height))
-                    if first_text is None and texts:
-                        first_text = texts[0]
+                    records = result.record(runner(run))
+                    tile[2] = records[0].image if records else Image.new("RGB", (request.width, request.height))
+                    if first_text is None and records:
+                        first_text = records[0].infotext
                     index += 1
-            result.images.append(combine_grid(grid))
-            result.infotexts.append(with_params(first_text or "", extra))
-            result.seeds.append(seed + n)
-            result.prompts.append(request.prompt)
-            result.negative_prompts.append(request.negative_prompt)
+            result.images.append(ImageRecord(combine_grid(grid), seed + n, prompt=request.prompt,
+                                             negative_prompt=request.negative_prompt,
+                                             infotext=infotext.insert_params(first_text or "", extra)))
             if result.interrupted:
                 break
         result.seed = seed

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .. import infotext as it
 
 
 @dataclass
@@ -72,13 +71,3 @@ def combine_grid(grid: TileGrid) -> Image.Image:
         combined.paste(line.crop((0, 0, line.width, overlap)), (0, y), mask=mask_h)
         combined.paste(line.crop((0, overlap, line.width, h)), (0, y + overlap))
     return combined
-
-
-def with_params(infotext: str, params: dict) -> str:
-    """``infotext`` with ``params`` added to its parameters line, before ``Version`` (A1111's
-    ``extra_generation_params`` come there)."""
-    added = ", ".join(f"{k}: {it.quote(it.format_value(v))}" for k, v in params.items())
-    head, sep, tail = infotext.rpartition(", Version: ")
-    if sep:
-        return f"{head}, {added}{sep}{tail}"
-    return f"{infotext}, {added}" if infotext else added

@@ -40,7 +40,8 @@ import numpy as np
 from PIL import Image
 
 from ...engine import upscale
-from ...engine.pipeline import GenerationRequest
+from ...engine.request import GenerationRequest
+from ...engine.result import ImageRecord
 from ...engine.sampling import registry
 from .. import infotext as infotext_format
 from .base import (
@@ -622,47 +623,39 @@ class XYZPlot(Script):
         xs, ys, zs = plan.xs, plan.ys, plan.zs
         nx, ny, nz = len(xs), len(ys), len(zs)
         size = nx * ny * nz
-        images: list[Image.Image | None] = [None] * size
-        texts: list[str | None] = [None] * size
-        seeds: list[int | None] = [None] * size
-        prompts: list[str | None] = [None] * size
-        negatives: list[str | None] = [None] * size
+        cells: list[ImageRecord | None] = [None] * size
         result = ScriptResult(grid_basename="xyz_grid")
         first_seed = None
         for planned in plan.cells:
             if result.stopped(stop):
                 break
-            imgs, infos, run_seeds, run_prompts, run_negatives = result.record(runner(planned.run))
-            if not imgs:
+            records = result.record(runner(planned.run))
+            if not records:
                 continue
             idx = planned.ix + planned.iy * nx + planned.iz * nx * ny
             # A1111's cell is the run's first image; for several images, the run's grid (opts.return_grid)
-            images[idx] = imgs[0] if len(imgs) == 1 else image_grid(imgs)
-            texts[idx] = infos[0] if infos else ""
-            seeds[idx] = run_seeds[0] if run_seeds else planned.run.request.seed
-            prompts[idx] = run_prompts[0] if run_prompts else planned.run.request.prompt
-            negatives[idx] = run_negatives[0] if run_negatives else planned.run.request.negative_prompt
+            first = records[0]
+            cells[idx] = first if len(records) == 1 else first.replace(image=image_grid([r.image for r in records]))
             if first_seed is None:
-                first_seed = seeds[idx]
-        if not any(img is not None for img in images):
+                first_seed = first.seed
+        if not any(cell is not None for cell in cells):
             return result
 
-        filled = next(img for img in images if img is not None)
-        cell_size = filled.size
-        for i, img in enumerate(images):
-            if img is None:                 # a run that failed or was not started: a black cell, as A1111
-                images[i] = Image.new("RGB", cell_size)
-                texts[i], seeds[i], prompts[i], negatives[i] = "", None, "", ""
+        cell_size = next(cell for cell in cells if cell is not None).image.size
+        for i, cell in enumerate(cells):
+            if cell is None:                 # a run that failed or was not started: a black cell, as A1111
+                cells[i] = ImageRecord(Image.new("RGB", cell_size), None)
+        images = [cell.image for cell in cells]
 
         hor = [[GridAnnotation(options.x.option.format(x))] for x in xs]
         ver = [[GridAnnotation(options.y.option.format(y))] for y in ys]
         titles = [[GridAnnotation(options.z.option.format(z))] for z in zs]
         sub_grids = []
         for iz in range(nz):
-            cells = images[iz * nx * ny:(iz + 1) * nx * ny]
-            grid = image_grid(cells, rows=ny)
+            grid_cells = images[iz * nx * ny:(iz + 1) * nx * ny]
+            grid = image_grid(grid_cells, rows=ny)
             if options.draw_legend:
-                grid = draw_grid_annotations(grid, max(c.width for c in cells), max(c.height for c in cells),
+                grid = draw_grid_annotations(grid, max(c.width for c in grid_cells), max(c.height for c in grid_cells),
                                              hor, ver, options.margin_size)
             sub_grids.append(grid)
         main = image_grid(sub_grids, rows=1)
@@ -670,19 +663,16 @@ class XYZPlot(Script):
             main = draw_grid_annotations(main, max(g.width for g in sub_grids), max(g.height for g in sub_grids),
                                          titles, [[GridAnnotation()]])
 
-        sub_texts = [self._grid_infotext(texts[iz * nx * ny], options, with_z=False, xs=xs, ys=ys, zs=zs)
-                     for iz in range(nz)]
-        main_text = self._grid_infotext(texts[0], options, with_z=True, xs=xs, ys=ys, zs=zs)
+        def grid_record(image, cell: ImageRecord, with_z: bool) -> ImageRecord:
+            text = self._grid_infotext(cell.infotext, options, with_z=with_z, xs=xs, ys=ys, zs=zs)
+            return cell.replace(image=image, infotext=text, path=None)
 
-        result.add(main, main_text, seeds[0], prompts[0], negatives[0])
+        result.images.append(grid_record(main, cells[0], True))
         if options.include_sub_grids:
-            for iz, grid in enumerate(sub_grids):
-                k = iz * nx * ny
-                result.add(grid, sub_texts[iz], seeds[k], prompts[k], negatives[k])
+            result.images += [grid_record(grid, cells[iz * nx * ny], False) for iz, grid in enumerate(sub_grids)]
         result.grid_count = len(result.images)
         if options.include_lone_images:
-            for i in range(size):
-                result.add(images[i], texts[i], seeds[i], prompts[i], negatives[i])
+            result.images += cells
         result.index_of_first_image = 1
         # A1111 saves the main grid, and the sub-grids too with "Include Sub Grids" when there are several
         result.save_as_grid = list(range(1 + nz)) if options.include_sub_grids and nz > 1 else [0]
@@ -704,23 +694,7 @@ class XYZPlot(Script):
             extra[f"{letter} Values"] = axis.text
             if axis.label in _SEED_AXES and fixed:
                 extra[f"Fixed {letter} Values"] = ", ".join(str(v) for v in vals)
-        return add_infotext_params(text, extra)
-
-
-def add_infotext_params(text: str, extra: dict[str, str]) -> str:
-    """``text`` with ``extra`` parameters added before ``Version`` (A1111's extra_generation_params place)."""
-    prompt, negative, pairs = infotext_format._split(text)
-    params: dict[str, Any] = {}
-    version = None
-    for key, value in pairs:
-        if key == "Version":
-            version = value
-        else:
-            params[key] = value
-    params.update({k: v for k, v in extra.items() if v not in (None, "")})
-    if version is not None:
-        params["Version"] = version
-    return infotext_format.build(prompt, negative, params)
+        return infotext_format.with_params(text, extra)
 
 
 __all__ = [

@@ -1,8 +1,9 @@
-"""From the UI's controls to an engine request and back, by field name (no Gradio here).
+"""The UI's values -> a job, by field name (no Gradio here), and an infotext -> the UI's fields.
 
 The UI hands a ``{field: value}`` dict (the names are ``GenerationRequest``'s, which are A1111's API
 names); radio buttons that show words (masked content, inpaint area, mask mode, resize mode) are turned
-into the engine's numbers here. ``fields_from_infotext`` does the reverse for PNG Info's "send to".
+into the engine's numbers here, the image editor's brush layers into a mask. ``fields_from_infotext`` does
+the reverse for PNG Info's "send to" and the API's ``infotext`` field.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from dataclasses import fields
 import numpy as np
 from PIL import Image
 
-from ..engine import images as im
-from ..engine.pipeline import GenerationRequest
-from ..jobs import infotext
+from ...engine import images as im
+from ...engine.request import GenerationRequest
+from .. import infotext
+from ..spec import ExtensionArgs, JobSpec, ScriptChoice
 
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
@@ -22,6 +24,7 @@ TXT2IMG_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "ste
                   "refiner_switch_at", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
 NO_REFINER = "None"
 SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
+MODES = ("img2img", "inpaint", "inpaint_upload")      # the img2img tab's sub-tabs
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
                 "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
                 "hr_negative_prompt")
@@ -58,7 +61,8 @@ def _number(name: str, value):
 
 
 def request_from_fields(values: dict) -> GenerationRequest:
-    """A request from UI values keyed by field name; unknown names are a programming error."""
+    """A request from UI values keyed by field name (not checked yet: ``job_from_fields``); unknown names are a
+    programming error."""
     known = {f.name for f in fields(GenerationRequest)}
     unknown = set(values) - known
     if unknown:
@@ -86,9 +90,41 @@ def request_from_fields(values: dict) -> GenerationRequest:
         elif name in ("enable_hr", "tiling"):
             value = bool(value)
         converted[name] = value
-    request = GenerationRequest(**converted)
-    request.validate()
-    return request
+    return GenerationRequest(**converted)
+
+
+def job_from_fields(requests, values: dict, kind: str, *, images: dict | None = None, checkpoint: str | None = None,
+                    vae: str | None = None, styles=(), script: tuple[str, list] | None = None,
+                    extension_values: dict | None = None, owner: str | None = None) -> JobSpec:
+    """A generation tab's values as a job (``requests``: a ``jobs.request.Requests``). ``images``: the img2img
+    tab's ``mode`` (one of ``MODES``) and its pictures (``init_image``, ``sketch`` -- the editor's value --,
+    ``upload_image``, ``upload_mask``); ``script``: the picked script's title and positional arguments;
+    ``extension_values``: extension title -> {name: value} of their UI sections."""
+    request = request_from_fields(values)
+    if kind == "img2img":
+        request.init_image, request.mask = _img2img_images(**(images or {}))
+    return requests.job(request, kind, checkpoint=checkpoint or None, vae=vae or None, styles=list(styles or []),
+                        script=ScriptChoice(script[0], tuple(script[1])) if script else None,
+                        extension_args=ExtensionArgs(ui=dict(extension_values or {})), owner=owner)
+
+
+def _img2img_images(mode: str = "img2img", init_image=None, sketch=None, upload_image=None, upload_mask=None):
+    """(init image, mask) of the img2img tab's sub-tab ``mode``; ValueError naming what is missing."""
+    if mode == "inpaint":
+        if not sketch or sketch.get("background") is None:
+            raise ValueError("inpaint: upload an image and paint the area to change")
+        image = sketch["background"]
+        mask = mask_from_layers(sketch.get("layers") or [], image.size)
+        if mask is None:
+            raise ValueError("inpaint: paint a mask over the area to change (the brush)")
+        return image, mask
+    if mode == "inpaint_upload":
+        if upload_image is None or upload_mask is None:
+            raise ValueError("inpaint upload: both the image and the mask are needed")
+        return upload_image, uploaded_mask(upload_mask)
+    if init_image is None:
+        raise ValueError("img2img: upload an image first")
+    return init_image, None
 
 
 def mask_from_layers(layers: list[Image.Image | None], size: tuple[int, int]) -> Image.Image | None:
