@@ -322,3 +322,49 @@ def test_sdxl_with_refiner_sizes_and_prediction(tmp_path):
 
 def files_sd1(folder: Path) -> Path:
     return write_tiny_checkpoint(folder / "sd1.safetensors")
+
+
+# ------------------------------------------------------------------------------ the server's door
+
+def test_extensions_work_from_the_command_line(tmp_path):
+    """The CLI loads the same extensions as the server: a LoRA tag and a ControlNet unit change the picture and are
+    recorded; no "no extension handles" warning."""
+    from webui.paths import DEMO_CHECKPOINT
+    if not DEMO_CHECKPOINT.is_file():
+        pytest.skip("no demo checkpoint in this checkout")
+    common = ("--prompt", "a large red circle on a white background", "--steps", "6", "--seed", "3",
+              "--data-dir", tmp_path, "--quiet")
+    plain = ok(app("txt2img", *common, "-o", tmp_path / "plain.png"))
+    lora = ok(app("txt2img", *common[:1], common[1] + " <lora:webui-demo-outline:1>", *common[2:],
+                  "-o", tmp_path / "lora.png"))
+    assert "no extension handles" not in lora.stderr and "warning" not in plain.stderr
+    assert 'Lora hashes: "webui-demo-outline: ' in read_infotext(tmp_path / "lora.png")
+    assert np.abs(pixels(tmp_path / "lora.png") - pixels(tmp_path / "plain.png")).max() > 8
+    hint = np.zeros((64, 64), np.uint8)
+    hint[36:60, 36:60] = 255
+    Image.fromarray(hint).save(tmp_path / "hint.png")
+    ok(app("txt2img", *common, "--controlnet", f"model=webui-demo-mask,image={tmp_path / 'hint.png'},weight=1",
+           "-o", tmp_path / "control.png"))
+    assert 'ControlNet 0: "Module: none, Model: webui-demo-mask [' in read_infotext(tmp_path / "control.png")
+    assert np.abs(pixels(tmp_path / "control.png") - pixels(tmp_path / "plain.png")).max() > 8
+
+
+def test_a_request_file_takes_the_apis_body(files, tmp_path):
+    """``--request FILE.json``: the body of POST /sdapi/v1/txt2img, hires fix included; the generation flags are
+    refused beside it."""
+    import json
+    body = {"prompt": "a cat", "negative_prompt": "blurry", "steps": 2, "width": 64, "height": 64, "seed": 11,
+            "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.5}
+    (tmp_path / "body.json").write_text(json.dumps(body))
+    proc = ok(app("txt2img", "--ckpt", files["ckpt"], "--request", tmp_path / "body.json", "--data-dir", tmp_path,
+                  "--quiet", "-o", tmp_path / "hires.png"))
+    assert printed_paths(proc) == [tmp_path / "hires.png"]
+    with Image.open(tmp_path / "hires.png") as img:
+        assert img.size == (96, 96)
+    parsed = info(tmp_path / "hires.png")
+    assert (parsed.prompt, parsed.seed, parsed.steps, parsed.denoising_strength) == ("a cat", 11, 2, 0.5)
+    assert parsed.extra["Hires upscale"] == "1.5" and parsed.model == "tiny-model"
+    both = app("txt2img", "--ckpt", files["ckpt"], "--request", tmp_path / "body.json", "--steps", "5",
+               "--data-dir", tmp_path, "-o", tmp_path / "no.png")
+    assert both.returncode == 2 and "--request takes the whole request; drop --steps" in both.stderr
+    assert not (tmp_path / "no.png").exists()
