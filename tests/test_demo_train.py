@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from webui.demo import train as tr
-from webui.engine import families
+from webui.engine import detection, families
 from webui.engine.checkpoint import load_checkpoint
 from webui.engine.files import read_metadata
 from webui.engine.residency import Engine
@@ -63,7 +63,7 @@ def test_smoke_checkpoint_is_an_sd1_file_the_engine_samples_from(smoke_run):
     assert all(any(k.startswith(p) for k in sd) for p in PREFIXES)
     assert {v.dtype for v in sd.values()} == {torch.float16}
     assert sd[tr.TEXT_PREFIX + "embeddings.token_embedding.weight"].shape[0] == 49408
-    assert families.detect_family(sd).name == "sd1"
+    assert detection.detect_family(sd).name == "sd1"
 
     meta = read_metadata(path)
     size = int(meta[tr.NATIVE_SIZE_KEY])

@@ -14,7 +14,7 @@ import torch
 
 from tests.tiny_families import write_family_checkpoint
 from tests.tiny_models import write_tiny_checkpoint
-from webui.engine import families
+from webui.engine import detection, families
 from webui.engine.checkpoint import load_checkpoint
 from webui.engine.files import CheckpointError
 from webui.engine.residency import Engine
@@ -116,7 +116,7 @@ def test_playground_and_other_sdxl_shaped_schedules_are_named(folder):
     sd = safetensors.torch.load_file(str(_write(folder, "sdxl")))
     sd["edm_mean"] = torch.zeros(1, 4, 1, 1)
     with pytest.raises(CheckpointError, match="Playground v2.5.*not supported"):
-        families.detect_family(sd, name="playground")
+        detection.detect_family(sd, name="playground")
 
 
 def test_depth_and_instruct_models_are_named(folder):
@@ -124,7 +124,7 @@ def test_depth_and_instruct_models_are_named(folder):
     weight = sd["model.diffusion_model.input_blocks.0.0.weight"]
     sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(weight.shape[0], 5, *weight.shape[2:])
     with pytest.raises(CheckpointError, match="depth-conditioned.*not supported"):
-        families.detect_family(sd)
+        detection.detect_family(sd)
 
 
 def test_truncated_sdxl_names_the_missing_encoder(folder):
@@ -132,7 +132,7 @@ def test_truncated_sdxl_names_the_missing_encoder(folder):
     partial = {k: v for k, v in sd.items() if ".resblocks.1." not in k}
     with pytest.raises(CheckpointError, match=r"incomplete or truncated SDXL.*conditioner\.embedders\.1\.model\."
                                               r"transformer\.resblocks"):
-        families.detect_family(partial)
+        detection.detect_family(partial)
 
 
 def test_engine_keeps_the_previous_model_when_a_file_is_refused(folder):

@@ -13,7 +13,7 @@ import torch
 
 from tests.tiny_models import (VAE_PREFIX, diffusers_config_dir, ema_key, random_unet_state_dict,
                                tiny_state_dict, write_tiny_checkpoint)
-from webui.engine import families
+from webui.engine import detection, families
 from webui.engine.checkpoint import load_checkpoint, load_vae
 from webui.engine.files import CheckpointError
 from webui.engine.unet import UNetConfig, UNetModel, timestep_embedding
@@ -231,12 +231,12 @@ def full_sd():
 
 
 def test_detects_sd1(full_sd):
-    assert families.detect_family(full_sd).name == "sd1"
+    assert detection.detect_family(full_sd).name == "sd1"
 
 
 def test_unknown_keys_are_refused():
     with pytest.raises(CheckpointError) as info:
-        families.detect_family({"foo.weight": torch.zeros(2), "bar.bias": torch.zeros(2)}, name="x.safetensors")
+        detection.detect_family({"foo.weight": torch.zeros(2), "bar.bias": torch.zeros(2)}, name="x.safetensors")
     message = str(info.value)
     assert "x.safetensors" in message and "not a recognised" in message
     assert "Found" in message and "no UNet" in message and "Expected" in message and "SD 1.x" in message
@@ -244,23 +244,23 @@ def test_unknown_keys_are_refused():
 
 def test_lora_gets_a_hint():
     with pytest.raises(CheckpointError, match="LoRA"):
-        families.detect_family({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 2)})
+        detection.detect_family({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 2)})
 
 
 def test_missing_vae_is_refused(full_sd):
     partial = {k: v for k, v in full_sd.items() if not k.startswith(VAE_PREFIX)}
     with pytest.raises(CheckpointError) as info:
-        families.detect_family(partial)
+        detection.detect_family(partial)
     message = str(info.value)
     assert "first_stage_model.encoder.conv_in.weight" in message and "no VAE" in message
-    assert families.detect_family(partial, need_vae=False).name == "sd1"
+    assert detection.detect_family(partial, need_vae=False).name == "sd1"
 
 
 def test_half_a_unet_is_refused(full_sd):
     unet_keys = sorted(k for k in full_sd if k.startswith("model.diffusion_model."))
     partial = {k: v for k, v in full_sd.items() if k not in set(unet_keys[len(unet_keys) // 2:])}
     with pytest.raises(CheckpointError, match="incomplete or truncated SD 1.x.*missing model.diffusion_model."):
-        families.detect_family(partial)
+        detection.detect_family(partial)
 
 
 def test_a_missing_tensor_is_named(root, full_sd):

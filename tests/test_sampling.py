@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.references import k_diffusion
-from webui.engine.sampling import registry, samplers, schedules
+from webui.engine.sampling import registry, samplers, samplers_dpmpp, schedules
 from webui.engine.sampling.noise import BrownianTreeNoiseSampler
 
 STEPS = 9
@@ -89,12 +89,13 @@ SAMPLER_CASES = {
     "DPM2": (samplers.sample_dpm_2, "sample_dpm_2", {}, None),
     "DPM2 a": (samplers.sample_dpm_2_ancestral, "sample_dpm_2_ancestral", {}, "ancestral"),
     "LMS": (samplers.sample_lms, "sample_lms", {}, None),
-    "DPM++ 2S a": (samplers.sample_dpmpp_2s_ancestral, "sample_dpmpp_2s_ancestral", {}, "ancestral"),
-    "DPM++ 2M": (samplers.sample_dpmpp_2m, "sample_dpmpp_2m", {}, None),
-    "DPM++ SDE": (samplers.sample_dpmpp_sde, "sample_dpmpp_sde", {}, "brownian"),
-    "DPM++ 2M SDE": (samplers.sample_dpmpp_2m_sde, "sample_dpmpp_2m_sde", {}, "brownian"),
-    "DPM++ 2M SDE Heun": (samplers.sample_dpmpp_2m_sde, "sample_dpmpp_2m_sde", {"solver_type": "heun"}, "brownian"),
-    "DPM++ 3M SDE": (samplers.sample_dpmpp_3m_sde, "sample_dpmpp_3m_sde", {}, "brownian"),
+    "DPM++ 2S a": (samplers_dpmpp.sample_dpmpp_2s_ancestral, "sample_dpmpp_2s_ancestral", {}, "ancestral"),
+    "DPM++ 2M": (samplers_dpmpp.sample_dpmpp_2m, "sample_dpmpp_2m", {}, None),
+    "DPM++ SDE": (samplers_dpmpp.sample_dpmpp_sde, "sample_dpmpp_sde", {}, "brownian"),
+    "DPM++ 2M SDE": (samplers_dpmpp.sample_dpmpp_2m_sde, "sample_dpmpp_2m_sde", {}, "brownian"),
+    "DPM++ 2M SDE Heun": (samplers_dpmpp.sample_dpmpp_2m_sde, "sample_dpmpp_2m_sde", {"solver_type": "heun"},
+                          "brownian"),
+    "DPM++ 3M SDE": (samplers_dpmpp.sample_dpmpp_3m_sde, "sample_dpmpp_3m_sde", {}, "brownian"),
 }
 SCHEDULE_KEYS = ["uniform", "karras", "exponential", "sgm_uniform", "polyexponential", "normal", "simple",
                  "ddim", "kl_optimal", "align_your_steps"]
@@ -324,8 +325,8 @@ def test_img2img_tail_and_single_step(ks):
     for name in ("DPM++ 2M", "LMS", "DPM++ 2M SDE", "DPM++ 3M SDE"):
         check_pair(run_pair(ks, name, tail, x_init(tail)), 1e-6)
     one = schedules.karras(SCHEDULE, 1)
-    out = samplers.sample_dpmpp_3m_sde(gmm_denoiser, x_init(one), one,
-                                       noise_sampler=BrownianTreeNoiseSampler(x_init(one), 0.03, 14.6, [1, 2]))
+    out = samplers_dpmpp.sample_dpmpp_3m_sde(gmm_denoiser, x_init(one), one,
+                                             noise_sampler=BrownianTreeNoiseSampler(x_init(one), 0.03, 14.6, [1, 2]))
     assert torch.isfinite(out).all()
 
 
@@ -355,12 +356,12 @@ def test_brownian_noise_per_image_seed(ks):
 def test_samplers_accept_device_sigmas_and_do_not_mutate():
     sigmas = schedules.karras(SCHEDULE, STEPS)
     keep = sigmas.clone()
-    out = samplers.sample_dpmpp_2m(gmm_denoiser, x_init(sigmas), sigmas)
+    out = samplers_dpmpp.sample_dpmpp_2m(gmm_denoiser, x_init(sigmas), sigmas)
     assert torch.equal(sigmas, keep) and torch.isfinite(out).all()
     with pytest.raises(ValueError):
         samplers.sample_euler(gmm_denoiser, x_init(sigmas), sigmas[:1])
     with pytest.raises(ValueError, match="solver_type"):
-        samplers.sample_dpmpp_2m_sde(gmm_denoiser, x_init(sigmas), sigmas, solver_type="rk4")
+        samplers_dpmpp.sample_dpmpp_2m_sde(gmm_denoiser, x_init(sigmas), sigmas, solver_type="rk4")
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -15,7 +15,7 @@ import torch
 import transformers
 from torch import nn
 
-from . import families, open_clip
+from . import detection, families, open_clip
 from .families import Family, Prediction, TextSpec
 from .files import CheckpointError, read_metadata, read_state_dict
 from .sampling.schedules import DiscreteSchedule, sd_alphas_cumprod, zero_terminal_snr
@@ -78,7 +78,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     (the tensors stay memory-mapped). Pass the result to ``load_checkpoint(state_dict=...)`` so the
     file is read once. Raises ``CheckpointError`` like ``load_checkpoint``."""
     sd = read_state_dict(path)
-    families.detect_family(sd, name=str(path))
+    detection.detect_family(sd, name=str(path))
     return sd
 
 
@@ -103,7 +103,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     sd = read_state_dict(path) if state_dict is None else state_dict
     release = getattr(sd, "release_pages", None)  # memory-mapped .safetensors: give pages back once copied
     meta = dict(read_metadata(path) if metadata is None else metadata)
-    family = families.detect_family(sd, name=name, need_vae=vae_path is None and with_vae)
+    family = detection.detect_family(sd, name=name, need_vae=vae_path is None and with_vae)
     arch = families.arch_overrides(meta, name=name)
 
     unet_what = f"{name}: UNet ({family.unet_prefix}*)"

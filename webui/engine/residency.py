@@ -307,8 +307,8 @@ class Engine:
 
     def _planned_sizes(self, state_dict, path) -> dict[str, int]:
         """Bytes each network of the file at ``path`` will take in this engine's dtypes (from the header)."""
-        from . import families
-        family = families.detect_family(state_dict, name=str(path))   # read_checkpoint checked it: no error
+        from . import detection
+        family = detection.detect_family(state_dict, name=str(path))   # read_checkpoint checked it: no error
         unet_size = 1 if self.fp8 else self.precision.unet.itemsize
         groups = [("unet", (family.unet_prefix,), unet_size), ("vae", (family.vae_prefix,), self.precision.vae.itemsize)]
         groups += [(f"text{'' if i == 0 else f'_{i + 1}'}", tuple(spec.prefixes), self.precision.text.itemsize)

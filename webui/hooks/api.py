@@ -9,7 +9,8 @@ imports from this module only -- ``from webui.hooks.api import WeightPatch, JobC
   ``Cond``, and ``PATCH_KINDS`` (every kind of change, its field and what a failed entry falls back to).
 - **Networks shaped like the model's** (ControlNet and its like): ``UNetConfig``, ``UNetModel``, ``embed_time``,
   ``unet_module_names`` (diffusers <-> original module names), ``build_network`` / ``infer_config`` (build on
-  the meta device and fill from a state dict), ``families`` (the family table, shape readers).
+  the meta device and fill from a state dict), ``families`` (the family table, shape readers), ``detection``
+  (which family a state dict holds: ``detection.detect_family``).
 - **Files**: ``read_state_dict`` / ``read_metadata`` (safe reading: no pickled code runs), ``CheckpointError``,
   ``file_sha256``, and the folders: ``model_folders``, ``files_by_stem``, ``file_identity``, ``PROJECT_ROOT``.
 - **Images and infotext**: ``images`` (resize modes, base64 decoding with a pixel limit), ``png_base64``,
@@ -19,7 +20,7 @@ imports from this module only -- ``from webui.hooks.api import WeightPatch, JobC
 """
 from __future__ import annotations
 
-from ..engine import families, images
+from ..engine import detection, families, images
 from ..engine.checkpoint import build_network, infer_config
 from ..engine.cond import Cond
 from ..engine.diffusers_names import unet_module_names
@@ -43,6 +44,7 @@ __all__ = [
     "JobPatches", "WeightPatch", "CallInfo", "UNetExtras", "Cond", "PATCH_KINDS", "PatchKind",
     # networks shaped like the model's
     "UNetConfig", "UNetModel", "embed_time", "unet_module_names", "build_network", "infer_config", "families",
+    "detection",
     # files and folders
     "read_state_dict", "read_metadata", "CheckpointError", "file_sha256", "model_folders", "files_by_stem",
     "file_identity", "PROJECT_ROOT",

@@ -115,7 +115,7 @@ class Catalog:
         """The size the UI starts with for a listed checkpoint, read without loading it: its
         ``webui.native_size`` metadata, else its family's (1024 for SDXL, 768 for SD 2.x, 512 for SD 1.x and
         for files that cannot be read)."""
-        from ..engine import families
+        from ..engine import detection, families
         from ..engine.files import CheckpointError, read_metadata, read_state_dict
 
         if not name:
@@ -123,18 +123,18 @@ class Catalog:
         try:
             path = self.checkpoint_path(name)
             size = families.metadata_native_size(read_metadata(path))
-            return size or families.detect_family(read_state_dict(path), name=name, need_vae=False).native_size
+            return size or detection.detect_family(read_state_dict(path), name=name, need_vae=False).native_size
         except (ValueError, CheckpointError, OSError):
             return 512
 
     def check_second_model(self, name: str, base: str | None) -> None:
         """A refiner (or hires fix's checkpoint) must work in the base checkpoint's latent space (read from the
         files' keys, nothing loaded); ``base``: the base checkpoint's listed name (None: not known yet)."""
-        from ..engine import families
+        from ..engine import detection
         from ..engine.files import CheckpointError, read_state_dict
 
         def family(path: Path):
-            return families.detect_family(read_state_dict(path), name=path.name, need_vae=False)
+            return detection.detect_family(read_state_dict(path), name=path.name, need_vae=False)
         base_path = self.checkpoints().get(base) if base is not None else None
         try:
             refiner = family(self.checkpoint_path(name))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import samplers as k
+from . import samplers_dpmpp as dpmpp
 from . import schedules
 from .ddim import a1111_timesteps, ddim_sigmas, sample_ddim, sample_plms
 from .entry import SCHEDULERS, Sampler, SamplerSpec, build_sigmas, effective_scheduler, scheduler_label
@@ -68,14 +69,14 @@ def _brownian(name, function, aliases, **kw) -> SamplerSpec:
 # A1111's order (samplers_k_diffusion, the timestep samplers, then LCM). Left out: DPM fast, DPM adaptive and
 # Restart (between "DPM2 a" and the timestep samplers in A1111), DDIM CFG++.
 SAMPLERS: tuple[SamplerSpec, ...] = (
-    SamplerSpec("DPM++ 2M", k.sample_dpmpp_2m, ("k_dpmpp_2m",), default_scheduler="karras"),
-    _brownian("DPM++ SDE", k.sample_dpmpp_sde, ("k_dpmpp_sde",), default_scheduler="karras", second_order=True),
-    _brownian("DPM++ 2M SDE", k.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde",), default_scheduler="exponential"),
-    _brownian("DPM++ 2M SDE Heun", k.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde_heun",),
+    SamplerSpec("DPM++ 2M", dpmpp.sample_dpmpp_2m, ("k_dpmpp_2m",), default_scheduler="karras"),
+    _brownian("DPM++ SDE", dpmpp.sample_dpmpp_sde, ("k_dpmpp_sde",), default_scheduler="karras", second_order=True),
+    _brownian("DPM++ 2M SDE", dpmpp.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde",), default_scheduler="exponential"),
+    _brownian("DPM++ 2M SDE Heun", dpmpp.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde_heun",),
               default_scheduler="exponential", options={"solver_type": "heun"}),
-    _ancestral("DPM++ 2S a", k.sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a",), default_scheduler="karras",
+    _ancestral("DPM++ 2S a", dpmpp.sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a",), default_scheduler="karras",
                second_order=True),
-    _brownian("DPM++ 3M SDE", k.sample_dpmpp_3m_sde, ("k_dpmpp_3m_sde",), default_scheduler="exponential",
+    _brownian("DPM++ 3M SDE", dpmpp.sample_dpmpp_3m_sde, ("k_dpmpp_3m_sde",), default_scheduler="exponential",
               discard_penultimate_sigma=True),
     _ancestral("Euler a", k.sample_euler_ancestral, ("k_euler_a", "k_euler_ancestral")),
     SamplerSpec("Euler", k.sample_euler, ("k_euler",)),
@@ -93,7 +94,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
                 vp_latent=True),
     SamplerSpec("UniPC", sample_unipc, ("unipc",), own_schedule=_unipc_schedule, own_img2img=_unipc_img2img,
                 vp_latent=True),
-    _ancestral("LCM", k.sample_lcm, ("k_lcm",), lcm=True),
+    _ancestral("LCM", dpmpp.sample_lcm, ("k_lcm",), lcm=True),
 )
 
 _SCHEDULER_ALIASES = {"sgmuniform": "sgm_uniform"}
