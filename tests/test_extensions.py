@@ -116,7 +116,8 @@ def test_example_extension_changes_the_picture_as_it_says(extensions, engine):
     plain = engine.generate(request())
     soft = engine.generate(request(), hooks=extensions.job_hooks({"Soft contrast": {"enabled": True, "strength": 0.6}}))
     off = engine.generate(request(), hooks=extensions.job_hooks({"Soft contrast": {"enabled": False}}))
-    assert off.images[0].image.tobytes() == plain.images[0].image.tobytes() and "Soft contrast" not in extra_params(off.facts)
+    assert off.images[0].image.tobytes() == plain.images[0].image.tobytes() \
+        and "Soft contrast" not in extra_params(off.facts)
     import numpy as np
     a, b = (np.asarray(r.images[0].image, dtype=np.float32) for r in (plain, soft))
     assert b.std() < a.std()          # softer contrast

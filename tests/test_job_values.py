@@ -77,7 +77,8 @@ def test_ui_values_scripts_and_extension_arguments_are_values_too():
     assert again.extension_args.ui["ControlNet"]["unit0_image"].dtype == np.uint8
     picture = again.extension_args.ui["Other"]["picture"]
     assert picture.mode == "CMYK" and picture.tobytes() == values["Other"]["picture"].tobytes()
-    assert again.script == ScriptChoice("X/Y/Z plot", (1, "1-3", [])) and again.extension_args.api == spec.extension_args.api
+    assert again.script == ScriptChoice("X/Y/Z plot", (1, "1-3", []))
+    assert again.extension_args.api == spec.extension_args.api
     with pytest.raises(TypeError, match="cannot carry a object"):
         encode({"x": object()})
     assert decode(encode({"$a": 1})) == {"$a": 1}

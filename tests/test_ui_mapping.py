@@ -98,5 +98,6 @@ def test_infotext_fills_every_field_it_names(requests):
     legacy = mapping.fields_from_infotext("cat\nSteps: 20, Sampler: DPM++ 2M Karras, Seed: 1")
     assert (legacy["sampler_name"], legacy["scheduler"]) == ("DPM++ 2M", "Karras")
     # and the fields make a valid request again
-    request = mapping.job_from_fields(requests, {k: v for k, v in fields.items() if k != "checkpoint"}, "txt2img").request
+    values = {k: v for k, v in fields.items() if k != "checkpoint"}
+    request = mapping.job_from_fields(requests, values, "txt2img").request
     assert (request.width, request.height, request.seed, request.refiner_checkpoint) == (96, 64, 99, None)

@@ -56,7 +56,8 @@ def _add_generation_args(p: argparse.ArgumentParser, img2img: bool) -> None:
     p.add_argument("--refiner", type=Path, metavar="FILE", help="a checkpoint that takes over at --refiner-switch-at")
     p.add_argument("--refiner-switch-at", type=float, default=0.8,
                    help="fraction of the schedule after which the refiner runs (default 0.8)")
-    p.add_argument("--original-size", type=_size, metavar="WxH", help="SDXL size conditioning (default: the image size)")
+    p.add_argument("--original-size", type=_size, metavar="WxH",
+                   help="SDXL size conditioning (default: the image size)")
     p.add_argument("--target-size", type=_size, metavar="WxH", help="SDXL size conditioning (default: the image size)")
     p.add_argument("--crop-top-left", type=_pair, metavar="TOP,LEFT", help="SDXL crop conditioning (default 0,0)")
     p.add_argument("--request", type=Path, metavar="FILE.json",

@@ -310,7 +310,8 @@ class Engine:
         from . import detection
         family = detection.detect_family(state_dict, name=str(path))   # read_checkpoint checked it: no error
         unet_size = 1 if self.fp8 else self.precision.unet.itemsize
-        groups = [("unet", (family.unet_prefix,), unet_size), ("vae", (family.vae_prefix,), self.precision.vae.itemsize)]
+        groups = [("unet", (family.unet_prefix,), unet_size),
+                  ("vae", (family.vae_prefix,), self.precision.vae.itemsize)]
         groups += [(f"text{'' if i == 0 else f'_{i + 1}'}", tuple(spec.prefixes), self.precision.text.itemsize)
                    for i, spec in enumerate(family.text)]
         return {name: sum(state_dict[k].numel() for k in state_dict if k.startswith(prefixes)) * itemsize

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.request import GenerationRequest
@@ -22,6 +23,19 @@ from .parameters import ModelInfo, infotexts
 from .previews import Previews
 from .request import Requests
 from .spec import JobSpec
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One generation of a job: the whole job, or one run of its script (``scripts.ScriptRun``). ``save`` /
+    ``save_grid``: None follows the settings."""
+    request: GenerationRequest
+    checkpoint: str | None
+    vae: str | None
+    styles: tuple | list
+    save: bool | None
+    save_grid: bool | None
+    label: str = ""
 
 
 class LocalExecutor:
@@ -39,26 +53,26 @@ class LocalExecutor:
         if spec.kind == "unload":
             self.models.unload()
             return None
+        args = self.requests.extension_script_args(spec.extension_args)     # parsed once per job
         if spec.script is not None:
-            return self._script(spec, job)
-        return self.generate(spec, spec.request, job, spec.checkpoint, spec.vae, spec.styles, spec.save,
-                             spec.save_grid)
+            return self._script(spec, job, args)
+        return self.generate(spec.kind, _Run(spec.request, spec.checkpoint, spec.vae, spec.styles, spec.save,
+                                             spec.save_grid), job, args)
 
     # ---- one generation ---------------------------------------------------------------------------------
-    def generate(self, spec: JobSpec, request: GenerationRequest, job, checkpoint: str | None, vae: str | None,
-                 styles, save: bool | None, save_grid: bool | None, label: str = "") -> GenerationOutput:
+    def generate(self, kind: str, run: _Run, job, extension_args: dict) -> GenerationOutput:
         from ..engine.job_hooks import JobHooks
 
-        if checkpoint is not None or vae is not None:
-            name = checkpoint if checkpoint is not None else self.models.name
+        if run.checkpoint is not None or run.vae is not None:
+            name = run.checkpoint if run.checkpoint is not None else self.models.name
             if name is None:
                 raise RuntimeError("no checkpoint is loaded")
-            self.models.ensure(name, vae if vae is not None else self.models.loaded[2] or self.options["sd_vae"])
+            vae = run.vae if run.vae is not None else self.models.loaded[2] or self.options["sd_vae"]
+            self.models.ensure(name, vae)
         engine = self.models.require()
-        request = self._engine_request(request, styles)
-        args = self.requests.extension_script_args(spec.extension_args)
-        hooks = self.extensions.job_hooks(args) if self.extensions is not None else JobHooks()
-        result = engine.generate(request, progress=self._progress(job, label), control=job.control, hooks=hooks)
+        request = self._engine_request(run.request, run.styles)
+        hooks = self.extensions.job_hooks(extension_args) if self.extensions is not None else JobHooks()
+        result = engine.generate(request, progress=self._progress(job, run.label), control=job.control, hooks=hooks)
         before_save = None if self.extensions is None else (
             lambda image, params: self.extensions.before_image_saved(image, params, result.warnings))
         refiner = self._info(request.refiner_checkpoint) if result.refiner_switched else None
@@ -68,8 +82,8 @@ class LocalExecutor:
             self.log(f"warning: {warning}")
         output = GenerationOutput([r.replace(infotext=t) for r, t in zip(result.images, texts)], result.interrupted,
                                   self.models.name, list(result.warnings), model_info=self.models.info)
-        if self.options["samples_save"] if save is None else save:
-            self._save(output, spec.kind, save_grid)
+        if self.options["samples_save"] if run.save is None else run.save:
+            self._save(output, kind, run.save_grid)
         return output
 
     def _engine_request(self, request: GenerationRequest, styles) -> GenerationRequest:
@@ -101,15 +115,16 @@ class LocalExecutor:
                                                           extension=ext))
 
     # ---- a script: several generations in one job ---------------------------------------------------------
-    def _script(self, spec: JobSpec, job) -> GenerationOutput:
+    def _script(self, spec: JobSpec, job, extension_args: dict) -> GenerationOutput:
         script, options = self.requests.script(spec)
 
         def runner(run) -> GenerationOutput:
             checkpoint = run.checkpoint or spec.checkpoint
             request = self.requests.resolved(run.request, checkpoint, spec.limits)
-            return self.generate(spec, request, job, checkpoint, run.vae if run.vae is not None else spec.vae,
-                                 run.styles, False if run.save_samples is False else spec.save,
-                                 spec.save_grid if run.save_grid else False, label=run.label)
+            return self.generate(spec.kind, _Run(request, checkpoint, run.vae if run.vae is not None else spec.vae,
+                                                 run.styles, False if run.save_samples is False else spec.save,
+                                                 spec.save_grid if run.save_grid else False, run.label),
+                                 job, extension_args)
         result = script.run(spec.request, options, runner, styles=list(spec.styles),
                             stop=lambda: job.control.interrupted)
         out = GenerationOutput(list(result.images), result.interrupted, self.models.name, result.warnings,

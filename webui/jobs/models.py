@@ -41,7 +41,8 @@ class Models:
                  model_loaded: Callable | None = None, taesd_required: bool = False):
         self.catalog, self.options, self.log = catalog, options, log
         self.engine_args = dict(engine_args or {})
-        self.vae_decode, self.vae_approx_dir = vae_decode, vae_approx_dir or catalog.paths.root / "models" / "vae_approx"
+        self.vae_decode = vae_decode
+        self.vae_approx_dir = vae_approx_dir or catalog.paths.root / "models" / "vae_approx"
         self.model_loaded, self.taesd_required = model_loaded, taesd_required
         self.status = ModelStatus()
         self.engine = None

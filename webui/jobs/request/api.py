@@ -126,7 +126,8 @@ def _hires_fields(body: Txt2ImgRequest) -> dict:
         hr_second_pass_steps=body.hr_second_pass_steps, hr_resize_x=body.hr_resize_x, hr_resize_y=body.hr_resize_y,
         hr_sampler_name=None if body.hr_sampler_name in (None, "", SAME["hr_sampler_name"]) else body.hr_sampler_name,
         hr_scheduler=None if body.hr_scheduler in (None, "", SAME["hr_scheduler"]) else body.hr_scheduler,
-        hr_prompt=body.hr_prompt, hr_negative_prompt=body.hr_negative_prompt, hr_checkpoint_name=body.hr_checkpoint_name,
+        hr_prompt=body.hr_prompt, hr_negative_prompt=body.hr_negative_prompt,
+        hr_checkpoint_name=body.hr_checkpoint_name,
         denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)
 
 
@@ -141,7 +142,8 @@ def _img2img_fields(body: Txt2ImgRequest, limits: Limits, img2img: bool) -> dict
         denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength,
         resize_mode=body.resize_mode, mask_blur=body.mask_blur if body.mask_blur is not None else body.mask_blur_x,
         inpainting_fill=body.inpainting_fill, inpaint_full_res=bool(body.inpaint_full_res),
-        inpaint_full_res_padding=body.inpaint_full_res_padding, inpainting_mask_invert=bool(body.inpainting_mask_invert),
+        inpaint_full_res_padding=body.inpaint_full_res_padding,
+        inpainting_mask_invert=bool(body.inpainting_mask_invert),
         initial_noise_multiplier=1.0 if body.initial_noise_multiplier is None else body.initial_noise_multiplier)
     if body.mask:
         fields["mask"] = decode_image(body.mask, "mask", limits)
