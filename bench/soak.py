@@ -198,11 +198,11 @@ def write_tiny_controlnet(path: Path, seed: int = 5) -> Path:
 
 def prepare_data_dir(data: Path) -> dict[str, Path]:
     """Two tiny checkpoints, a LoRA and a ControlNet where the server looks for them under ``data``."""
-    from tests.tiny_models import write_tiny_checkpoint
+    from tests.tiny import tiny_checkpoint
     ckpts, loras, controlnets = (data / "models" / name for name in ("checkpoints", "lora", "controlnet"))
     for folder in (ckpts, loras, controlnets):
         folder.mkdir(parents=True, exist_ok=True)
-    files = {name: write_tiny_checkpoint(ckpts / name, seed=i) for i, name in enumerate(CHECKPOINTS)}
+    files = {name: tiny_checkpoint(ckpts / name, seed=i) for i, name in enumerate(CHECKPOINTS)}
     files[LORA] = write_tiny_lora(loras / f"{LORA}.safetensors", files[CHECKPOINTS[0]])
     files[CONTROLNET] = write_tiny_controlnet(controlnets / f"{CONTROLNET}.safetensors")
     return files

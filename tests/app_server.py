@@ -1,4 +1,7 @@
-"""Run ``python app.py`` (the web UI / API server) as a user would, on a free port, for a test."""
+"""Run ``python app.py`` (the web UI / API server) as a user would, on a free port, for a test.
+
+``run_app`` starts and stops the process; ``serve`` (behind the ``app_server`` fixture of ``conftest.py``) adds
+the data folder, a ``requests.Session`` (with the API login, if any) and the wait for the model."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +71,58 @@ def wait_for_model(app: RunningApp, session=None, timeout: float = 180) -> None:
             pytest.fail(f"the model was not loaded {timeout:g} s after the server started (server exit code: "
                         f"{app.proc.poll()}); server log:\n{app.log.read_text()}")
         time.sleep(0.2)
+
+
+@dataclass
+class AppServer:
+    """A started ``python app.py``: what the tests use of it. ``server["name"]`` reads an attribute or one of
+    the ``extra`` values the module gave ``serve``."""
+    app: RunningApp
+    data: Path
+    session: object                 # a requests.Session, logged in to the API when ``serve`` had ``auth``
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return self.app.base
+
+    @property
+    def url(self) -> str:
+        return self.app.base + "/"
+
+    @property
+    def port(self) -> int:
+        return self.app.port
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.app.proc
+
+    @property
+    def log(self) -> Path:
+        return self.app.log
+
+    def __getitem__(self, name: str):
+        if name in self.extra:
+            return self.extra[name]
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+
+@contextlib.contextmanager
+def serve(*flags, data: Path, auth: tuple[str, str] | None = None, wait_model: float | None = None,
+          **extra):
+    """``python app.py *flags --data-dir data`` (its log in ``data/server.log``), with a ``requests.Session``
+    (basic ``auth`` for ``--api-auth``); ``wait_model``: seconds to wait for the model to load (``wait_for_model``
+    through that session), None not to wait. ``extra``: values the tests read as ``server[name]``."""
+    import requests
+
+    with run_app(*flags, "--data-dir", data, log_dir=data) as app:
+        session = requests.Session()
+        if auth is not None:
+            session.auth = auth
+        if wait_model is not None:
+            wait_for_model(app, session, wait_model)
+        yield AppServer(app, data, session, extra)

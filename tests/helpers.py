@@ -22,3 +22,13 @@ class WorkSpec(JobSpec):
 
 def run_work(spec: WorkSpec, job):
     return spec.work(job)
+
+
+def make_engine(path, precision: str = "full", **options):
+    """A CPU ``Engine`` (``precision``: "full" = fp32; ``options``: the engine's keywords) with ``path`` loaded;
+    the ``make_engine`` fixture of ``conftest.py``."""
+    from webui.engine.residency import Engine
+
+    engine = Engine("cpu", precision, **options)
+    engine.load(path)
+    return engine

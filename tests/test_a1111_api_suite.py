@@ -10,8 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.app_server import run_app, wait_for_model
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 
 
 def _b64(image: Image.Image) -> str:
@@ -59,13 +58,11 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, app_server):
     data = tmp_path_factory.mktemp("a1111-suite")
     (data / "models" / "checkpoints").mkdir(parents=True)
-    ckpt = write_tiny_checkpoint(data / "models" / "checkpoints" / "tiny.safetensors")
-    with run_app("--nowebui", "--data-dir", data, "--ckpt", ckpt, log_dir=data) as app:
-        wait_for_model(app, timeout=120)      # the model loads in the background
-        yield app.base
+    ckpt = tiny_checkpoint(data / "models" / "checkpoints" / "tiny.safetensors")
+    return app_server("--nowebui", "--ckpt", ckpt, data=data, wait_model=120).base  # the model loads in the background
 
 
 @pytest.mark.parametrize("kind, name, changes, count", CASES, ids=[f"{k}-{n}" for k, n, _, _ in CASES])

@@ -22,8 +22,8 @@ from PIL import Image
 import safetensors.torch
 import torch
 
-from tests.app_server import run_app, wait_for_model
-from tests.tiny_models import write_tiny_checkpoint
+from tests.app_server import run_app
+from tests.tiny import tiny_checkpoint
 from webui.demo import dataset as ds
 from webui.engine.files import read_state_dict
 from webui.jobs import infotext
@@ -41,11 +41,11 @@ def webuiapi():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, app_server):
     data = tmp_path_factory.mktemp("api")
     ckpts = data / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
-    write_tiny_checkpoint(ckpts / "tiny.safetensors")
+    tiny_checkpoint(ckpts / "tiny.safetensors")
     (data / "secret.txt").write_text("outside the model folders")
     (data / "styles.csv").write_text('name,prompt,negative_prompt\nTop left,"{prompt}, top left",blurry\n')
     embeddings = data / "models" / "embeddings"
@@ -54,12 +54,9 @@ def server(tmp_path_factory):
         "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"].shape[1]
     safetensors.torch.save_file({"emb_params": torch.randn(2, width)}, str(embeddings / "demo-emb.safetensors"))
     torch.save({"string_to_param": {"*": torch.randn(1, width + 8)}}, embeddings / "wide-emb.pt")
-    with run_app("--nowebui", "--api-auth", f"{USER}:{PASSWORD}", "--data-dir", data, "--ckpt", DEMO_CHECKPOINT,
-                 log_dir=data) as app:
-        session = requests.Session()
-        session.auth = (USER, PASSWORD)
-        wait_for_model(app, session, MODEL_LOAD_TIMEOUT_S)   # the model loads in the background
-        yield {"base": app.base, "port": app.port, "data": data, "session": session, "proc": app.proc}
+    # the model loads in the background: wait for it through the logged-in session
+    return app_server("--nowebui", "--api-auth", f"{USER}:{PASSWORD}", "--ckpt", DEMO_CHECKPOINT, data=data,
+                      auth=(USER, PASSWORD), wait_model=MODEL_LOAD_TIMEOUT_S)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from fastapi import HTTPException
 from PIL import Image
 
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.api import schemas
 from webui.api.routes import Api
 from webui.jobs.backend import Backend
@@ -121,7 +121,7 @@ IMG2IMG_FIELDS = {
 def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("fields")
     (root / "models" / "checkpoints").mkdir(parents=True)
-    write_tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
+    tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
     backend = Backend(Paths(root=root), Options(), device="cpu", persist=False)
     return Api(backend)
 

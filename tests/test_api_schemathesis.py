@@ -42,7 +42,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from tests.tiny_models import write_tiny_checkpoint  # noqa: E402
+from tests.tiny import tiny_checkpoint  # noqa: E402
 
 # fuzzed cases per operation at most (operations without parameters need far fewer), and per generation / image
 # route in each of the two tests (about 10 ms a case with tiny sizes); WEBUI_FUZZ_EXAMPLES=N for a longer hunt
@@ -111,7 +111,7 @@ heavy_schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=_conf
 def served():
     """The tiny checkpoint loaded and the queue running."""
     (DATA / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    write_tiny_checkpoint(DATA / "models" / "checkpoints" / "tiny.safetensors")
+    tiny_checkpoint(DATA / "models" / "checkpoints" / "tiny.safetensors")
     BACKEND.start("tiny.safetensors").wait()
     yield APP
     BACKEND.stop()

@@ -9,27 +9,21 @@ import io
 import json
 
 import pytest
-import requests
 from PIL import Image
 
-from tests.app_server import run_app, wait_for_model
-from tests.tiny_families import write_family_checkpoint
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.jobs import infotext
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, app_server):
     data = tmp_path_factory.mktemp("api-sdxl")
     ckpts = data / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
-    base = write_family_checkpoint(ckpts / "xl-base.safetensors", "sdxl")
-    write_family_checkpoint(ckpts / "xl-refiner.safetensors", "sdxl-refiner")
-    write_tiny_checkpoint(ckpts / "sd1.safetensors")
-    with run_app("--nowebui", "--data-dir", data, "--ckpt", base, log_dir=data) as app:
-        session = requests.Session()
-        wait_for_model(app, session, 120)   # the model loads in the background
-        yield {"base": app.base, "session": session, "log": app.log}
+    base = tiny_checkpoint(ckpts / "xl-base.safetensors", "sdxl")
+    tiny_checkpoint(ckpts / "xl-refiner.safetensors", "sdxl-refiner")
+    tiny_checkpoint(ckpts / "sd1.safetensors")
+    return app_server("--nowebui", "--ckpt", base, data=data, wait_model=120)   # the model loads in the background
 
 
 def _post(server, body):

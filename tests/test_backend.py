@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from tests.helpers import submit
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine.families import NATIVE_SIZE_KEY
 from webui.engine.request import GenerationRequest
 from webui.jobs import infotext, saving
@@ -22,8 +22,8 @@ def backend(tmp_path_factory):
     root = tmp_path_factory.mktemp("backend")
     ckpts = root / "models" / "checkpoints"
     (ckpts / "sub").mkdir(parents=True)
-    write_tiny_checkpoint(ckpts / "tiny-a.safetensors", metadata={NATIVE_SIZE_KEY: "96"})
-    write_tiny_checkpoint(ckpts / "sub" / "tiny-b.safetensors", seed=1)
+    tiny_checkpoint(ckpts / "tiny-a.safetensors", metadata={NATIVE_SIZE_KEY: "96"})
+    tiny_checkpoint(ckpts / "sub" / "tiny-b.safetensors", seed=1)
     (ckpts / "broken.safetensors").write_bytes(b"not a checkpoint")
     (root / "outside.safetensors").write_bytes(b"x")
     options = Options(root / "config.json")

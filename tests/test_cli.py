@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.tiny_models import write_tiny_checkpoint, write_vae_file
+from tests.tiny import tiny_checkpoint
+from tests.tiny_models import write_vae_file
 from webui.jobs.infotext import parse_typed
 from webui.jobs.saving import read_infotext
 
@@ -65,8 +66,8 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     ckpt_dir = root / "checkpoints"
     ckpt_dir.mkdir()
-    return {"root": root, "ckpt": write_tiny_checkpoint(root / "tiny-model.safetensors"),
-            "other": write_tiny_checkpoint(root / "other.safetensors", seed=3), "ckpt_dir": ckpt_dir}
+    return {"root": root, "ckpt": tiny_checkpoint(root / "tiny-model.safetensors"),
+            "other": tiny_checkpoint(root / "other.safetensors", seed=3), "ckpt_dir": ckpt_dir}
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +282,7 @@ def test_default_checkpoint_prefers_the_users_own_files(tmp_path):
 
 
 def test_size_defaults_to_the_models_native_size(tmp_path):
-    ckpt = write_tiny_checkpoint(tmp_path / "native.safetensors", metadata={"webui.native_size": "80"})
+    ckpt = tiny_checkpoint(tmp_path / "native.safetensors", metadata={"webui.native_size": "80"})
     out = tmp_path / "out.png"
     ok(app("txt2img", "--ckpt", ckpt, "-p", "x", "--steps", "2", "--data-dir", tmp_path, "-o", out))
     with Image.open(out) as img:
@@ -295,10 +296,10 @@ def test_size_defaults_to_the_models_native_size(tmp_path):
 # ------------------------------------------------------------------------------------- SDXL, refiner
 
 def test_sdxl_with_refiner_sizes_and_prediction(tmp_path):
-    from tests.tiny_families import write_family_checkpoint
+    from tests.tiny import tiny_checkpoint
 
-    base = write_family_checkpoint(tmp_path / "xl.safetensors", "sdxl")
-    refiner = write_family_checkpoint(tmp_path / "xl-refiner.safetensors", "sdxl-refiner")
+    base = tiny_checkpoint(tmp_path / "xl.safetensors", "sdxl")
+    refiner = tiny_checkpoint(tmp_path / "xl-refiner.safetensors", "sdxl-refiner")
     common = ("--ckpt", base, "--data-dir", tmp_path, "--prompt", "a cat", "--steps", "4", "--seed", "3", *SIZE,
               "--quiet")
     plain = ok(app("txt2img", *common, "-o", tmp_path / "plain.png"))
@@ -321,7 +322,7 @@ def test_sdxl_with_refiner_sizes_and_prediction(tmp_path):
 
 
 def files_sd1(folder: Path) -> Path:
-    return write_tiny_checkpoint(folder / "sd1.safetensors")
+    return tiny_checkpoint(folder / "sd1.safetensors")
 
 
 # ------------------------------------------------------------------------------ the server's door

@@ -17,10 +17,9 @@ from extensions.controlnet import cldm, units
 from tests.references import LDMShim
 from tests.test_controlnet_model import _diffusers_config, _randomize
 from tests.test_pipeline import NEGATIVE, PROMPT, Reference, _max_diff
-from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
+from tests.tiny_models import diffusers_config_dir
 from webui.engine.cond import Cond
 from webui.engine.patches import CallInfo
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
@@ -39,9 +38,9 @@ def _hint_image() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, make_engine, tiny_ckpt):
     root = tmp_path_factory.mktemp("cn")
-    ckpt = write_tiny_checkpoint(root / "tiny.safetensors")
+    ckpt = tiny_ckpt
     folder = root / "models" / "controlnet"
     folder.mkdir(parents=True)
     from tests.tiny_models import unet_config
@@ -54,8 +53,7 @@ def setup(tmp_path_factory):
     manager = ExtensionManager(PROJECT_ROOT / "extensions", Paths(root=root), options, lambda m: None)
     manager.load()
     assert manager.extensions["controlnet"].state == "loaded", manager.extensions["controlnet"].errors
-    engine = Engine("cpu", "full")
-    engine.load(ckpt)
+    engine = make_engine(ckpt)
     return {"root": root, "ckpt": ckpt, "cn_file": cn_file, "manager": manager, "engine": engine,
             "config": diffusers_config_dir(root / "config"), "cn_config": _diffusers_config(root / "cn_config", unet_config())}
 

@@ -16,6 +16,7 @@ import torch
 
 from extensions.controlnet import cldm
 from tests import tiny_models
+from tests.tiny import tiny_checkpoint
 from webui.engine.files import CheckpointError
 from webui.engine.unet import UNetConfig
 
@@ -191,7 +192,7 @@ def test_fresh_network_starts_with_zero_residuals():
 
 
 def test_files_that_are_not_controlnets_are_refused(tmp_path):
-    checkpoint = tiny_models.write_tiny_checkpoint(tmp_path / "model.safetensors")
+    checkpoint = tiny_checkpoint(tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError) as error:
         cldm.load_controlnet(checkpoint)
     message = str(error.value)

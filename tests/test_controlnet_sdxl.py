@@ -21,6 +21,7 @@ from extensions.controlnet import cldm
 from tests import tiny_families as tf
 from tests import tiny_models
 from tests.references import k_diffusion
+from tests.tiny import tiny_checkpoint
 from tests.test_controlnet_model import _randomize
 from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
@@ -258,10 +259,10 @@ def _b64(img: np.ndarray) -> str:
 
 
 @pytest.fixture(scope="module")
-def setup(root):
+def setup(root, make_engine):
     """An SDXL engine, the extension over a models/controlnet folder holding a tiny SDXL ControlNet
     (diffusers format, as the SDXL ControlNets are released) and an SD1-shaped one (original format)."""
-    ckpt = tf.write_family_checkpoint(root / "sdxl.safetensors", "sdxl")
+    ckpt = tiny_checkpoint(root / "sdxl.safetensors", "sdxl")
     folder = root / "models" / "controlnet"
     folder.mkdir(parents=True)
     controlnet = _diffusers_controlnet(XL, seed=5)
@@ -275,8 +276,7 @@ def setup(root):
                                lambda m: None)
     manager.load()
     assert manager.extensions["controlnet"].state == "loaded", manager.extensions["controlnet"].errors
-    engine = Engine("cpu", "full")
-    engine.load(ckpt)
+    engine = make_engine(ckpt)
     assert engine.model.family.name == "sdxl"
     return {"ckpt": ckpt, "controlnet": controlnet, "manager": manager, "engine": engine,
             "config": tf.family_diffusers_config_dir(root, "sdxl")}
@@ -373,7 +373,7 @@ def test_sd1_controlnet_on_sdxl_model_is_refused_by_name(setup):
 
 def test_sdxl_controlnet_on_sd1_model_is_refused_by_name(setup, root):
     engine = Engine("cpu", "full")
-    engine.load(tiny_models.write_tiny_checkpoint(root / "sd1.safetensors"))
+    engine.load(tiny_checkpoint(root / "sd1.safetensors"))
     result = _generate(engine, setup["manager"], "control_tiny_xl", steps=1)
     assert len(result.warnings) == 1, result.warnings
     message = result.warnings[0]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from webui.demo import dataset as ds
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
@@ -21,13 +20,12 @@ CORNERS = ("top left", "top right", "bottom left", "bottom right", "center")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, make_engine):
     root = tmp_path_factory.mktemp("addons")
     manager = ExtensionManager(PROJECT_ROOT / "extensions", Paths(root=root), Options(root / "config.json"),
                                lambda m: None)
     manager.load()
-    engine = Engine("cpu", "full")
-    engine.load(DEMO_CHECKPOINT)
+    engine = make_engine(DEMO_CHECKPOINT)
     return engine, manager
 
 

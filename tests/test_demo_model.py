@@ -20,7 +20,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from webui.demo import dataset as ds
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.engine.sampling.registry import SAMPLERS
 from webui.paths import DEMO_CHECKPOINT
@@ -42,11 +41,10 @@ DETERMINISTIC = [s.name for s in SAMPLERS if s.deterministic and s.name != "PLMS
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(make_engine):
     assert DEMO_CHECKPOINT.is_file(), f"the shipped demo model {DEMO_CHECKPOINT} is missing"
-    engine = Engine("cpu", "full")
-    model = engine.load(DEMO_CHECKPOINT)
-    assert model.native_size == SIZE
+    engine = make_engine(DEMO_CHECKPOINT)
+    assert engine.model.native_size == SIZE
     return engine
 
 

@@ -10,7 +10,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.tiny_models import write_tiny_checkpoint, write_vae_file
+from tests.tiny import tiny_checkpoint
+from tests.tiny_models import write_vae_file
 from webui.engine import images as im
 from webui.engine.control import JobControl
 from webui.engine.files import CheckpointError
@@ -37,18 +38,10 @@ def max_diff(a, b) -> int:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_ckpt):
+    """``fp32``: the checkpoint the shared ``engine`` fixture (conftest.py) has loaded."""
     root = tmp_path_factory.mktemp("engine")
-    return {"root": root,
-            "fp32": write_tiny_checkpoint(root / "tiny.safetensors"),
-            "other": write_tiny_checkpoint(root / "other.safetensors", seed=7)}
-
-
-@pytest.fixture(scope="module")
-def engine(files):
-    eng = Engine("cpu", "full")
-    eng.load(files["fp32"])
-    return eng
+    return {"root": root, "fp32": tiny_ckpt, "other": tiny_checkpoint(root / "other.safetensors", seed=7)}
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +140,7 @@ def reference(engine):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision_files_load_into_fp32_engine(files, scratch, reference, dtype):
-    path = write_tiny_checkpoint(files["root"] / f"tiny-{str(dtype)[6:]}.safetensors", dtype=dtype)
+    path = tiny_checkpoint(files["root"] / f"tiny-{str(dtype)[6:]}.safetensors", dtype=dtype)
     scratch.load(path)
     unet_dtypes = {p.dtype for p in scratch.model.unet.parameters()}
     assert unet_dtypes == {torch.float32}
@@ -159,13 +152,13 @@ def test_half_precision_files_load_into_fp32_engine(files, scratch, reference, d
 
 
 def test_ckpt_pickle_gives_the_same_image_as_safetensors(files, scratch, reference):
-    path = write_tiny_checkpoint(files["root"] / "tiny.ckpt")
+    path = tiny_checkpoint(files["root"] / "tiny.ckpt")
     scratch.load(path)
     assert max_diff(scratch.generate(request()).images[0].image, reference) == 0
 
 
 def test_full_checkpoint_with_ema_uses_the_normal_weights(files, engine, scratch, reference):
-    path = write_tiny_checkpoint(files["root"] / "tiny-full.safetensors", ema=True)
+    path = tiny_checkpoint(files["root"] / "tiny-full.safetensors", ema=True)
     assert any(k.startswith("model_ema.") for k in safetensors.torch.load_file(str(path)))
     scratch.load(path)
     assert max_diff(scratch.generate(request()).images[0].image, reference) == 0
@@ -194,8 +187,8 @@ def _rss_mb() -> float:
 
 
 def test_switching_checkpoints_does_not_grow_memory(tmp_path):
-    a = write_tiny_checkpoint(tmp_path / "big-a.safetensors", model_channels=160)
-    b = write_tiny_checkpoint(tmp_path / "big-b.safetensors", model_channels=160, seed=1)
+    a = tiny_checkpoint(tmp_path / "big-a.safetensors", model_channels=160)
+    b = tiny_checkpoint(tmp_path / "big-b.safetensors", model_channels=160, seed=1)
     assert a.stat().st_size > 90e6
     eng = Engine("cpu", "full")
     levels = []

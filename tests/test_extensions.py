@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.patches import JobPatches, ModelPatcher, WeightPatch
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.engine.unet import UNetExtras
 from webui.hooks.registry import ExtensionManager
@@ -31,13 +29,6 @@ def write_extension(root: Path, name: str, body: str, manifest: str | None = Non
     (folder / "extension.toml").write_text(manifest if manifest is not None else f'name = "{name}"\nversion = "0.1"\n')
     (folder / "__init__.py").write_text(textwrap.dedent(body))
     return folder
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    eng = Engine("cpu", "full")
-    eng.load(write_tiny_checkpoint(tmp_path_factory.mktemp("ext") / "tiny.safetensors"))
-    return eng
 
 
 def request(**fields) -> GenerationRequest:
@@ -226,10 +217,7 @@ def test_hooks_see_each_call_and_step(engine):
 # ---------------------------------------------------------------------- through the server: API and browser
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import requests
-
-    from tests.app_server import run_app, wait_for_model
+def server(tmp_path_factory, app_server):
     from webui.paths import DEMO_CHECKPOINT
 
     data = tmp_path_factory.mktemp("ext_server")
@@ -242,12 +230,9 @@ def server(tmp_path_factory):
             hooks.on_job(lambda ctx, args: 1 / 0)
             hooks.route("/boom", lambda: 1 / 0)
     """)
-    with run_app("--api", "--api-auth", "u:p", "--data-dir", data, "--extensions-dir", root, "--ckpt", DEMO_CHECKPOINT,
-                 log_dir=data) as app:
-        session = requests.Session()
-        session.auth = ("u", "p")
-        wait_for_model(app, session, 180)          # against a hang: the demo model loads in seconds
-        yield {"base": app.base, "session": session, "log": app.log, "url": app.base + "/"}
+    # wait_model: against a hang, the demo model loads in seconds
+    return app_server("--api", "--api-auth", "u:p", "--extensions-dir", root, "--ckpt", DEMO_CHECKPOINT, data=data,
+                      auth=("u", "p"), wait_model=180)
 
 
 def test_extensions_over_the_api(server):

@@ -18,7 +18,9 @@ import torch
 from PIL import Image, ImageOps
 
 from tests import tiny_families as tf
+from tests.helpers import make_engine
 from tests.references import k_diffusion
+from tests.tiny import tiny_checkpoint
 from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 
@@ -287,20 +289,18 @@ class Files:
 
     def __init__(self, root):
         self.root = root
-        self._paths, self._engines, self._pipes, self._refs = {}, {}, {}, {}
+        self._paths, self._loaded, self._pipes, self._refs = {}, {}, {}, {}
 
     def path(self, name):
         if name not in self._paths:
             family, kwargs, _ = CASES[name]
-            self._paths[name] = tf.write_family_checkpoint(self.root / f"{name}.safetensors", family, **kwargs)
+            self._paths[name] = tiny_checkpoint(self.root / f"{name}.safetensors", family, **kwargs)
         return self._paths[name]
 
     def engine(self, name) -> Engine:
-        if name not in self._engines:
-            eng = Engine("cpu", "full")
-            eng.load(self.path(name))
-            self._engines[name] = eng
-        return self._engines[name]
+        if name not in self._loaded:
+            self._loaded[name] = make_engine(self.path(name))
+        return self._loaded[name]
 
     def pipe(self, name):
         if name not in self._pipes:

@@ -12,8 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.tiny_families import write_family_checkpoint
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine import detection, families
 from webui.engine.checkpoint import load_checkpoint
 from webui.engine.files import CheckpointError
@@ -39,10 +38,10 @@ def _write(folder, name):
     if path.exists():
         return path
     if name.startswith("sd1"):
-        return write_tiny_checkpoint(path, inpaint=name.endswith("inpaint"))
+        return tiny_checkpoint(path, inpaint=name.endswith("inpaint"))
     family = {"sd2-512": "sd2", "sd2-768-v": "sd2", "sdxl-vpred": "sdxl"}.get(name, name.removesuffix("-inpaint"))
-    return write_family_checkpoint(path, family, inpaint=name.endswith("inpaint"), v_like=name == "sd2-768-v",
-                                   v_pred=name == "sdxl-vpred")
+    return tiny_checkpoint(path, family, inpaint=name.endswith("inpaint"), v_like=name == "sd2-768-v",
+                           v_pred=name == "sdxl-vpred")
 
 
 @pytest.fixture(scope="module")

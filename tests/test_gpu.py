@@ -10,7 +10,7 @@ import torch
 
 from tests.test_memory import pixels
 from tests.test_memory import request as memory_request
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine.job_hooks import JobHooks
 from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
@@ -30,7 +30,7 @@ def max_diff(a, b) -> int:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("gpu") / "tiny.safetensors", model_channels=64)
+    return tiny_checkpoint(tmp_path_factory.mktemp("gpu") / "tiny.safetensors", model_channels=64)
 
 
 @pytest.fixture(scope="module")

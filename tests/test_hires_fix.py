@@ -13,18 +13,10 @@ from PIL import Image
 
 from tests.test_pipeline import NEGATIVE, PROMPT, _max_diff, files, reference  # noqa: F401
 from webui.engine import upscale
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.engine.prompts.schedule import schedule
 from webui.jobs import infotext
 from webui.jobs.parameters import ModelInfo, infotexts
-
-
-@pytest.fixture(scope="module")
-def engine(files):  # noqa: F811
-    eng = Engine("cpu", "full")
-    eng.load(files["ckpt"])
-    return eng
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from tests.references import LDMShim, k_diffusion
-from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
-from webui.engine.residency import Engine
+from tests.tiny import tiny_checkpoint
+from tests.tiny_models import diffusers_config_dir
 from webui.engine.request import GenerationRequest
 from webui.jobs.parameters import extra_params
 
@@ -317,24 +317,17 @@ class Reference:
 # ------------------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_ckpt):
+    """``ckpt``: the checkpoint the shared ``engine`` fixture (conftest.py) has loaded."""
     root = tmp_path_factory.mktemp("img2img")
-    return {"ckpt": write_tiny_checkpoint(root / "tiny.safetensors"),
-            "inpaint": write_tiny_checkpoint(root / "tiny-inpainting.safetensors", inpaint=True),
+    return {"ckpt": tiny_ckpt,
+            "inpaint": tiny_checkpoint(root / "tiny-inpainting.safetensors", inpaint=True),
             "config": diffusers_config_dir(root), "config_inpaint": diffusers_config_dir(root, inpaint=True)}
 
 
 @pytest.fixture(scope="module")
-def engine(files):
-    eng = Engine("cpu", "full")
-    eng.load(files["ckpt"])
-    return eng
-
-
-@pytest.fixture(scope="module")
-def inpaint_engine(files):
-    eng = Engine("cpu", "full")
-    eng.load(files["inpaint"])
+def inpaint_engine(files, make_engine):
+    eng = make_engine(files["inpaint"])
     assert eng.is_inpainting_model
     return eng
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine.request import GenerationRequest
 from webui.engine.upscale import upscale_by
 from webui.engine.result import ImageRecord
@@ -99,7 +99,7 @@ def api(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("img2img-scripts")
     (root / "models" / "checkpoints").mkdir(parents=True)
-    write_tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
+    tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
     backend = Backend(Paths(root=root), Options(), device="cpu", log=lambda m: None)
     backend.start("tiny.safetensors").wait()
     app = FastAPI()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine.request import GenerationRequest
 from webui.jobs.backend import Backend
 from webui.jobs.output import GenerationOutput
@@ -23,7 +23,7 @@ from webui.paths import Paths
 def backend(tmp_path_factory):
     root = tmp_path_factory.mktemp("values")
     (root / "models" / "checkpoints").mkdir(parents=True)
-    write_tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
+    tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
     b = Backend(Paths(root=root), Options(), device="cpu", precision="full", persist=False, log=lambda m: None)
     assert b.start("tiny.safetensors").wait(120)
     yield b

@@ -9,8 +9,7 @@ import torch
 
 from tests.references import LDMShim, k_diffusion
 from tests.test_pipeline import H, NEGATIVE, PROMPT, W, _init_image, _max_diff
-from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
-from webui.engine.residency import Engine
+from tests.tiny_models import diffusers_config_dir
 from webui.engine.request import GenerationRequest
 from webui.engine.sampling import registry
 
@@ -60,16 +59,15 @@ def a1111_lcm_denoiser(shim):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, make_engine, tiny_ckpt):
     from diffusers import StableDiffusionPipeline
 
     root = tmp_path_factory.mktemp("lcm")
-    path = write_tiny_checkpoint(root / "tiny.safetensors")
+    path = tiny_ckpt
     pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(diffusers_config_dir(root)),
                                                     local_files_only=True, safety_checker=None,
                                                     requires_safety_checker=False)
-    engine = Engine("cpu", "full")
-    engine.load(path)
+    engine = make_engine(path)
     return engine, pipe, a1111_lcm_denoiser(LDMShim(pipe))
 
 

@@ -14,9 +14,7 @@ import safetensors.torch
 import torch
 
 from extensions.lora import formats, weight_patches
-from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.patches import JobPatches, ModelPatcher
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
@@ -69,10 +67,9 @@ def peft(gen, model) -> dict:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, make_engine, tiny_ckpt):
     root = tmp_path_factory.mktemp("lora")
-    engine = Engine("cpu", "full")
-    engine.load(write_tiny_checkpoint(root / "tiny.safetensors"))
+    engine = make_engine(tiny_ckpt)
     folder = root / "models" / "lora"
     folder.mkdir(parents=True)
     gen = torch.Generator().manual_seed(0)

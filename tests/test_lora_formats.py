@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from extensions.lora.formats import LoraFile, LoraModule, parse_lora, read_lora
-from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
+from tests.tiny_models import diffusers_config_dir
 from webui.engine.checkpoint import load_checkpoint
 from webui.engine.files import CheckpointError
 
@@ -42,13 +42,8 @@ TEXT_MODULES = {
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("lora") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def model(ckpt):
-    return load_checkpoint(ckpt)
+def model(tiny_ckpt):
+    return load_checkpoint(tiny_ckpt)
 
 
 def _weight(model, target: str, path: str) -> torch.Tensor:
@@ -396,7 +391,7 @@ def _parity_file(model, gen):
     return sd, cases
 
 
-def test_kohya_lora_matches_diffusers(tmp_path, ckpt):
+def test_kohya_lora_matches_diffusers(tmp_path, tiny_ckpt):
     """A kohya LoCon file (3x3 and 1x1 conv, attention and MLP Linear layers, text encoder; alpha/rank 1/2
     and 1/4) merged at multiplier 0.7 into our model vs diffusers' load_lora_weights + fuse_lora."""
     from diffusers import StableDiffusionPipeline
@@ -407,7 +402,7 @@ def test_kohya_lora_matches_diffusers(tmp_path, ckpt):
 
     multiplier, steps, seed = 0.7, 5, 4321
     engine = Engine("cpu", "full")
-    engine.load(ckpt)
+    engine.load(tiny_ckpt)
     sd, cases = _parity_file(engine.model, torch.Generator().manual_seed(7))
     lora_path = _save(tmp_path / "kohya.safetensors", sd)
 
@@ -423,7 +418,8 @@ def test_kohya_lora_matches_diffusers(tmp_path, ckpt):
             weight += multiplier * module.delta(weight).to(weight.dtype)
     ours = engine.generate(request).images[0].image
 
-    pipe = StableDiffusionPipeline.from_single_file(str(ckpt), config=str(diffusers_config_dir(tmp_path / "config")),
+    config = diffusers_config_dir(tmp_path / "config")
+    pipe = StableDiffusionPipeline.from_single_file(str(tiny_ckpt), config=str(config),
                                                     local_files_only=True, safety_checker=None,
                                                     requires_safety_checker=False)
     pipe.load_lora_weights(str(lora_path))

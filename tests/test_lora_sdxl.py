@@ -28,10 +28,10 @@ import torch
 from extensions.lora import formats
 from extensions.lora.formats import read_lora, trained_for
 from tests import tiny_families as tf
-from tests.tiny_models import CONTEXT_DIM as SD1_CONTEXT, write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
+from tests.tiny_models import CONTEXT_DIM as SD1_CONTEXT
 from webui.engine.checkpoint import load_checkpoint
 from webui.engine.diffusers_names import unet_module_names
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.hooks.registry import ExtensionManager
 from webui.options import Options
@@ -81,7 +81,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def xl_path(root):
-    return tf.write_family_checkpoint(root / "sdxl.safetensors", "sdxl")
+    return tiny_checkpoint(root / "sdxl.safetensors", "sdxl")
 
 
 @pytest.fixture(scope="module")
@@ -383,11 +383,10 @@ def te_mlp_only(seed=6):
 
 
 @pytest.fixture(scope="module")
-def env(root, xl_path, diffusers_name):
-    engine = Engine("cpu", "full")
-    model = engine.load(xl_path)
-    sd1_engine = Engine("cpu", "full")
-    sd1_engine.load(write_tiny_checkpoint(root / "sd1.safetensors"))
+def env(root, xl_path, diffusers_name, make_engine):
+    engine = make_engine(xl_path)
+    model = engine.model
+    sd1_engine = make_engine(tiny_checkpoint(root / "sd1.safetensors"))
     folder = root / "models" / "lora"
     folder.mkdir(parents=True)
     xl_meta = {"ss_base_model_version": "sdxl_base_v1-0", "ss_network_dim": str(RANK)}

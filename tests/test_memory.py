@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine import memory
 from webui.engine.layers import FP8, Conv2d, Linear
 from webui.engine.patches import WeightPatch
@@ -42,9 +42,9 @@ def same(a, b) -> bool:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory")
-    return {"a": write_tiny_checkpoint(root / "a.safetensors"),
-            "b": write_tiny_checkpoint(root / "b.safetensors", seed=4),
-            "c": write_tiny_checkpoint(root / "c.safetensors", seed=5)}
+    return {"a": tiny_checkpoint(root / "a.safetensors"),
+            "b": tiny_checkpoint(root / "b.safetensors", seed=4),
+            "c": tiny_checkpoint(root / "c.safetensors", seed=5)}
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.tiny_models import (VAE_PREFIX, diffusers_config_dir, ema_key, random_unet_state_dict,
-                               tiny_state_dict, write_tiny_checkpoint)
+from tests.tiny import tiny_checkpoint
+from tests.tiny_models import VAE_PREFIX, diffusers_config_dir, ema_key, random_unet_state_dict, tiny_state_dict
 from webui.engine import detection, families
 from webui.engine.checkpoint import load_checkpoint, load_vae
 from webui.engine.files import CheckpointError
@@ -29,20 +29,15 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny(root):
-    return write_tiny_checkpoint(root / "tiny.safetensors")
+def ours(tiny_ckpt):
+    return load_checkpoint(tiny_ckpt)
 
 
 @pytest.fixture(scope="module")
-def ours(tiny):
-    return load_checkpoint(tiny)
-
-
-@pytest.fixture(scope="module")
-def reference(root, tiny):
+def reference(root, tiny_ckpt):
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline.from_single_file(str(tiny), config=str(diffusers_config_dir(root)),
+    return StableDiffusionPipeline.from_single_file(str(tiny_ckpt), config=str(diffusers_config_dir(root)),
                                                     local_files_only=True, safety_checker=None,
                                                     requires_safety_checker=False)
 
@@ -118,7 +113,7 @@ def test_loaded_model_is_inference_ready(ours):
 # --------------------------------------------------------------------------------- file variants
 
 def test_fp16_file(root, ours):
-    path = write_tiny_checkpoint(root / "tiny-fp16.safetensors", dtype=torch.float16)
+    path = tiny_checkpoint(root / "tiny-fp16.safetensors", dtype=torch.float16)
     model = load_checkpoint(path)  # upcast to float32
     for mine, full in ((model.unet, ours.unet), (model.vae, ours.vae), (model.text_model, ours.text_model)):
         expected = _params(full)
@@ -136,7 +131,7 @@ def test_fp16_file(root, ours):
 
 
 def test_ema_keys_are_ignored(root, ours):
-    path = write_tiny_checkpoint(root / "tiny-ema.safetensors", ema=True)
+    path = tiny_checkpoint(root / "tiny-ema.safetensors", ema=True)
     raw = safetensors.torch.load_file(str(path))
     key = "model.diffusion_model.input_blocks.0.0.weight"
     assert ema_key(key) == "model_ema.diffusion_modelinput_blocks00weight" and ema_key(key) in raw
@@ -150,7 +145,7 @@ def test_ema_keys_are_ignored(root, ours):
 def test_inpainting_file_matches_diffusers(root):
     from diffusers import UNet2DConditionModel
 
-    path = write_tiny_checkpoint(root / "tiny-inpainting.safetensors", inpaint=True)
+    path = tiny_checkpoint(root / "tiny-inpainting.safetensors", inpaint=True)
     model = load_checkpoint(path)
     assert model.family.name == "sd1-inpaint" and model.family.unet_in_channels == 9
     assert model.unet.config.in_channels == 9
@@ -163,7 +158,7 @@ def test_inpainting_file_matches_diffusers(root):
 
 
 def test_ckpt_equals_safetensors(root, ours):
-    path = write_tiny_checkpoint(root / "tiny.ckpt", fmt="ckpt", ema=True)
+    path = tiny_checkpoint(root / "tiny.ckpt", fmt="ckpt", ema=True)
     model = load_checkpoint(path)
     assert model.family == ours.family
     for mine, other in ((model.unet, ours.unet), (model.vae, ours.vae), (model.text_model, ours.text_model)):
@@ -194,10 +189,10 @@ def _vae_file(path, *, prefixed: bool, linear_attention: bool, seed: int = 7):
 
 
 @pytest.mark.parametrize("prefixed,linear_attention", [(True, False), (False, False), (False, True)])
-def test_external_vae_replaces_the_checkpoints(root, tiny, ours, prefixed, linear_attention):
+def test_external_vae_replaces_the_checkpoints(root, tiny_ckpt, ours, prefixed, linear_attention):
     vae_path = _vae_file(root / f"vae-{prefixed}-{linear_attention}.safetensors", prefixed=prefixed,
                          linear_attention=linear_attention)
-    model = load_checkpoint(tiny, vae_path=vae_path)
+    model = load_checkpoint(tiny_ckpt, vae_path=vae_path)
     assert model.vae_path == str(vae_path)
     expected = {k.removeprefix(VAE_PREFIX): v for k, v in tiny_state_dict(seed=7).items() if k.startswith(VAE_PREFIX)}
     got = model.vae.state_dict()
@@ -213,12 +208,12 @@ def test_external_vae_replaces_the_checkpoints(root, tiny, ours, prefixed, linea
 def test_arch_metadata_overrides_heads(root):
     arch = {"unet": {"num_heads": 4}, "clip": {"num_attention_heads": 2}}
     metadata = {families.ARCH_METADATA_KEY: json.dumps(arch)}
-    path = write_tiny_checkpoint(root / "tiny-arch.safetensors", metadata=metadata)
+    path = tiny_checkpoint(root / "tiny-arch.safetensors", metadata=metadata)
     model = load_checkpoint(path)
     assert model.unet.config.num_heads == 4 and model.unet.config.num_head_channels == -1
     assert model.text_model.config.num_attention_heads == 2
     assert model.unet.output_blocks[0][1].transformer_blocks[0].attn1.heads == 4
-    bad = write_tiny_checkpoint(root / "tiny-arch-bad.safetensors", metadata={families.ARCH_METADATA_KEY: "{oops"})
+    bad = tiny_checkpoint(root / "tiny-arch-bad.safetensors", metadata={families.ARCH_METADATA_KEY: "{oops"})
     with pytest.raises(CheckpointError, match="webui.arch"):
         load_checkpoint(bad)
 
@@ -275,8 +270,8 @@ def test_a_missing_tensor_is_named(root, full_sd):
         load_checkpoint(extra)
 
 
-def test_truncated_file_is_refused(root, tiny):
-    data = tiny.read_bytes()
+def test_truncated_file_is_refused(root, tiny_ckpt):
+    data = tiny_ckpt.read_bytes()
     path = root / "tiny-truncated.safetensors"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
@@ -291,7 +286,7 @@ def _rss_bytes() -> int:
 
 
 def test_unloading_frees_memory(root):
-    path = write_tiny_checkpoint(root / "small.safetensors", model_channels=160)  # ~120 MB of weights
+    path = tiny_checkpoint(root / "small.safetensors", model_channels=160)  # ~120 MB of weights
     size = path.stat().st_size
     gc.collect()
     # no reference cycles: dropping the last reference frees the tensors without the cycle collector

@@ -12,8 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny_families import write_family_checkpoint
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine.job_hooks import JobHooks
 from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
@@ -46,9 +45,9 @@ def _to_cpu(args, kwargs) -> bool:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("nosync")
-    return {"sd1": write_tiny_checkpoint(root / "sd1.safetensors"),
-            "xl": write_family_checkpoint(root / "xl.safetensors", "sdxl"),
-            "refiner": write_family_checkpoint(root / "refiner.safetensors", "sdxl-refiner")}
+    return {"sd1": tiny_checkpoint(root / "sd1.safetensors"),
+            "xl": tiny_checkpoint(root / "xl.safetensors", "sdxl"),
+            "refiner": tiny_checkpoint(root / "refiner.safetensors", "sdxl-refiner")}
 
 
 def _on_device(apply, x, sigmas):

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from tests.references import LDMShim, k_diffusion
-from tests.tiny_models import diffusers_config_dir, write_tiny_checkpoint
-from webui.engine.residency import Engine
+from tests.tiny import tiny_checkpoint
+from tests.tiny_models import diffusers_config_dir
 from webui.engine.request import GenerationRequest
 from webui.jobs.parameters import extra_params
 
@@ -36,18 +36,12 @@ K_SAMPLERS = {
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_ckpt):
+    """``ckpt``: the checkpoint the shared ``engine`` fixture (conftest.py) has loaded."""
     root = tmp_path_factory.mktemp("pipeline")
-    return {"ckpt": write_tiny_checkpoint(root / "tiny.safetensors"),
-            "inpaint": write_tiny_checkpoint(root / "tiny-inpainting.safetensors", inpaint=True),
+    return {"ckpt": tiny_ckpt,
+            "inpaint": tiny_checkpoint(root / "tiny-inpainting.safetensors", inpaint=True),
             "config": diffusers_config_dir(root / "config")}
-
-
-@pytest.fixture(scope="module")
-def engine(files):
-    eng = Engine("cpu", "full")
-    eng.load(files["ckpt"])
-    return eng
 
 
 @pytest.fixture(scope="module")

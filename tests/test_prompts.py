@@ -15,9 +15,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.denoiser import cfg_denoiser
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.engine.job_hooks import JobHooks
 from webui.engine.prompts import composable, emphasis, schedule
@@ -146,10 +144,9 @@ def test_extra_network_tags(prompt, text, tags):
 # ---------------------------------------------------------------- tensors on a tiny model
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, make_engine, tiny_ckpt):
     root = tmp_path_factory.mktemp("prompts")
-    eng = Engine("cpu", "full")
-    eng.load(write_tiny_checkpoint(root / "tiny.safetensors"))
+    eng = make_engine(tiny_ckpt)
     eng.embeddings_dir = root / "embeddings"
     eng.embeddings_dir.mkdir()
     return eng

@@ -9,8 +9,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.app_server import run_app
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine.prompts.embeddings import EmbeddingDatabase
 from webui.paths import CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, list_files
 
@@ -45,13 +44,12 @@ def test_symlinks_leaving_a_model_folder_are_neither_listed_nor_read(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, app_server):
     data = tmp_path_factory.mktemp("safety")
     (data / "models" / "checkpoints").mkdir(parents=True)
-    ckpt = write_tiny_checkpoint(data / "models" / "checkpoints" / "tiny.safetensors")
-    with run_app("--api", "--gradio-auth", f"alice:{UI_PASSWORD}", "--api-auth", f"bob:{API_PASSWORD}",
-                 "--data-dir", data, "--ckpt", ckpt, log_dir=data) as app:
-        yield app
+    ckpt = tiny_checkpoint(data / "models" / "checkpoints" / "tiny.safetensors")
+    return app_server("--api", "--gradio-auth", f"alice:{UI_PASSWORD}", "--api-auth", f"bob:{API_PASSWORD}",
+                      "--ckpt", ckpt, data=data)
 
 
 def _login(app) -> requests.Session:

@@ -500,12 +500,12 @@ def test_registry_lookup_and_extensions():
 
 # ---- one real grid through the engine ---------------------------------------------------------------------
 def test_real_xy_grid_on_a_tiny_checkpoint(tmp_path):
-    from tests.tiny_models import write_tiny_checkpoint
+    from tests.tiny import tiny_checkpoint
     from webui.engine.residency import Engine
     from webui.jobs.parameters import ModelInfo, infotexts
 
     engine = Engine("cpu", "full")
-    engine.load(write_tiny_checkpoint(tmp_path / "tiny.safetensors"))
+    engine.load(tiny_checkpoint(tmp_path / "tiny.safetensors"))
     model = ModelInfo("tiny")
 
     def runner(run):

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.api.routes import Api
 from webui.jobs.backend import Backend
 from webui.options import Options
@@ -20,8 +20,8 @@ from webui.paths import Paths
 def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("scripts_api")
     (root / "models" / "checkpoints").mkdir(parents=True)
-    write_tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
-    write_tiny_checkpoint(root / "models" / "checkpoints" / "other.safetensors", seed=3)
+    tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors")
+    tiny_checkpoint(root / "models" / "checkpoints" / "other.safetensors", seed=3)
     (root / "styles.csv").write_text('name,prompt,negative_prompt\nTop,"{prompt}, top",blurry\n')
     backend = Backend(Paths(root=root), Options(), device="cpu", log=lambda m: None)
     backend.start("tiny.safetensors").wait()

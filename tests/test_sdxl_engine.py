@@ -7,10 +7,9 @@ import copy
 import pytest
 import torch
 
-from tests.tiny_families import write_family_checkpoint
-from tests.tiny_models import write_tiny_checkpoint, write_vae_file
+from tests.tiny import tiny_checkpoint
+from tests.tiny_models import write_vae_file
 from webui.engine.files import CheckpointError
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.engine.sampling import registry, schedules
 
@@ -20,16 +19,14 @@ REQUEST = dict(prompt="a red cat", negative_prompt="blurry", steps=3, width=64, 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("sdxl-engine")
-    return {"root": root, "sdxl": write_family_checkpoint(root / "xl.safetensors", "sdxl"),
-            "other": write_family_checkpoint(root / "xl-other.safetensors", "sdxl", seed=7),
-            "sd1": write_tiny_checkpoint(root / "sd1.safetensors")}
+    return {"root": root, "sdxl": tiny_checkpoint(root / "xl.safetensors", "sdxl"),
+            "other": tiny_checkpoint(root / "xl-other.safetensors", "sdxl", seed=7),
+            "sd1": tiny_checkpoint(root / "sd1.safetensors")}
 
 
 @pytest.fixture(scope="module")
-def engine(files):
-    eng = Engine("cpu", "full")
-    eng.load(files["sdxl"])
-    return eng
+def engine(files, make_engine):
+    return make_engine(files["sdxl"])
 
 
 def test_external_vae_replaces_the_sdxl_vae(engine, files):

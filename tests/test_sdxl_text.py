@@ -12,18 +12,16 @@ import pytest
 import safetensors.torch
 import torch
 
-from tests.tiny_families import write_family_checkpoint
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine.residency import Engine
 from webui.engine.prompts.conditioning import PromptEncoder, PromptOptions
 from webui.engine.vector import SizeConditioning
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, make_engine):
     root = tmp_path_factory.mktemp("sdxl-text")
-    eng = Engine("cpu", "full")
-    eng.load(write_family_checkpoint(root / "sdxl.safetensors", "sdxl"))
+    eng = make_engine(tiny_checkpoint(root / "sdxl.safetensors", "sdxl"))
     eng.embeddings_dir = root / "embeddings"
     eng.embeddings_dir.mkdir()
     return eng
@@ -99,7 +97,7 @@ def test_embeddings_of_other_families_are_skipped_with_the_reason(engine, tmp_pa
         sd1_style.unlink()
     # and an SDXL embedding next to an SD 1.x model
     sd1 = Engine("cpu", "full")
-    sd1.load(write_tiny_checkpoint(tmp_path / "sd1.safetensors"))
+    sd1.load(tiny_checkpoint(tmp_path / "sd1.safetensors"))
     sd1.embeddings_dir = tmp_path / "embeddings"
     sd1.embeddings_dir.mkdir()
     safetensors.torch.save_file({"clip_l": torch.zeros(1, 64), "clip_g": torch.zeros(1, 128)},

@@ -43,7 +43,7 @@ def test_info_names_the_model_the_job_ran_with(tmp_path):
     """The race the soak looks for, made certain: client A's job runs on checkpoint a, then B's job switches
     to b before A's route builds its answer. ``info.sd_model_name`` / ``sd_model_hash`` must still say a (they
     were read from the resident model at answer time)."""
-    from tests.tiny_models import write_tiny_checkpoint
+    from tests.tiny import tiny_checkpoint
     from webui.api import schemas
     from webui.api.routes import Api
     from webui.jobs.backend import Backend
@@ -53,7 +53,7 @@ def test_info_names_the_model_the_job_ran_with(tmp_path):
     folder = tmp_path / "models" / "checkpoints"
     folder.mkdir(parents=True)
     for seed, name in enumerate(("a.safetensors", "b.safetensors")):
-        write_tiny_checkpoint(folder / name, seed=seed)
+        tiny_checkpoint(folder / name, seed=seed)
     backend = Backend(Paths(root=tmp_path), Options(tmp_path / "config.json"), device="cpu", persist=False,
                       log=lambda line: None)
     try:

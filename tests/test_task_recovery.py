@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.app_server import run_app
 from tests.helpers import WorkSpec, run_work, submit
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny import tiny_checkpoint
 from webui.engine.request import GenerationRequest
 from webui.jobs import saving
 from webui.jobs.backend import Backend
@@ -96,7 +96,7 @@ def test_a_store_that_cannot_write_is_logged_once_and_the_queue_goes_on(tmp_path
 def test_a_full_disk_fails_that_job_with_a_clear_message_and_the_next_one_runs(tmp_path, monkeypatch):
     ckpts = tmp_path / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
-    write_tiny_checkpoint(ckpts / "tiny.safetensors")
+    tiny_checkpoint(ckpts / "tiny.safetensors")
     backend = Backend(Paths(root=tmp_path), Options(tmp_path / "config.json"), device="cpu", precision="full",
                       log=lambda m: None)
     load = backend.start("tiny.safetensors")
@@ -134,7 +134,7 @@ def test_kill_9_mid_job_then_restart(tmp_path):
     data = tmp_path / "data"
     ckpts = data / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
-    ckpt = write_tiny_checkpoint(ckpts / "tiny.safetensors")
+    ckpt = tiny_checkpoint(ckpts / "tiny.safetensors")
     quick = dict(prompt="a red fox", steps=2, width=64, height=64, sampler_name="Euler", save_images=True)
     session = requests.Session()
 

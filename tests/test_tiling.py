@@ -3,21 +3,11 @@ A1111 sets ``padding_mode = "circular"``), so the picture tiles seamlessly; afte
 again."""
 from __future__ import annotations
 
-import pytest
 import torch
 
-from tests.tiny_models import write_tiny_checkpoint
 from webui.engine.patches import JobPatches
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.jobs.parameters import extra_params
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    eng = Engine("cpu", "full")
-    eng.load(write_tiny_checkpoint(tmp_path_factory.mktemp("tiling") / "tiny.safetensors"))
-    return eng
 
 
 def _modes(model) -> set[str]:

@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 
 from tests import tiny_families as tf
+from tests.tiny import tiny_checkpoint
 from tests.tiny_models import UNET_PREFIX, VAE_PREFIX
 from webui.engine.unet import UNetModel
 
@@ -28,7 +29,7 @@ class Case:
         self.name = name
         self.family, self.kwargs = CASES[name]
         self.inpaint = self.kwargs.get("inpaint", False)
-        self.path = tf.write_family_checkpoint(root / f"{name}.safetensors", self.family, **self.kwargs)
+        self.path = tiny_checkpoint(root / f"{name}.safetensors", self.family, **self.kwargs)
         self.sd = safetensors.torch.load_file(str(self.path))
         self.v = self.kwargs.get("v_like", False) or self.kwargs.get("v_pred", False)
         self.config_dir = tf.family_diffusers_config_dir(root, self.family, inpaint=self.inpaint, v_like=self.v)
@@ -130,7 +131,7 @@ def test_files_are_deterministic_and_seeded(root, cases):
     written = cases("sdxl-refiner").sd
     again = tf.family_state_dict("sdxl-refiner", seed=0)
     assert written.keys() == again.keys() and all(torch.equal(written[k], again[k]) for k in written)
-    path = tf.write_family_checkpoint(root / "half.safetensors", "sdxl-refiner", seed=1, dtype=torch.float16)
+    path = tiny_checkpoint(root / "half.safetensors", "sdxl-refiner", seed=1, dtype=torch.float16)
     half = safetensors.torch.load_file(str(path))
     assert half.keys() == written.keys()
     assert all(v.dtype == torch.float16 for v in half.values())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app_server import run_app
 from tests.test_ui_browser import (CHROMIUM, artifacts, browser, gallery_images, generate,  # noqa: F401
                                    open_page, set_number)
 from webui.paths import DEMO_CHECKPOINT
@@ -18,10 +17,8 @@ pytestmark = [pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("a1111-features")
-    with run_app("--data-dir", data, log_dir=data) as app:
-        yield {"url": app.base + "/", "data": data, "log": app.log}
+def server(tmp_path_factory, app_server):
+    return app_server(data=tmp_path_factory.mktemp("a1111-features"))
 
 
 def _pick(page, elem_id: str, option: str) -> None:

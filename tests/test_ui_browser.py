@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app_server import run_app
 from webui.demo import dataset as ds
 from webui.jobs import infotext, saving
 from webui.paths import DEMO_CHECKPOINT
@@ -37,12 +36,11 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, app_server):
     """``python app.py`` on a free port, data in a temporary folder (no checkpoints: the demo model is used)."""
     data = tmp_path_factory.mktemp("data")
     (data / "styles.csv").write_text('name,prompt,negative_prompt\nOn white,"{prompt} on a white background",\n')
-    with run_app("--data-dir", data, log_dir=data) as app:
-        yield {"url": app.base + "/", "data": data, "log": app.log}
+    return app_server(data=data)
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app_server import run_app
 from tests.test_ui_browser import CHROMIUM, FLAGS, artifacts, generate, infotext_of, set_number  # noqa: F401
-from tests.tiny_families import write_family_checkpoint
+from tests.tiny import tiny_checkpoint
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="no Debian chromium")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, app_server):
     data = tmp_path_factory.mktemp("ui-sdxl")
     ckpts = data / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
-    base = write_family_checkpoint(ckpts / "xl-base.safetensors", "sdxl")
-    with run_app("--data-dir", data, "--ckpt", base, log_dir=data) as app:
-        yield {"url": app.base + "/", "data": data, "log": app.log, "checkpoints": ckpts}
+    base = tiny_checkpoint(ckpts / "xl-base.safetensors", "sdxl")
+    return app_server("--ckpt", base, data=data, checkpoints=ckpts)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +45,7 @@ def test_sdxl_starts_at_its_native_size_and_refines(server, page, artifacts):  #
     plain = generate(page, "txt2img", "a red cat", seed=11)
     assert "Refiner" not in plain
     # a refiner copied in while the page is open appears after the refresh button
-    write_family_checkpoint(server["checkpoints"] / "xl-refiner.safetensors", "sdxl-refiner")
+    tiny_checkpoint(server["checkpoints"] / "xl-refiner.safetensors", "sdxl-refiner")
     page.click("#refresh_checkpoints")
     page.click("#txt2img_refiner")                                  # open the accordion
     page.click("#txt2img_refiner_checkpoint input")

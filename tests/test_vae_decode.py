@@ -11,7 +11,6 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from tests.tiny_models import write_tiny_checkpoint
 from webui.engine import preview as pv
 from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
@@ -26,20 +25,15 @@ def _write_taesd(folder) -> None:
     safetensors.torch.save_file(pv.TAESDDecoder().state_dict(), str(folder / "taesd_decoder.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("vae_decode") / "tiny.safetensors")
-
-
 def _request() -> GenerationRequest:
     return GenerationRequest(prompt="a red circle", steps=3, seed=7, width=64, height=64, sampler_name="Euler",
                              batch_size=2)
 
 
-def test_the_engine_decodes_with_taesd_when_set_and_with_the_vae_again_after(ckpt, tmp_path):
+def test_the_engine_decodes_with_taesd_when_set_and_with_the_vae_again_after(tiny_ckpt, tmp_path):
     folder = tmp_path / "vae_approx"
     engine = Engine("cpu", "full")
-    engine.load(ckpt)
+    engine.load(tiny_ckpt)
     with pytest.raises(ValueError, match="taesd_decoder.safetensors"):
         engine.set_fast_decoder(folder)                       # nothing there yet
     _write_taesd(folder)
@@ -57,13 +51,13 @@ def test_the_engine_decodes_with_taesd_when_set_and_with_the_vae_again_after(ckp
     torch.testing.assert_close(engine.decode_latents(latents), vae)
 
     engine.set_fast_decoder(folder)
-    engine.load(ckpt)                                          # a new model starts with its own VAE
+    engine.load(tiny_ckpt)                                     # a new model starts with its own VAE
     assert engine.fast_decoder is None
 
 
-def test_cli_names_the_missing_file_and_decodes_with_taesd_when_there(ckpt, tmp_path):
-    args = [sys.executable, "app.py", "txt2img", "--ckpt", str(ckpt), "--prompt", "a fox", "--steps", "2",
-            "--width", "64", "--height", "64", "--seed", "3", "--data-dir", str(tmp_path)]
+def test_cli_names_the_missing_file_and_decodes_with_taesd_when_there(tiny_ckpt, tmp_path):
+    args = [sys.executable, "app.py", "txt2img", "--ckpt", str(tiny_ckpt), "--prompt", "a fox", "--steps",
+            "2", "--width", "64", "--height", "64", "--seed", "3", "--data-dir", str(tmp_path)]
     missing = subprocess.run([*args, "--vae-decode", "taesd", "-o", str(tmp_path / "a.png")], cwd=PROJECT_ROOT,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
@@ -79,10 +73,10 @@ def test_cli_names_the_missing_file_and_decodes_with_taesd_when_there(ckpt, tmp_
     assert np.abs(outs["taesd"] - outs["full"]).max() > 10
 
 
-def test_the_server_without_the_file_logs_it_and_decodes_with_the_vae(ckpt, tmp_path):
+def test_the_server_without_the_file_logs_it_and_decodes_with_the_vae(tiny_ckpt, tmp_path):
     paths = Paths(root=tmp_path)
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    (paths.checkpoints / "tiny.safetensors").write_bytes(ckpt.read_bytes())
+    (paths.checkpoints / "tiny.safetensors").write_bytes(tiny_ckpt.read_bytes())
     lines = []
     backend = Backend(paths, Options(tmp_path / "config.json"), device="cpu", precision="full", log=lines.append,
                       vae_decode="taesd", persist=False)

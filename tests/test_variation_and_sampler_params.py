@@ -16,7 +16,6 @@ import torch
 
 from tests.references import k_diffusion
 from tests.test_pipeline import H, NEGATIVE, PROMPT, W, Reference, _max_diff, files, reference  # noqa: F401
-from webui.engine.residency import Engine
 from webui.engine.request import GenerationRequest
 from webui.engine.seeds import ImageRNG
 from webui.jobs import infotext
@@ -72,13 +71,6 @@ def test_first_noise_is_a1111s(strength, resize):
     generator = torch.Generator().manual_seed(11)
     torch.randn(SHAPE, generator=generator)
     assert torch.equal(follow, torch.randn(SHAPE, generator=generator))
-
-
-@pytest.fixture(scope="module")
-def engine(files):  # noqa: F811
-    eng = Engine("cpu", "full")
-    eng.load(files["ckpt"])
-    return eng
 
 
 def _image(engine, **fields):

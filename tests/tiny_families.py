@@ -1,12 +1,13 @@
 """Tiny random SD 2.x / SDXL / SDXL-refiner checkpoints in the original single-file layouts, for fast tests.
 
-``write_family_checkpoint(path, family)`` writes a file whose key names, prefixes and tensor ranks are those of
-the real released ``.safetensors`` files (``model.diffusion_model.*``, ``first_stage_model.*``,
-``cond_stage_model.model.*`` for SD 2.x, ``conditioner.embedders.N.*`` for SDXL), the real CLIP vocabulary
-(49408) and context length (77), but a few channels per network and random, non-degenerate weights
-(``tiny_models._perturbed``). ``family_diffusers_config_dir(root, family)`` writes the local folder (what
-``save_pretrained`` writes, minus the weights) with which diffusers -- the independent reference of the parity
-tests -- loads such a file offline::
+``tests.tiny.tiny_checkpoint(path, family)`` (``_write_family_checkpoint`` here) writes a file whose key
+names, prefixes and tensor ranks are those of the real released ``.safetensors`` files
+(``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.model.*`` for SD 2.x,
+``conditioner.embedders.N.*`` for SDXL), the real CLIP vocabulary (49408) and context length (77), but a few
+channels per network and random, non-degenerate weights (``tiny_models._perturbed``).
+``family_diffusers_config_dir(root, family)`` writes the local folder (what ``save_pretrained`` writes, minus
+the weights) with which diffusers -- the independent reference of the parity tests -- loads such a file
+offline::
 
     StableDiffusionPipeline.from_single_file(path, config=folder, local_files_only=True,
                                              safety_checker=None, requires_safety_checker=False)  # sd2
@@ -318,9 +319,9 @@ def _family_state_dict(family: str, *, inpaint: bool, v_like: bool, v_pred: bool
     return sd
 
 
-def write_family_checkpoint(path, family: str, *, inpaint: bool = False, v_like: bool = False,
-                            v_pred: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32,
-                            metadata: dict[str, str] | None = None) -> Path:
+def _write_family_checkpoint(path, family: str, *, inpaint: bool = False, v_like: bool = False,
+                             v_pred: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32,
+                             metadata: dict[str, str] | None = None) -> Path:
     """Write a tiny ``family`` checkpoint ("sd2", "sdxl", "sdxl-refiner"; "sd2-inpaint" and "sdxl-inpaint"
     are the same as ``inpaint=True``) as .safetensors.
 

@@ -1,9 +1,9 @@
 """Tiny random SD 1.x checkpoints in the original (LDM) single-file layout, for fast tests.
 
-``write_tiny_checkpoint`` writes a file shaped like a real SD 1.x checkpoint (same key names, same
-prefixes, real CLIP vocabulary size) but with a few channels per network, random non-degenerate
-weights. ``diffusers_config_dir`` writes the local config folder with which diffusers'
-``from_single_file(path, config=folder, local_files_only=True)`` loads such a file offline.
+``_write_tiny_checkpoint`` (public as ``tests.tiny.tiny_checkpoint(path)``) writes a file shaped like a
+real SD 1.x checkpoint (same key names, same prefixes, real CLIP vocabulary size) but with a few channels
+per network, random non-degenerate weights. ``diffusers_config_dir`` writes the local config folder with
+which diffusers' ``from_single_file(path, config=folder, local_files_only=True)`` loads such a file offline.
 """
 
 from __future__ import annotations
@@ -117,10 +117,11 @@ def _fake_lightning():
             del sys.modules[n]
 
 
-def write_tiny_checkpoint(path, *, dtype: torch.dtype = torch.float32, ema: bool = False, inpaint: bool = False,
-                          fmt: str | None = None, seed: int = 0, model_channels: int = 32,
-                          metadata: dict[str, str] | None = None) -> Path:
-    """Write a tiny SD 1.x checkpoint. ``fmt`` "safetensors" or "ckpt" (default: from the suffix).
+def _write_tiny_checkpoint(path, *, dtype: torch.dtype = torch.float32, ema: bool = False, inpaint: bool = False,
+                           fmt: str | None = None, seed: int = 0, model_channels: int = 32,
+                           metadata: dict[str, str] | None = None) -> Path:
+    """Write a tiny SD 1.x checkpoint (use ``tests.tiny.tiny_checkpoint(path)``). ``fmt`` "safetensors" or
+    "ckpt" (default: from the suffix).
 
     ``ema=True`` adds ``model_ema.*`` keys (dots removed, different values) and ``model_ema.decay`` /
     ``num_updates``, as "full" training checkpoints have. ``model_channels`` scales the UNet up.
