@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from ...engine.request import SETTING_FIELDS, GenerationRequest
 from ..catalog import NO_CHECKPOINT, Catalog
 from ..spec import ExtensionArgs, JobSpec, Limits, ScriptChoice
-from .check import check, check_limits
+from .check import check
 
 SAME_CHECKPOINT = "Use same checkpoint"      # hires fix's checkpoint choice that means "the first pass's"
 
-__all__ = ["Requests", "check", "check_limits", "SAME_CHECKPOINT"]
+__all__ = ["Requests", "check", "SAME_CHECKPOINT"]
 
 
 class Requests:
@@ -86,7 +86,6 @@ class Requests:
     def script(self, spec: JobSpec):
         """(the job's script bound to its limits, its parsed options); ValueError naming what is wrong."""
         found = self.scripts.find(spec.script.name, spec.kind)
-        env = dataclasses.replace(found.env, check_request=lambda r: check_limits(r, spec.limits),
-                                  max_images=spec.limits.max_script_images)
+        env = dataclasses.replace(found.env, limits=spec.limits, max_images=spec.limits.max_script_images)
         found = found.with_env(env)
         return found, found.parse(list(spec.script.args), spec.kind)

@@ -1,6 +1,6 @@
 """The one check every request passes, whatever the interface: the limits of the interface it came from, then
-the sampler names, then the engine's own invariants (``GenerationRequest.validate``). A script checks each run
-it plans with ``check_limits`` too.
+the sampler names, then the engine's own invariants (``GenerationRequest.validate``). A script's planned runs
+pass it too (``ScriptEnvironment.check``).
 """
 from __future__ import annotations
 
