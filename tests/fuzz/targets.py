@@ -263,7 +263,8 @@ def check_image(data: str) -> None:
     """The ``png-info`` route's path: ``decode_image`` (413/422 for bad input), the infotext, its parse."""
     from fastapi import HTTPException
 
-    from webui.api.routes import Limits, decode_image
+    from webui.api.routes import decode_image
+    from webui.jobs.spec import Limits
 
     try:
         image = decode_image(data, "image", Limits())

@@ -35,13 +35,14 @@ class Limits:
     max_batch_size: int | None = 16
     max_prompt_chars: int | None = 20_000
     max_cfg_scale: float | None = 100.0
+    max_mask_blur: int | None = 64            # A1111's "Mask blur" slider
     max_body_bytes: int = 64 * 2**20          # the whole request
     max_image_pixels: int = 4096 * 4096
 
     @classmethod
     def none(cls) -> "Limits":
         """No bounds beyond the engine's own checks (the UI, whose controls bound themselves, and the CLI)."""
-        return cls(None, None, None, None, None, None, None)
+        return cls(None, None, None, None, None, None, None, None)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,16 @@ from collections.abc import Callable, Sequence
 from ...engine.request import SETTING_FIELDS, GenerationRequest
 from ..catalog import NO_CHECKPOINT, Catalog
 from ..spec import ExtensionArgs, JobSpec, Limits, ScriptChoice
-from .check import check, check_limits
+from .check import check
 
-SAME_CHECKPOINT = "Use same checkpoint"      # hires fix's checkpoint choice that means "the first pass's"
+# A1111's words that mean "none" / "the first pass's" (the UI's dropdowns show them, clients send them)
+NO_REFINER = "None"
+SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
+SENTINELS = {"refiner_checkpoint": (*NO_CHECKPOINT, NO_REFINER),
+             "hr_checkpoint_name": (*NO_CHECKPOINT, SAME_CHECKPOINT),
+             "hr_sampler_name": ("", SAME_SAMPLER), "hr_scheduler": ("", SAME_SCHEDULER)}
 
-__all__ = ["Requests", "check", "check_limits", "SAME_CHECKPOINT"]
+__all__ = ["Requests", "check", "NO_REFINER", "SAME_CHECKPOINT", "SAME_SAMPLER", "SAME_SCHEDULER"]
 
 
 class Requests:
@@ -57,16 +62,16 @@ class Requests:
         return spec
 
     def resolved(self, request: GenerationRequest, checkpoint: str | None, limits: Limits) -> GenerationRequest:
-        """``request`` with the settings for the prompt-language fields it left None, the refiner's and hires
-        checkpoint's titles as listed names (A1111's sentinels: none), checked. A script's runs come here too."""
+        """``request`` with the settings for the prompt-language fields it left None, A1111's sentinel words as
+        None (``SENTINELS``), the refiner's and hires checkpoint's titles as listed names, checked. A script's
+        runs come here too."""
         changes = {key: self.options[key] for key in SETTING_FIELDS if getattr(request, key) is None}
-        refiner = request.refiner_checkpoint
-        changes["refiner_checkpoint"] = None if refiner in (None, *NO_CHECKPOINT) else self.catalog.find_checkpoint(
-            refiner)
-        hires = request.hr_checkpoint_name
-        changes["hr_checkpoint_name"] = (self.catalog.find_checkpoint(hires) if request.enable_hr and hires not in (
-            None, *NO_CHECKPOINT, SAME_CHECKPOINT) else None)
+        changes.update({key: None for key, words in SENTINELS.items() if getattr(request, key) in words})
         request = dataclasses.replace(request, **changes)
+        refiner, hires = request.refiner_checkpoint, request.hr_checkpoint_name if request.enable_hr else None
+        request = dataclasses.replace(
+            request, refiner_checkpoint=None if refiner is None else self.catalog.find_checkpoint(refiner),
+            hr_checkpoint_name=None if hires is None else self.catalog.find_checkpoint(hires))
         base = checkpoint or self.loaded()
         for second in (request.refiner_checkpoint, request.hr_checkpoint_name):
             if second is not None:
@@ -86,7 +91,6 @@ class Requests:
     def script(self, spec: JobSpec):
         """(the job's script bound to its limits, its parsed options); ValueError naming what is wrong."""
         found = self.scripts.find(spec.script.name, spec.kind)
-        env = dataclasses.replace(found.env, check_request=lambda r: check_limits(r, spec.limits),
-                                  max_images=spec.limits.max_script_images)
+        env = dataclasses.replace(found.env, limits=spec.limits, max_images=spec.limits.max_script_images)
         found = found.with_env(env)
         return found, found.parse(list(spec.script.args), spec.kind)

@@ -16,9 +16,6 @@ from . import Requests
 from .body import Img2ImgRequest, Txt2ImgRequest
 from .fields import fields_from_infotext
 
-SAME = {"hr_sampler_name": "Use same sampler", "hr_scheduler": "Use same scheduler"}
-
-
 class ImageTooLarge(ValueError):
     """An input image beyond the pixel limit (the API answers 413)."""
 
@@ -124,8 +121,7 @@ def _hires_fields(body: Txt2ImgRequest) -> dict:
     return dict(
         enable_hr=True, hr_scale=body.hr_scale, hr_upscaler=body.hr_upscaler or None,
         hr_second_pass_steps=body.hr_second_pass_steps, hr_resize_x=body.hr_resize_x, hr_resize_y=body.hr_resize_y,
-        hr_sampler_name=None if body.hr_sampler_name in (None, "", SAME["hr_sampler_name"]) else body.hr_sampler_name,
-        hr_scheduler=None if body.hr_scheduler in (None, "", SAME["hr_scheduler"]) else body.hr_scheduler,
+        hr_sampler_name=body.hr_sampler_name, hr_scheduler=body.hr_scheduler,
         hr_prompt=body.hr_prompt, hr_negative_prompt=body.hr_negative_prompt,
         hr_checkpoint_name=body.hr_checkpoint_name,
         denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength)

@@ -1,6 +1,6 @@
 """The one check every request passes, whatever the interface: the limits of the interface it came from, then
-the sampler names, then the engine's own invariants (``GenerationRequest.validate``). A script checks each run
-it plans with ``check_limits`` too.
+the sampler names, then the engine's own invariants (``GenerationRequest.validate``). A script's planned runs
+pass it too (``ScriptEnvironment.check``).
 """
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from ...engine.request import GenerationRequest
 from ...engine.sampling import registry
 from ..spec import Limits
 
-MAX_MASK_BLUR = 64           # A1111's "Mask blur" slider
 MAX_SEED_VALUE = 2**64 - 1   # the largest seed a torch generator takes
 
 
@@ -35,8 +34,9 @@ def check_limits(request: GenerationRequest, limits: Limits) -> None:
             if len(getattr(request, name)) > lim.max_prompt_chars:
                 problems.append(f"{name} is longer than {lim.max_prompt_chars} characters")
     if request.init_image is not None:
-        if not 0 <= request.mask_blur <= MAX_MASK_BLUR:
-            problems.append(f"mask_blur must be within 0..{MAX_MASK_BLUR} (got {request.mask_blur})")
+        if lim.max_mask_blur is not None and not 0 <= request.mask_blur <= lim.max_mask_blur:
+            problems.append(f"mask_blur (mask_blur_x, mask_blur_y) must be within 0..{lim.max_mask_blur} "
+                            f"(got {request.mask_blur})")
         if request.inpaint_full_res_padding < 0:
             problems.append(f"inpaint_full_res_padding must be 0 or more (got {request.inpaint_full_res_padding})")
     images = request.batch_size * request.n_iter

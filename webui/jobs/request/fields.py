@@ -16,19 +16,17 @@ from ...engine import images as im
 from ...engine.request import GenerationRequest
 from .. import infotext
 from ..spec import ExtensionArgs, JobSpec, ScriptChoice
+from . import NO_REFINER, SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER  # noqa: F401  (the UI's words)
 
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 TXT2IMG_FIELDS = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed",
                   "width", "height", "batch_size", "n_iter", "clip_skip", "tiling", "refiner_checkpoint",
                   "refiner_switch_at", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")
-NO_REFINER = "None"
-SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
 MODES = ("img2img", "inpaint", "inpaint_upload")      # the img2img tab's sub-tabs
 HIRES_FIELDS = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x",
                 "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt",
                 "hr_negative_prompt")
-_SAME = {"hr_checkpoint_name": SAME_CHECKPOINT, "hr_sampler_name": SAME_SAMPLER, "hr_scheduler": SAME_SCHEDULER}
 IMG2IMG_FIELDS = TXT2IMG_FIELDS + ("denoising_strength", "resize_mode", "mask_blur", "inpainting_fill",
                                    "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert")
 _INTS = {"steps", "seed", "width", "height", "batch_size", "n_iter", "mask_blur", "inpaint_full_res_padding",
@@ -81,10 +79,6 @@ def request_from_fields(values: dict) -> GenerationRequest:
             value = bool(value) if isinstance(value, bool) else _choice(value, MASK_MODES, "mask mode") == 1
         elif name in ("prompt", "negative_prompt"):
             value = value or ""
-        elif name == "refiner_checkpoint":
-            value = None if value in (None, "", NO_REFINER) else value
-        elif name in _SAME:
-            value = None if value in (None, "", _SAME[name]) else value
         elif name in ("hr_prompt", "hr_negative_prompt"):
             value = value or ""
         elif name in ("enable_hr", "tiling"):

@@ -27,6 +27,8 @@ from PIL import Image
 
 from ...engine.request import GenerationRequest
 from ...engine.result import ImageRecord
+from ..request.check import check
+from ..spec import Limits
 
 KINDS = ("txt2img", "img2img")
 MAX_SEED = 4294967294          # A1111's random.randrange(4294967294) for "fixed" random seeds
@@ -124,9 +126,10 @@ class ScriptEnvironment:
 
     ``checkpoints()`` / ``vaes()`` / ``styles()``: names as listed. ``find_checkpoint(title) -> name``
     (e.g. ``Backend.find_checkpoint``: a name, ``name [hash]`` or a file stem; ValueError listing them);
-    without it names are matched the same way here. ``check_request(request)``: the interface's own limits
-    for every planned run (the API's max size / steps ...), ValueError when over; ``GenerationRequest.
-    validate`` runs anyway. ``max_images``: most images one script job may generate (None: no limit).
+    without it names are matched the same way here. ``limits``: the job's (``jobs.spec.Limits``: the API's max
+    size / steps ...); every planned run passes the one request check with them (``jobs.request.check``), then
+    ``check_request(request)`` when given (a caller's own rule). ``max_images``: most images one script job may
+    generate (None: no limit).
     ``max_grid_megapixels``: A1111's ``img_max_size_mp`` (200). ``new_seed()``: the random seed A1111 fixes
     for a grid (``random.randrange(4294967294)``).
     """
@@ -134,6 +137,7 @@ class ScriptEnvironment:
     find_checkpoint: Callable[[str], str] | None = None
     vaes: Callable[[], Sequence[str]] = _no_names
     styles: Callable[[], Sequence[str]] = _no_names
+    limits: Limits = field(default_factory=Limits.none)
     check_request: Callable[[GenerationRequest], None] | None = None
     max_images: int | None = None
     max_grid_megapixels: float = 200.0
@@ -172,7 +176,8 @@ class ScriptEnvironment:
         raise ValueError(f"unknown style {name!r}; available: {', '.join(names) or 'none'}")
 
     def check(self, request: GenerationRequest) -> None:
-        request.validate()
+        """A planned run's request: ValueError with the message for the user."""
+        check(request, self.limits)
         if self.check_request is not None:
             self.check_request(request)
 
